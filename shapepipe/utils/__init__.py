@@ -1,0 +1,1 @@
+"""Shared science helpers: atomic writes, FITS/LDAC I/O, random numbers, pixel conventions."""
