@@ -48,7 +48,8 @@ def load_headers_file(headers_file):
     Parameters
     ----------
     headers_file : str
-        Path of the file: a 1-d numpy array of FITS header strings, one per CCD.
+        Path of the file: a 1-d numpy array of FITS header strings (``S`` or ``U``
+        dtype), one per CCD.
 
     Returns
     -------
@@ -72,7 +73,8 @@ def load_headers_file(headers_file):
             f"{headers_file}: expected a 1-d array of header strings, got dtype "
             f"{array.dtype} and shape {array.shape}"
         )
-    return [str(item) for item in array]
+    # split_exp stores ASCII bytes ("S" dtype, 4x smaller than unicode); accept both.
+    return [item.decode("ascii") if isinstance(item, bytes) else str(item) for item in array]
 
 
 def merge_headers(header_files, output_path):

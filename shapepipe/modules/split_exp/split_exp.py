@@ -1,0 +1,167 @@
+"""Split one multi-extension exposure file into single-CCD FITS files."""
+
+import os
+
+import numpy as np
+from astropy.io import fits
+
+from shapepipe.utils.atomic import atomic_path, write_fits
+
+# Cards describing the layout of an extension; a primary HDU must not carry them (EXTNAME
+# is kept: it is allowed in a primary header and names the CCD).
+_EXTENSION_CARDS = ("XTENSION", "PCOUNT", "GCOUNT", "INHERIT")
+# Cards of the exposure's primary HDU that describe that HDU only and must not be inherited.
+_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "NEXTEND", "BSCALE", "BZERO", "BLANK",
+               "CHECKSUM", "DATASUM", "COMMENT", "HISTORY", "", "END"}
+
+
+class SplitError(ValueError):
+    """An exposure file that cannot be split as configured."""
+
+
+def _image_hdus(hdul, path, n_hdu):
+    """Return the ``n_hdu`` CCD extensions of an open exposure, checking the layout."""
+    ccds = hdul[1:]
+    if len(ccds) != n_hdu:
+        raise SplitError(
+            f"{path}: expected N_HDU = {n_hdu} CCD extensions after the primary HDU, "
+            f"found {len(ccds)}"
+        )
+    for index, hdu in enumerate(ccds):
+        if not isinstance(hdu, (fits.ImageHDU, fits.CompImageHDU)):
+            raise SplitError(
+                f"{path}: HDU {index + 1} (CCD {index}) is a {type(hdu).__name__}, "
+                "expected an image extension"
+            )
+        naxis = hdu.header.get("ZNAXIS", hdu.header.get("NAXIS", 0))
+        if naxis != 2:
+            raise SplitError(
+                f"{path}: HDU {index + 1} (CCD {index}) has NAXIS = {naxis}, expected a 2-d image"
+            )
+    return ccds
+
+
+def _ccd_header(ccd_header, primary_header):
+    """Header of a single-CCD file: the CCD's cards plus exposure cards it lacks."""
+    header = ccd_header.copy()
+    # Pixel values are written already scaled (astropy applies BZERO/BSCALE on read and
+    # sets them again on write for unsigned types); stale scaling cards would corrupt them.
+    for name in (*_EXTENSION_CARDS, "BSCALE", "BZERO"):
+        header.remove(name, ignore_missing=True, remove_all=True)
+    # The exposure-level cards (EXPTIME, FILTER, MJD-OBS...) go into every CCD file, as
+    # FITS "INHERIT" readers would see them, but never override the CCD's own value.
+    for card in primary_header.cards:
+        if card.keyword in _STRUCTURAL or card.keyword in header:
+            continue
+        header.append(card, end=True)
+    return header
+
+
+def split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None):
+    """Write one FITS file per CCD of a multi-extension exposure.
+
+    Parameters
+    ----------
+    path : str
+        Exposure file (``.fits``, ``.fits.fz``, ``.fitsfz``; tile-compressed extensions
+        are decompressed).
+    suffix : str
+        Output name prefix (``image``, ``weight``, ``flag``...).
+    exp_number : str
+        Number part of the exposure name, e.g. ``-2000001``.
+    output_dir : str
+        Directory to write into.
+    n_hdu : int
+        Expected number of CCD extensions.
+    as_int : bool, optional
+        Store the pixels as integers (flag maps). Default: True when ``"flag"`` is in
+        ``suffix``.
+
+    Returns
+    -------
+    files : list of str
+        The written files, CCD order: ``<output_dir>/<suffix><exp_number>-<ccd>.fits``.
+    headers : list of astropy.io.fits.Header
+        The header of each written file.
+
+    Raises
+    ------
+    SplitError
+        If the file does not hold exactly ``n_hdu`` 2-d image extensions, or a flag map
+        holds non-integer values.
+    """
+    if as_int is None:
+        as_int = "flag" in suffix.lower()
+    files, headers = [], []
+    # memmap keeps plain FITS reads lazy; compressed HDUs are decompressed one at a time.
+    with fits.open(path, memmap=True) as hdul:
+        primary = hdul[0].header
+        for ccd, hdu in enumerate(_image_hdus(hdul, path, n_hdu)):
+            data = hdu.data
+            if as_int:
+                data = _to_int(data, path, ccd)
+            elif data.dtype.kind == "f" and data.dtype.itemsize < 4:
+                data = data.astype(np.float32)
+            header = _ccd_header(hdu.header, primary)
+            if data.dtype.kind == "f":
+                header.remove("BLANK", ignore_missing=True, remove_all=True)
+            out = os.path.join(output_dir, f"{suffix}{exp_number}-{ccd}.fits")
+            out_hdu = fits.PrimaryHDU(data=np.asarray(data), header=header)
+            write_fits(fits.HDUList([out_hdu]), out)
+            files.append(out)
+            headers.append(out_hdu.header)
+    return files, headers
+
+
+def _to_int(data, path, ccd):
+    """Convert a flag map to the smallest standard FITS integer type holding it."""
+    if data.dtype.kind in "iu":
+        values = data
+    else:
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise SplitError(f"{path}: CCD {ccd}: flag map holds non-integer values")
+        values = data
+    low = int(values.min()) if values.size else 0
+    high = int(values.max()) if values.size else 0
+    for dtype in (np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return values.astype(dtype, copy=False)
+    raise SplitError(f"{path}: CCD {ccd}: flag values out of the 64-bit integer range")
+
+
+def save_headers(headers, path):
+    """Write the per-exposure headers file read by ``merge_headers`` (no pickle).
+
+    Parameters
+    ----------
+    headers : list of astropy.io.fits.Header
+        One header per CCD, in CCD order.
+    path : str
+        Output file ``headers-<exp>.npy``.
+    """
+    texts = [header.tostring(endcard=False, padding=False) for header in headers]
+    array = np.array([t.encode("ascii", errors="replace") for t in texts], dtype="S")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+
+def load_headers(path):
+    """Read a headers file written by :func:`save_headers`.
+
+    Parameters
+    ----------
+    path : str
+        The ``headers-<exp>.npy`` file.
+
+    Returns
+    -------
+    list of astropy.io.fits.Header
+        One header per CCD.
+    """
+    array = np.load(path, allow_pickle=False)
+    return [
+        fits.Header.fromstring(item.decode("ascii") if isinstance(item, bytes) else str(item))
+        for item in array
+    ]
