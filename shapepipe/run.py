@@ -311,8 +311,9 @@ class Pipeline:
         self.log.warning(message)
 
     # -- dry run -------------------------------------------------------------------------
-    def dry_run(self, run_log, stream=sys.stdout):
+    def dry_run(self, run_log, stream=None):
         """Print, per module, the resolved input directories and the job list."""
+        stream = stream or sys.stdout
         for occ in self.occurrences:
             dirs = self.resolve_inputs(occ, run_log)
             patterns, exts = self.patterns(occ)
@@ -549,8 +550,9 @@ def _setup_console(args, verbose_config=True):
     return log
 
 
-def list_modules(args, stream=sys.stdout):
+def list_modules(args, stream=None):
     """Print the available runners with their origin and version."""
+    stream = stream or sys.stdout
     paths = []
     if args.config:
         config = read_config(args.config)
@@ -568,7 +570,9 @@ def list_modules(args, stream=sys.stdout):
 def _executor_factory(pipeline):
     def factory(occ):
         if occ.runner.run_method == "serial":
-            return job_handler.run_serial
+            # One job: in this process, or in one worker process when it has a TIMEOUT.
+            return lambda ctx, jobs, progress: job_handler.run_smp(
+                ctx, jobs, progress, 1, "loky", pipeline.log)
         if pipeline.mode == "MPI":
             from shapepipe.pipeline import mpi
 

@@ -83,7 +83,11 @@ def _batches(jobs, size):
 
 
 def run_smp(ctx, jobs, progress, workers, backend="loky", log=None):
-    """Run jobs in ``workers`` processes with joblib.
+    """Run jobs in ``workers`` processes (joblib's loky executor, or a joblib backend).
+
+    With one worker and no TIMEOUT the jobs run in this process (no pool start-up). With a
+    TIMEOUT, jobs always run in worker processes, so that a job stuck in compiled code can
+    be killed without taking the run down.
 
     Parameters
     ----------
@@ -96,7 +100,7 @@ def run_smp(ctx, jobs, progress, workers, backend="loky", log=None):
     workers : int
         SMP_BATCH_SIZE.
     backend : str
-        joblib backend (``loky``, ``multiprocessing`` or ``threading``).
+        ``loky`` (default), ``multiprocessing`` or ``threading``.
     log : logging.Logger, optional
         Run log, for crash recovery messages.
 
@@ -105,56 +109,90 @@ def run_smp(ctx, jobs, progress, workers, backend="loky", log=None):
     dict
         ``{number: (ok, error, seconds)}``.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        return run_serial(ctx, jobs, progress)
+    if backend == "threading" or (not ctx.timeout and (workers <= 1 or len(jobs) <= 1)):
+        if workers <= 1 or len(jobs) <= 1:
+            return run_serial(ctx, jobs, progress)
+        return _run_joblib(ctx, jobs, progress, workers, backend)
+    if backend == "multiprocessing":
+        return _run_joblib(ctx, jobs, progress, workers, backend)
+    return _run_loky(ctx, jobs, progress, workers, log)
+
+
+def _task_size(n_jobs, workers):
+    # Several small jobs per task: inter-process cost is paid per task, not per job,
+    # while there are still enough tasks to balance the load.
+    return max(1, min(64, n_jobs // (workers * 8)))
+
+
+def _run_joblib(ctx, jobs, progress, workers, backend):
     from joblib import Parallel, delayed
+
+    results = {}
+    size = _task_size(len(jobs), workers)
+    with Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered") as parallel:
+        tasks = (delayed(run_jobs_batch)(ctx, batch) for batch in _batches(jobs, size))
+        for batch_result in parallel(tasks):
+            for number, ok, error, seconds in batch_result:
+                results[number] = (ok, error, seconds)
+                progress.update(ok, number, error)
+    return results
+
+
+def _run_loky(ctx, jobs, progress, workers, log):
+    from concurrent.futures import as_completed
+
+    from joblib.externals.loky import get_reusable_executor
 
     results = {}
     attempts = {}
     pending = list(jobs)
     while pending:
-        # Several small jobs per task: inter-process cost is paid per task, not per job,
-        # while there are still enough tasks to balance the load.
-        size = max(1, min(64, len(pending) // (workers * 8)))
+        executor = get_reusable_executor(max_workers=workers)
+        size = _task_size(len(pending), workers)
+        futures = [executor.submit(run_jobs_batch, ctx, batch) for batch in _batches(pending, size)]
         try:
-            with Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered",
-                          batch_size=1, pre_dispatch="2*n_jobs") as parallel:
-                tasks = (delayed(run_jobs_batch)(ctx, batch) for batch in _batches(pending, size))
-                for batch_result in parallel(tasks):
-                    for number, ok, error, seconds in batch_result:
-                        results[number] = (ok, error, seconds)
-                        progress.update(ok, number, error)
+            for future in as_completed(futures):
+                for number, ok, error, seconds in future.result():
+                    results[number] = (ok, error, seconds)
+                    progress.update(ok, number, error)
             pending = []
         except Exception as exc:  # a worker process died: recover from the records
             if not _is_worker_death(exc):
                 raise
-            records = read_records(ctx.record_path)
-            retry = []
-            for number, files in pending:
-                if number in results:
-                    continue
-                state, reason = records.get(number, (None, ""))
-                if state == "done":
-                    results[number] = (True, "", 0.0)
-                    progress.update(True, number)
-                elif state == "fail":
-                    results[number] = (False, reason, 0.0)
-                    progress.update(False, number, reason)
-                elif state == "start":
-                    attempts[number] = attempts.get(number, 0) + 1
-                    if attempts[number] >= MAX_ATTEMPTS:
-                        reason = "worker process died while running this job"
-                        results[number] = (False, reason, 0.0)
-                        progress.update(False, number, reason)
-                    else:
-                        retry.append((number, files))
-                else:
-                    retry.append((number, files))
+            for future in futures:
+                future.cancel()
+            pending = _recover(ctx, pending, results, attempts, progress)
             if log:
                 log.warning("%s: a worker process died (%s); resubmitting %d job(s)",
-                            ctx.runner_name, type(exc).__name__, len(retry))
-            pending = retry
+                            ctx.runner_name, type(exc).__name__, len(pending))
     return results
+
+
+def _recover(ctx, pending, results, attempts, progress):
+    """After a worker died: settle finished jobs from the records, return those to retry."""
+    records = read_records(ctx.record_path)
+    retry = []
+    for number, files in pending:
+        if number in results:
+            continue
+        state, reason = records.get(number, (None, ""))
+        if state == "done":
+            results[number] = (True, "", 0.0)
+            progress.update(True, number)
+        elif state == "fail":
+            results[number] = (False, reason, 0.0)
+            progress.update(False, number, reason)
+        elif state == "start":
+            attempts[number] = attempts.get(number, 0) + 1
+            if attempts[number] >= MAX_ATTEMPTS:
+                reason = "worker process died while running this job"
+                results[number] = (False, reason, 0.0)
+                progress.update(False, number, reason)
+            else:
+                retry.append((number, files))
+        else:
+            retry.append((number, files))
+    return retry
 
 
 def _is_worker_death(exc):

@@ -6,10 +6,12 @@ the job recorded as complete in ``<module>/logs/jobs.txt``. That record, not the
 of output files, is what ``--resume`` trusts.
 """
 
+import importlib
 import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -41,6 +43,10 @@ class ModuleContext:
     timeout: float = None
     parent_pid: int = field(default_factory=os.getpid)
     verbose: bool = True
+    # The parent's import path: worker processes of a reused pool may predate a plugin.
+    sys_path: list = field(default_factory=lambda: list(sys.path))
+    hard_kill_grace: float = field(default_factory=lambda: float(
+        os.environ.get("SHAPEPIPE_HARD_KILL_GRACE", HARD_KILL_GRACE)))
 
     @property
     def output_dir(self):
@@ -64,6 +70,10 @@ _RUNNERS = {}
 def _runner(ctx):
     key = (ctx.runner_name, tuple(ctx.module_paths))
     if key not in _RUNNERS:
+        missing = [p for p in ctx.sys_path if p not in sys.path]
+        if missing:
+            sys.path.extend(missing)
+            importlib.invalidate_caches()
         _RUNNERS[key] = ModuleRegistry(ctx.module_paths).load(ctx.runner_name)
     return _RUNNERS[key]
 
@@ -112,7 +122,7 @@ class _Watchdog:
 
     def __init__(self, ctx, number, log):
         self.ctx, self.number, self.log = ctx, number, log
-        self.timer = threading.Timer(ctx.timeout + HARD_KILL_GRACE, self.fire)
+        self.timer = threading.Timer(ctx.timeout + ctx.hard_kill_grace, self.fire)
         self.timer.daemon = True
 
     def fire(self):

@@ -1,0 +1,450 @@
+"""Tests of the pipeline framework: configs, inputs, numbering, runs, jobs, plugins."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shapepipe.pipeline.config import Key, ShapePipeConfig, check_section_keys, read_config
+from shapepipe.pipeline.errors import ConfigError, ExecutionError
+from shapepipe.pipeline.execute import execute
+from shapepipe.pipeline.file_handler import bind_files, create_run_dir, numbering_regex
+from shapepipe.pipeline.module_registry import ModuleRegistry
+from shapepipe.run import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- configuration -------------------------------------------------------------------------
+def test_config_env_expansion_and_types(tmp_path, monkeypatch):
+    monkeypatch.setenv("SP_TEST_DIR", "/data/x")
+    path = tmp_path / "c.ini"
+    path.write_text("[A]\nDIR = $SP_TEST_DIR/sub\nOTHER = ${SP_TEST_DIR}y\nN = 3\nF = 1e-3\n"
+                    "B = yes\nL = a, b ,c\nT = 01:02:03\nCOST = $$5\n")
+    config = read_config(str(path))
+    assert config.get("A", "dir") == "/data/x/sub"
+    assert config.get("a", "OTHER") == "/data/xy"  # sections and keys are case-insensitive
+    assert config.getint("A", "N") == 3
+    assert config.getfloat("A", "F") == 1e-3
+    assert config.getboolean("A", "B") is True
+    assert config.getlist("A", "L") == ["a", "b", "c"]
+    assert config.getduration("A", "T") == 3723
+    assert config.get("A", "COST") == "$5"
+
+
+def test_config_unset_variable_names_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("SP_NOT_SET_XYZ", raising=False)
+    path = tmp_path / "c.ini"
+    path.write_text("[FILE]\nINPUT_DIR = $SP_NOT_SET_XYZ/in\n")
+    with pytest.raises(ConfigError, match=r"c.ini \[FILE\] INPUT_DIR.*SP_NOT_SET_XYZ is not set"):
+        read_config(str(path))
+
+
+def test_config_type_error_names_file_section_key_value(tmp_path):
+    path = tmp_path / "c.ini"
+    path.write_text("[MOD]\nN = three\n")
+    config = read_config(str(path))
+    with pytest.raises(ConfigError) as err:
+        config.getint("MOD", "N")
+    assert str(err.value) == f"{path} [MOD] N = 'three': expected an integer"
+
+
+def test_declared_keys_missing_wrong_and_unknown():
+    config = ShapePipeConfig("x.ini")
+    config.read_string("[M]\nA = 1.5\nB = notanint\nZZZ = 1\n")
+    warnings = []
+    with pytest.raises(ConfigError, match=r"\[M\] B = 'notanint': expected an integer"):
+        check_section_keys(config, "M", [Key("A", "float"), Key("B", "int")], warnings.append)
+    with pytest.raises(ConfigError, match=r"\[M\] C: required key is missing"):
+        check_section_keys(config, "M", [Key("A", "float"), Key("C", "str")], warnings.append)
+    check_section_keys(config, "M", [Key("A", "float"), Key("B", "str")], warnings.append)
+    assert len(warnings) == 1 and "ZZZ: unknown key" in warnings[0]
+    values = config.read_keys("M", [Key("A", "float"), Key("D", "int", default=7)])
+    assert values == {"A": 1.5, "D": 7}
+
+
+def test_choices_are_checked():
+    config = ShapePipeConfig("x.ini")
+    config.read_string("[M]\nMODE = FOO\n")
+    with pytest.raises(ConfigError, match="expected one of CLASSIC, VALIDATION"):
+        config.get_key("M", Key("MODE", choices=["CLASSIC", "VALIDATION"]))
+
+
+# -- numbering and binding -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "scheme, good, bad",
+    [
+        ("-0000000-0", ["-2000001-0", "-2000001-39"], ["-200001-0", "-2000001-", "_2000001-1"]),
+        ("_0", ["_0", "_123"], ["-1", "_a"]),
+        ("-000-000", ["-277-282"], ["-27-282", "-277-2821"]),
+        (r"RE:\.\d{3}\.\d{3}", [".277.282"], ["-277-282"]),
+    ],
+)
+def test_numbering_schemes(scheme, good, bad):
+    regex = numbering_regex(scheme)
+    assert all(regex.fullmatch(s) for s in good)
+    assert not any(regex.fullmatch(s) for s in bad)
+
+
+def test_binding_intersection_compound_ext_and_missing(tmp_path):
+    for number in ("-0000001-0", "-0000001-1", "-0000002-0"):
+        (tmp_path / f"image{number}.fits.fz").write_text("x")
+    for number in ("-0000001-0", "-0000002-0", "-0000003-0"):
+        (tmp_path / f"weight{number}.fits.fz").write_text("x")
+    (tmp_path / "image-0000004-0.fits").write_text("x")  # wrong extension: ignored
+    binding = bind_files([str(tmp_path)], ["image", "weight"], [".fits.fz", ".fits.fz"],
+                         "-0000000-0")
+    assert binding.numbers == ["-0000001-0", "-0000002-0"]
+    assert binding.missing == {"-0000001-1": ["weight"], "-0000003-0": ["image"]}
+    assert binding.jobs["-0000001-0"][1].endswith("weight-0000001-0.fits.fz")
+
+
+def test_binding_first_directory_wins_and_number_list(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "in_1.txt").write_text("a")
+    (b / "in_1.txt").write_text("b")
+    (b / "in_2.txt").write_text("b")
+    binding = bind_files([str(a), str(b)], ["in"], [".txt"], "_0")
+    assert binding.jobs["_1"] == [str(a / "in_1.txt")]
+    binding = bind_files([str(a), str(b)], ["in"], [".txt"], "_0", number_list=["_2", "_9"])
+    assert binding.numbers == ["_2"] and binding.excluded == ["_9"]
+
+
+def test_natural_job_order(tmp_path):
+    for n in (1, 2, 10):
+        (tmp_path / f"in_{n}.txt").write_text("x")
+    assert bind_files([str(tmp_path)], ["in"], [".txt"], "_0").numbers == ["_1", "_2", "_10"]
+
+
+def test_run_dirs_never_collide(tmp_path):
+    names = {create_run_dir(str(tmp_path), "run") for _ in range(5)}
+    assert len(names) == 5
+    assert len({create_run_dir(str(tmp_path), "fixed", with_datetime=False) for _ in range(3)}) == 3
+
+
+# -- end to end: jobs, failures, exit codes ------------------------------------------------
+def test_run_outputs_logs_summary_manifest(sp):
+    sp.make_inputs(["_1", "_2", "_3"])
+    assert sp.run(sp.config("")) == 0
+    run_dir = sp.runs()[-1]
+    assert sp.outputs() == ["copy_1.txt", "copy_2.txt", "copy_3.txt"]
+    logs = os.listdir(os.path.join(run_dir, "tp_copy_runner", "logs"))
+    assert {"process_1.log", "process_2.log", "process_3.log"} <= set(logs)
+    assert os.path.isfile(os.path.join(run_dir, "logs", "shapepipe.log"))
+    assert os.path.isfile(os.path.join(run_dir, "config.ini"))
+    summary = sp.summary()
+    module = summary["modules"]["tp_copy_runner"]
+    assert (module["jobs"], module["succeeded"], module["failed"]) == (3, 3, [])
+    manifest = [json.loads(x) for x in open(sp.out / "shapepipe_runs.jsonl")]
+    assert len(manifest) == 1
+    assert manifest[0]["run_dir"] == run_dir and manifest[0]["status"] == {"tp_copy_runner": "ok"}
+    assert not [f for f in os.listdir(os.path.join(run_dir, "tp_copy_runner", "output"))
+                if f.startswith(".")]  # no staging left behind
+
+
+def test_failing_job_is_isolated_and_exit_code_1(sp):
+    sp.make_inputs(["_1", "_2", "_3", "_4"])
+    cfg = sp.config("[TP_COPY_RUNNER]\nFAIL_ON = _2\nEXIT_CODE_ON = _3\n")
+    assert sp.run(cfg) == 1
+    assert sp.outputs() == ["copy_1.txt", "copy_4.txt"]  # failed jobs leave no output
+    failed = {f["number"]: f["error"] for f in sp.summary()["modules"]["tp_copy_runner"]["failed"]}
+    assert "asked to fail on _2" in failed["_2"]
+    assert "exit code 3" in failed["_3"] and "broken input" in failed["_3"]
+    manifest = json.loads(open(sp.out / "shapepipe_runs.jsonl").readline())
+    assert manifest["status"]["tp_copy_runner"] == "partial"
+    log = open(os.path.join(sp.runs()[-1], "tp_copy_runner", "logs", "process_2.log")).read()
+    assert "Traceback" in log and "ValueError" in log
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("[TP_COPY_RUNNER]\nSLEEP = abc\n", "[TP_COPY_RUNNER] SLEEP = 'abc': expected a number"),
+        ("[JOB]\nTIMEOUT = soon\n", "[JOB] TIMEOUT = 'soon': expected a duration"),
+    ],
+)
+def test_config_errors_exit_2_before_any_job(sp, capsys, body, message):
+    sp.make_inputs(["_1"])
+    path = sp.config("")
+    text = open(path).read().replace("[JOB]\n", "[JOB]\n" if "[JOB]" not in body else "[XJOB]\n")
+    open(path, "w").write(text + body)
+    assert main(["-c", path]) == 2
+    out = capsys.readouterr().out
+    assert message in out and path in out
+    assert not sp.runs()  # nothing was created
+
+
+def test_unknown_module_missing_section_and_bad_last(sp, capsys):
+    sp.make_inputs(["_1"])
+    assert main(["-c", sp.config("", modules="no_such_runner")]) == 2
+    assert "MODULE = 'no_such_runner': unknown module" in capsys.readouterr().out
+    path = sp.tmp / "bad.ini"
+    path.write_text("[EXECUTION]\nMODULE = tp_copy_runner\n")
+    assert main(["-c", str(path)]) == 2
+    assert "section [FILE] is missing" in capsys.readouterr().out
+    cfg = sp.config("[TP_COPY_RUNNER]\nINPUT_DIR = last:tp_serial_runner\n")
+    assert main(["-c", cfg]) == 2
+    assert "INPUT_DIR = 'last:tp_serial_runner': no successful run" in capsys.readouterr().out
+
+
+def test_missing_executable_and_package_are_config_errors(sp, tmp_path, capsys):
+    plugin = tmp_path / "plug"
+    plugin.mkdir()
+    (plugin / "needy_runner.py").write_text(
+        "from shapepipe.modules.module_decorator import module_runner\n"
+        "@module_runner(file_pattern='in', file_ext='.txt', depends=['no_such_pkg_xyz'],"
+        " executes=['no-such-program-xyz'])\n"
+        "def needy_runner(*args):\n    return None, None\n")
+    sp.make_inputs(["_1"])
+    cfg = sp.config("", modules="needy_runner").replace(
+        str(sp.tmp / "config.ini"), str(sp.tmp / "config.ini"))
+    text = open(cfg).read().replace("MODULE_PATH = ", f"MODULE_PATH = {plugin}, ")
+    open(cfg, "w").write(text)
+    assert main(["-c", cfg]) == 2
+    assert "needs the Python package 'no_such_pkg_xyz'" in capsys.readouterr().out
+
+
+def test_unknown_key_warns(sp, capsys):
+    sp.make_inputs(["_1"])
+    assert main(["-c", sp.config("[TP_COPY_RUNNER]\nSLEPE = 1\n")]) == 0
+    assert "[TP_COPY_RUNNER] SLEPE: unknown key" in capsys.readouterr().out
+
+
+def test_missing_numbers_reported_not_dropped_silently(sp, capsys):
+    sp.make_inputs(["_1", "_2"])
+    sp.make_inputs(["_1"], pattern="other")
+    cfg = sp.config("[TP_COPY_RUNNER]\nFILE_PATTERN = in, other\nFILE_EXT = .txt, .txt\n")
+    assert main(["-c", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "1 number(s) lack a file for some pattern" in out
+    log = open(os.path.join(sp.runs()[-1], "logs", "shapepipe.log")).read()
+    assert "missing input: _2: no other" in log
+    assert sp.summary()["modules"]["tp_copy_runner"]["missing_inputs"] == 1
+
+
+# -- chaining ------------------------------------------------------------------------------
+def test_chain_in_one_run_run_n_sections_and_serial(sp):
+    sp.make_inputs(["_1", "_2"])
+    cfg = sp.config(
+        "[TP_COPY_RUNNER]\nSLEEP = 0\n"
+        "[TP_COPY_RUNNER_RUN_2]\nINPUT_MODULE = tp_copy_runner\nFILE_PATTERN = copy\n",
+        modules="tp_copy_runner, tp_copy_runner, tp_serial_runner",
+    )
+    assert sp.run(cfg) == 0
+    run_dir = sp.runs()[-1]
+    second = open(os.path.join(run_dir, "tp_copy_runner_run_2", "output", "copy_1.txt")).read()
+    assert "section=TP_COPY_RUNNER\n" in second and "section=TP_COPY_RUNNER_RUN_2" in second
+    # The serial runner's default input_module is the latest occurrence of tp_copy_runner.
+    listing = open(os.path.join(run_dir, "tp_serial_runner", "output", "all.txt")).read()
+    assert listing == "copy_1.txt\ncopy_2.txt\n"
+    assert set(sp.summary()["modules"]) == {"tp_copy_runner", "tp_copy_runner_run_2",
+                                            "tp_serial_runner"}
+
+
+def test_run_n_section_falls_back_to_plain_section(sp):
+    sp.make_inputs(["_1"])
+    cfg = sp.config("[TP_COPY_RUNNER]\nSLEEP = 0\n", modules="tp_copy_runner, tp_copy_runner")
+    text = open(cfg).read() + "[TP_COPY_RUNNER_RUN_2]\n" if False else open(cfg).read()
+    open(cfg, "w").write(text.replace("[TP_COPY_RUNNER]\nSLEEP = 0\n",
+                                      "[TP_COPY_RUNNER]\nSLEEP = 0\nFILE_PATTERN = in, copy\n"
+                                      "FILE_EXT = .txt\nADD_INPUT_DIR = " + str(sp.data) + "\n"))
+    # run 2 reads [TP_COPY_RUNNER] (no _RUN_2 section): pattern "in, copy" over both dirs.
+    sp.make_inputs(["_1"], pattern="copy")
+    assert sp.run(cfg) == 0
+    out = open(os.path.join(sp.runs()[-1], "tp_copy_runner_run_2", "output", "copy_1.txt")).read()
+    assert out.count("section=TP_COPY_RUNNER\n") == 2
+
+
+def test_last_all_and_run_forms_across_runs(sp):
+    sp.make_inputs(["_1", "_2"])
+    assert sp.run(sp.config("")) == 0
+    first = sp.runs()[-1]
+    time.sleep(0.01)
+    assert sp.run(sp.config("[TP_COPY_RUNNER]\nFAIL_ON = _1, _2\n")) == 1  # wholly failed run
+    # last: skips the run where the module failed entirely.
+    cfg = sp.config("", modules="tp_serial_runner", input_dir="last:tp_copy_runner")
+    assert sp.run(cfg) == 0
+    serial_run = sp.runs()[-1]
+    assert open(os.path.join(serial_run, "tp_serial_runner", "output", "all.txt")).read() \
+        == "copy_1.txt\ncopy_2.txt\n"
+    # <run>:<module> and all:
+    name = os.path.basename(first)
+    for spec in (f"{name}:tp_copy_runner", f"{first}:tp_copy_runner", "all:tp_copy_runner"):
+        cfg = sp.config("", modules="tp_serial_runner", input_dir=spec)
+        assert sp.run(cfg) == 0, spec
+    # A runner's input_module without INPUT_DIR in a later position resolves to last:.
+    cfg = sp.config("[TP_SERIAL_RUNNER]\n", modules="tp_copy_runner, tp_serial_runner")
+    assert sp.run(cfg) == 0
+
+
+def test_dry_run_lists_jobs_and_writes_nothing(sp, capsys):
+    sp.make_inputs(["_1", "_2"])
+    assert main(["-c", sp.config("", modules="tp_copy_runner, tp_serial_runner"),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "jobs: 2" in out and "in_1.txt" in out and "output of tp_copy_runner in this run" in out
+    assert not os.path.exists(sp.out) or not sp.runs()
+
+
+# -- plugins and aliases -------------------------------------------------------------------
+def test_list_modules_shows_builtin_path_and_entry_points(sp, capsys, tmp_path, monkeypatch):
+    dist = tmp_path / "site" / "sp_plugin_demo-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sp-plugin-demo\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[shapepipe.modules]\nep_demo_runner = sp_plugin_demo:ep_demo_runner\n")
+    (tmp_path / "site" / "sp_plugin_demo.py").write_text(
+        "import os\nfrom shapepipe.modules.module_decorator import module_runner\n"
+        "@module_runner(version='9.9', file_pattern='in', file_ext='.txt', numbering_scheme='_0')\n"
+        "def ep_demo_runner(files, run_dirs, num, config, sec, log):\n"
+        "    open(os.path.join(run_dirs['output'], 'ep' + num + '.txt'), 'w').write('x')\n"
+        "    return None, None\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert main(["--list-modules", "-c", sp.config("")]) == 0
+    out = capsys.readouterr().out
+    assert "python_example_runner" in out and "tp_copy_runner" in out
+    assert "ep_demo_runner" in out and "9.9" in out
+    sp.make_inputs(["_1", "_2"])
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))  # for the worker processes
+    assert sp.run(sp.config("", modules="ep_demo_runner")) == 0
+    assert sp.outputs("ep_demo_runner") == ["ep_1.txt", "ep_2.txt"]
+
+
+def test_aliases_resolve():
+    registry = ModuleRegistry()
+    assert registry.load("python_example_runner").module_name == "python_example_runner"
+    from shapepipe.pipeline.module_registry import canonical_name
+
+    assert canonical_name("psfexinterp_runner") == "psfex_interp_runner"
+    assert canonical_name("make_cat_runner") == "make_catalog_runner"
+    assert canonical_name("vignetmaker_runner2") == "vignetmaker_runner"
+
+
+# -- timeouts, execute, resume ---------------------------------------------------------------
+def test_execute_raises_with_stderr():
+    out, _ = execute(["echo", "hi"])
+    assert out == "hi\n"
+    with pytest.raises(ExecutionError, match="exit code 4: bad thing"):
+        execute(["sh", "-c", "echo bad thing >&2; exit 4"])
+    with pytest.raises(ExecutionError, match="program not found"):
+        execute(["no-such-program-xyz"])
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_timeout_kills_job_and_external_children(sp, workers):
+    sp.make_inputs(["_1", "_2"])
+    cfg = sp.config("[JOB]\nTIMEOUT = 1\n[TP_COPY_RUNNER]\nCHILD_SLEEP = 30\n",
+                    workers=workers).replace("[JOB]\nSMP_BATCH_SIZE", "[JOB]\nSMP_BATCH_SIZE", 1)
+    text = open(cfg).read().replace(f"SMP_BATCH_SIZE = {workers}\n[JOB]\n",
+                                    f"SMP_BATCH_SIZE = {workers}\n")
+    open(cfg, "w").write(text)
+    start = time.time()
+    assert sp.run(cfg) == 1
+    assert time.time() - start < 15
+    failed = sp.summary()["modules"]["tp_copy_runner"]["failed"]
+    assert [f["error"] for f in failed] == ["timeout after 1 s"] * 2
+    log_dir = os.path.join(sp.runs()[-1], "tp_copy_runner", "logs")
+    for number in ("_1", "_2"):
+        pid = int(open(os.path.join(log_dir, f"sleep{number}.pid")).read())
+        assert not _pid_alive(pid), "the external child survived the timeout"
+
+
+def test_hard_timeout_kills_stuck_worker_and_others_continue(sp, monkeypatch):
+    monkeypatch.setenv("SHAPEPIPE_HARD_KILL_GRACE", "1")
+    sp.make_inputs(["_1", "_2", "_3", "_4"])
+    cfg = sp.config("[JOB]\nTIMEOUT = 1\n")
+    text = open(cfg).read().replace("SMP_BATCH_SIZE = 2\n[JOB]\n", "SMP_BATCH_SIZE = 2\n")
+    # Job _1 blocks the alarm signal, like compiled code that never returns to Python.
+    text += "[TP_COPY_RUNNER]\nBLOCK_ALARM = False\n"
+    open(cfg, "w").write(text)
+    stuck = sp.tmp / "stuck.ini"
+    stuck.write_text(text.replace("BLOCK_ALARM = False", "BLOCK_ALARM = True")
+                     + "NUMBER_LIST = _1\n")
+    start = time.time()
+    assert sp.run(str(stuck)) == 1
+    assert time.time() - start < 20
+    failed = sp.summary()["modules"]["tp_copy_runner"]["failed"]
+    assert len(failed) == 1 and "hard kill" in failed[0]["error"]
+
+
+def test_no_timeout_means_no_limit(sp):
+    sp.make_inputs(["_1"])
+    assert sp.run(sp.config("[TP_COPY_RUNNER]\nSLEEP = 1.5\n", workers=1)) == 0
+
+
+def test_resume_after_sigkill_runs_only_missing_jobs(sp):
+    numbers = [f"_{i}" for i in range(1, 9)]
+    sp.make_inputs(numbers)
+    cfg = sp.config("[TP_COPY_RUNNER]\nSLEEP = 0.6\n", workers=2)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "shapepipe_run.py"), "-c", cfg,
+                             "-q"], start_new_session=True, cwd=REPO)
+    run_dir = None
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        runs = sp.runs()
+        if runs:
+            out = os.path.join(runs[-1], "tp_copy_runner", "output")
+            if os.path.isdir(out) and len([f for f in os.listdir(out) if f.endswith(".txt")]) >= 2:
+                run_dir = runs[-1]
+                break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert run_dir is not None
+    out = os.path.join(run_dir, "tp_copy_runner", "output")
+    before = {f for f in os.listdir(out) if f.endswith(".txt")}
+    assert 2 <= len(before) < len(numbers)
+    # Nothing half-written under a final name: every visible output is complete.
+    for name in before:
+        assert open(os.path.join(out, name)).read().endswith("section=TP_COPY_RUNNER\n")
+    assert main(["-c", cfg, "-q", "--resume"]) == 0
+    assert sp.runs()[-1] == run_dir  # same run directory
+    assert sorted(f for f in os.listdir(out) if f.endswith(".txt")) == sorted(
+        f"copy{n}.txt" for n in numbers)
+    records = open(os.path.join(run_dir, "tp_copy_runner", "logs", "jobs.txt")).read().split("\n")
+    starts = [line.split("\t")[1] for line in records if line.startswith("start")]
+    completed_first = {name[4:-4] for name in before}
+    for number in completed_first:
+        assert starts.count(number) == 1, f"{number} ran again after resume"
+    summary = sp.summary(run_dir)["modules"]["tp_copy_runner"]
+    assert summary["succeeded"] == len(numbers) and summary["resumed"] >= len(before)
+
+
+def test_console_script_and_version():
+    out = subprocess.run([sys.executable, os.path.join(REPO, "shapepipe_run.py"), "--version"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("shapepipe ")
+    out = subprocess.run([sys.executable, os.path.join(REPO, "shapepipe_run.py")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "-c/--config" in out.stderr
+
+
+def test_example_config_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SP_RUN", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    assert main(["-c", "example/config_example.ini", "-q"]) == 0
+    run_dir = [d for d in os.listdir(tmp_path) if d.startswith("example_")][0]
+    out = open(tmp_path / run_dir / "python_example_runner" / "output" / "pyex_output_1.cat").read()
+    assert out.startswith("The obtained value is:\n1\n2\n")
+    head = tmp_path / run_dir / "execute_example_runner" / "output" / "head_output_3.txt"
+    assert head.read_text().startswith("The obtained value is:")
+    serial = tmp_path / run_dir / "serial_example_runner" / "output" / "serial_example_output.cat"
+    assert serial.read_text().count("The obtained value is:") == 6
