@@ -231,4 +231,5 @@ def make_stamps(catalog_path, tile_dir, out_dir, prefix, tiles_per_output=1, n_o
         for task in tasks:
             handle(_work(task))
     catmod.commit_statuses(cat, status_path)
+    summary["outputs"].sort()
     return summary

@@ -40,8 +40,9 @@ GZIP_LEVEL = 1
 def _str_array(values):
     enc = [str(v).encode("utf-8") for v in np.ravel(values)]
     width = max([len(e) for e in enc] + [1])
-    arr = np.array(enc, dtype=f"S{width}").reshape(np.shape(values))
-    return arr, h5py.string_dtype("utf-8", width)
+    dtype = h5py.string_dtype("utf-8", width)
+    # The array itself must carry h5py's UTF-8 tag, or HDF5 finds no conversion from ASCII.
+    return np.array(enc, dtype=f"S{width}").reshape(np.shape(values)).astype(dtype)
 
 
 def _set_root_attrs(h5, bands, dim):
@@ -59,11 +60,9 @@ def write_tile_group(h5, tile, result, dim, nb):
     grp.create_dataset("data", data=result["data"], chunks=(1, dim, dim, nb) if n else None,
                        **(comp if n else {}))
     grp.create_dataset("masks", data=result["masks"], **(comp if n else {}))
-    hdr, hdr_t = _str_array(result["header"]) if n else (np.zeros((0, nb), "S1"), None)
-    grp.create_dataset("header", data=hdr, dtype=hdr_t or h5py.string_dtype("utf-8", 1),
+    grp.create_dataset("header", data=_str_array(result["header"]).reshape(n, nb),
                        **(comp if n else {}))
-    cat, cat_t = _str_array(result["catalog"]) if n else (np.zeros(0, "S1"), None)
-    grp.create_dataset("catalog", data=cat, dtype=cat_t or h5py.string_dtype("utf-8", 1),
+    grp.create_dataset("catalog", data=_str_array(result["catalog"]).reshape(n),
                        **(comp if n else {}))
     grp.attrs["n_objects"] = n
 
