@@ -1,0 +1,252 @@
+"""One SExtractor-like run: read the images, detect, measure, write the FITS_LDAC catalogue.
+
+Usable without the pipeline::
+
+    from shapepipe.modules.sextractor import run_sextractor
+    run_sextractor("image.fits", "sexcat.fits", "default.sex",
+                   param_file="default.param", conv_file="default.conv",
+                   weight_path="weight.fits", flag_path="flag.fits")
+"""
+
+import os
+import warnings
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from shapepipe.modules.sextractor.columns import COLUMNS, NUMPY_TYPES
+from shapepipe.modules.sextractor.config_files import SexConfigError, parse_conv, parse_param
+from shapepipe.modules.sextractor.measure import (
+    Catalogue,
+    Image,
+    check_params,
+    compute_columns,
+)
+from shapepipe.modules.sextractor.settings import SexSettings
+from shapepipe.utils.atomic import write_fits
+from shapepipe.utils.ldac import write_ldac
+
+
+def read_image(path, what="image"):
+    """Read the first HDU with data of a FITS file (header, array).
+
+    Parameters
+    ----------
+    path : str
+        FITS file (compressed HDUs are read transparently).
+    what : str
+        Role of the file, used in error messages.
+
+    Returns
+    -------
+    header : astropy.io.fits.Header
+    data : numpy.ndarray
+    """
+    if not os.path.isfile(path):
+        raise SexConfigError(f"{what} file {path} not found")
+    with fits.open(path, memmap=False) as hdul:
+        for hdu in hdul:
+            if hdu.data is not None and getattr(hdu, "is_image", True) and hdu.data.ndim == 2:
+                return hdu.header.copy(), np.asarray(hdu.data)
+    raise SexConfigError(f"{what} file {path}: no 2-d image HDU")
+
+
+def _wcs(header):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header)
+        except Exception:  # noqa: BLE001 - a broken WCS only matters if world columns asked
+            return None
+    return wcs if wcs.has_celestial else None
+
+
+def _table_hdu(columns):
+    cols = []
+    for name, values, shape in columns:
+        code, unit, disp, _ = COLUMNS[name]
+        values = np.asarray(values)
+        n = len(values)
+        if name == "VIGNET":
+            count = int(np.prod(shape))
+            # FITS stores (NAXIS1=x, NAXIS2=y): TDIM is (width, height).
+            col = fits.Column(name=name, format=f"{count}{code}", unit=unit or None, disp=disp,
+                              dim=f"({shape[1]}, {shape[0]})",
+                              array=values.astype(NUMPY_TYPES[code]).reshape(n, *shape))
+        elif values.ndim == 2:
+            col = fits.Column(name=name, format=f"{values.shape[1]}{code}", unit=unit or None,
+                              disp=disp, array=values.astype(NUMPY_TYPES[code]))
+        else:
+            col = fits.Column(name=name, format=f"1{code}", unit=unit or None, disp=disp,
+                              array=values.astype(NUMPY_TYPES[code]))
+        cols.append(col)
+    hdu = fits.BinTableHDU.from_columns(cols)
+    for i, (name, _, _) in enumerate(columns, start=1):
+        hdu.header[f"TTYPE{i}"] = (name, COLUMNS[name][3])
+    return hdu
+
+
+def _imhead(header, image, settings):
+    head = header.copy()
+    for key in ("XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "ZIMAGE", "ZBITPIX", "ZNAXIS",
+                "ZNAXIS1", "ZNAXIS2", "ZTILE1", "ZTILE2", "ZCMPTYPE"):
+        if key in head:
+            del head[key]
+    # Keep what SExtractor adds for downstream tools (PSFEx reads SEXBKDEV etc.).
+    head["SEXBKGND"] = (image.back_level, "Median background level (ADU)")
+    head["SEXBKDEV"] = (image.backsig, "Median background RMS (ADU)")
+    head["SEXTHLD"] = (settings.detect_thresh * (image.backsig if settings.thresh_type ==
+                                                  "RELATIVE" else 1.0),
+                       "Extraction threshold (ADU)")
+    head["SEXGAIN"] = (image.gain, "Gain used (e-/ADU)")
+    head["SEXSATLV"] = (image.satur, "Saturation level used (ADU)")
+    head["SEXMGZPT"] = (settings.mag_zeropoint, "Zero-point used for magnitudes")
+    head["SEXAPED1"] = (settings.phot_apertures[0], "Aperture diameter #1 (pixels)")
+    return head
+
+
+def _check_image(kind, cat, image, kernel):
+    if kind == "BACKGROUND":
+        return image.back
+    if kind == "BACKGROUND_RMS":
+        rms = np.sqrt(image.var)
+        return np.broadcast_to(rms, image.shape).astype(np.float32)
+    if kind == "-BACKGROUND":
+        return image.sub
+    if kind == "SEGMENTATION":
+        return cat.seg.astype(np.int32)
+    if kind == "OBJECTS":
+        return np.where(cat.seg > 0, image.sub, np.float32(0))
+    if kind == "-OBJECTS":
+        return np.where(cat.seg > 0, np.float32(0), image.sub)
+    if kind == "FILTERED":
+        if kernel is None:
+            return image.sub
+        from scipy.ndimage import convolve
+
+        return convolve(image.sub, kernel[::-1, ::-1], mode="constant")
+    if kind == "APERTURES":
+        import sep
+
+        out = image.sub.copy()
+        auto = cat.auto()
+        kron = np.where(auto["kron"] > 0, auto["kron"], cat.s.phot_autoparams[1])
+        outer = np.zeros(image.shape, dtype=bool)
+        inner = np.zeros(image.shape, dtype=bool)
+        sep.mask_ellipse(outer, cat.x, cat.y, cat.a, cat.b, cat.theta, r=kron)
+        scale = np.maximum(kron - 1.0 / np.maximum(cat.b, 1e-3), 0)
+        sep.mask_ellipse(inner, cat.x, cat.y, cat.a, cat.b, cat.theta, r=scale)
+        ring_value = np.float32(np.nanmax(image.sub) if image.sub.size else 1.0)
+        out[outer & ~inner] = ring_value
+        return out
+    raise SexConfigError(f"CHECKIMAGE_TYPE {kind} is not supported")  # pragma: no cover
+
+
+def run_sextractor(
+    image_path,
+    output_path,
+    sex_file,
+    param_file=None,
+    conv_file=None,
+    weight_path=None,
+    flag_path=None,
+    detection_path=None,
+    detection_weight_path=None,
+    overrides=None,
+    checkimages=None,
+):
+    """Detect and measure sources on one image, writing a FITS_LDAC catalogue.
+
+    Parameters
+    ----------
+    image_path : str
+        Measurement image.
+    output_path : str
+        Catalogue to write (atomically).
+    sex_file : str
+        SExtractor ``.sex`` configuration file.
+    param_file, conv_file : str, optional
+        ``.param`` and ``.conv`` files; default: PARAMETERS_NAME / FILTER_NAME of the
+        ``.sex`` file (relative to the current directory, as SExtractor does).
+    weight_path, flag_path : str, optional
+        Weight map (interpreted with WEIGHT_TYPE) and integer flag image.
+    detection_path, detection_weight_path : str, optional
+        Separate detection image (dual-image mode) and its weight map (default: the
+        measurement weight map).
+    overrides : dict, optional
+        ``.sex`` keys overriding the file (like SExtractor's ``-KEY value`` options).
+    checkimages : list of (str, str), optional
+        (CHECKIMAGE_TYPE, output path) pairs; default: CHECKIMAGE_TYPE/NAME of the settings.
+
+    Returns
+    -------
+    dict
+        ``n_objects``, ``background``, ``rms``, ``checkimages`` (paths written).
+    """
+    settings = SexSettings.from_file(sex_file, overrides)
+    param_file = param_file or settings.parameters_name
+    if not param_file:
+        raise SexConfigError(f"{sex_file}: no PARAMETERS_NAME and no parameter file given")
+    params = parse_param(param_file)
+    try:
+        check_params(params, settings)
+    except SexConfigError as exc:
+        raise SexConfigError(f"{param_file}: {exc}") from None
+    kernel = None
+    if settings.filter:
+        conv_file = conv_file or settings.filter_name
+        if not conv_file:
+            raise SexConfigError(f"{sex_file}: FILTER Y but no FILTER_NAME / conv file given")
+        kernel = parse_conv(conv_file)
+
+    header, data = read_image(image_path)
+    weight = read_image(weight_path, "weight")[1] if weight_path else None
+    flag = read_image(flag_path, "flag")[1] if flag_path else None
+    if flag is not None:
+        if flag.shape != data.shape:
+            raise SexConfigError(f"flag image {flag_path} shape {flag.shape} differs from "
+                                 f"image shape {data.shape}")
+        if not np.issubdtype(flag.dtype, np.integer):
+            raise SexConfigError(f"flag image {flag_path}: expected integer pixels, got "
+                                 f"{flag.dtype}")
+    meas = Image(data, settings, weight, header)
+    if detection_path:
+        dheader, ddata = read_image(detection_path, "detection image")
+        if ddata.shape != data.shape:
+            raise SexConfigError(f"detection image {detection_path} shape {ddata.shape} "
+                                 f"differs from the measurement image {data.shape}")
+        dweight = read_image(detection_weight_path, "detection weight")[1] \
+            if detection_weight_path else weight
+        det = Image(ddata, settings, dweight, dheader)
+    else:
+        det = meas
+    cat = Catalogue(meas, det, settings, kernel, flag=flag, header=header, wcs=_wcs(header))
+    columns = compute_columns(cat, params)
+    write_ldac(output_path, _imhead(header, meas, settings), _table_hdu(columns))
+
+    if checkimages is None:
+        checkimages = list(zip(settings.check_types, settings.check_names))
+    written = []
+    for kind, path in checkimages:
+        kind = kind.upper()
+        if kind == "NONE":
+            continue
+        if not path:
+            raise SexConfigError(f"CHECKIMAGE_TYPE {kind}: no output name")
+        array = _check_image(kind, cat, meas, kernel)
+        hdu = fits.PrimaryHDU(data=np.ascontiguousarray(array), header=_wcs_header(header))
+        write_fits(fits.HDUList([hdu]), path)
+        written.append(path)
+    return {"n_objects": cat.n, "background": meas.back_level, "rms": meas.backsig,
+            "checkimages": written}
+
+
+def _wcs_header(header):
+    out = fits.Header()
+    skip = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION", "PCOUNT",
+            "GCOUNT", "BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM", "EXTNAME"}
+    for card in header.cards:
+        if card.keyword not in skip and not card.keyword.startswith("Z") and card.keyword:
+            out.append(card, end=True)
+    return out
