@@ -86,6 +86,9 @@ FUNCTIONS = {
     "max": (_elementwise_max, 1, None),
 }
 
+#: Functions returning one number for an array.
+REDUCTIONS = {"mean", "median", "mode", "std", "var", "sigma_mad", "len"}
+
 _COMPARATORS = {
     "<": np.less,
     ">": np.greater,
@@ -112,6 +115,19 @@ class Node:
     def mask_names(self):
         """Names of the masks the expression refers to (``COL{mask}``)."""
         return set()
+
+    def domain(self):
+        """Which objects the value is per-object over.
+
+        ``None`` for a single number, ``""`` for the objects plain column names refer
+        to, ``"<mask>"`` for the objects selected by that mask.
+
+        Raises
+        ------
+        ExpressionError
+            If an element-by-element operation mixes values of different objects.
+        """
+        return None
 
 
 class Number(Node):
@@ -140,6 +156,9 @@ class Column(Node):
     def mask_names(self):
         return {self.mask} if self.mask is not None else set()
 
+    def domain(self):
+        return self.mask or ""
+
     def __repr__(self):
         return f"Column({self.name!r}, mask={self.mask!r})"
 
@@ -157,6 +176,12 @@ class Call(Node):
 
     def mask_names(self):
         return set().union(*(arg.mask_names() for arg in self.args))
+
+    def domain(self):
+        domains = [arg.domain() for arg in self.args]
+        if self.name in REDUCTIONS or (self.name in ("min", "max") and len(self.args) == 1):
+            return None
+        return _combine(domains, f"{self.name}()")
 
     def __repr__(self):
         return f"Call({self.name!r}, {self.args!r})"
@@ -179,6 +204,9 @@ class BinaryOp(Node):
     def mask_names(self):
         return self.left.mask_names() | self.right.mask_names()
 
+    def domain(self):
+        return _combine([self.left.domain(), self.right.domain()], f"'{self.op}'")
+
     def __repr__(self):
         return f"BinaryOp({self.op!r}, {self.left!r}, {self.right!r})"
 
@@ -194,6 +222,9 @@ class Negate(Node):
 
     def mask_names(self):
         return self.operand.mask_names()
+
+    def domain(self):
+        return self.operand.domain()
 
     def __repr__(self):
         return f"Negate({self.operand!r})"
@@ -216,8 +247,31 @@ class Compare(Node):
     def mask_names(self):
         return self.left.mask_names() | self.right.mask_names()
 
+    def domain(self):
+        return _combine([self.left.domain(), self.right.domain()], f"'{self.op}'")
+
     def __repr__(self):
         return f"Compare({self.op!r}, {self.left!r}, {self.right!r})"
+
+
+def describe_domain(domain):
+    """Words for a :meth:`Node.domain` value."""
+    if domain is None:
+        return "a single number"
+    if domain == "":
+        return "values per object of the sample (plain column names)"
+    return f"values per object of mask '{domain}' (COL{{{domain}}})"
+
+
+def _combine(domains, what):
+    arrays = {d for d in domains if d is not None}
+    if len(arrays) > 1:
+        names = sorted("COL" if d == "" else f"COL{{{d}}}" for d in arrays)
+        raise ExpressionError(
+            f"{what} combines {' and '.join(names)} element by element, but they hold "
+            "different objects (reduce one with mean(), median(), mode(), ...)"
+        )
+    return arrays.pop() if arrays else None
 
 
 def _check_shapes(left, right, op):
@@ -412,7 +466,7 @@ class _Parser:
         return Call(name, args)
 
 
-def parse_expression(text, allow_compare=False):
+def parse_expression(text, allow_compare=False, domains=None):
     """Parse one expression into an AST.
 
     Parameters
@@ -421,6 +475,9 @@ def parse_expression(text, allow_compare=False):
         The expression, e.g. ``FWHM_IMAGE <= mode(FWHM_IMAGE{preselect}) + 0.2``.
     allow_compare : bool
         Whether one top-level comparison is allowed (mask lines).
+    domains : collection, optional
+        Allowed :meth:`Node.domain` values of the result (e.g. ``{None}`` for a number);
+        ``None`` allows any.
 
     Returns
     -------
@@ -432,4 +489,9 @@ def parse_expression(text, allow_compare=False):
     ExpressionError
         With the column of the offending token.
     """
-    return _Parser(text).parse_line(allow_compare)
+    node = _Parser(text).parse_line(allow_compare)
+    domain = node.domain()
+    if domains is not None and domain not in domains:
+        wanted = " or ".join(describe_domain(d) for d in domains)
+        raise ExpressionError(f"expected {wanted}, this gives {describe_domain(domain)}")
+    return node

@@ -257,9 +257,9 @@ def _split_assignment(text, loc):
     raise loc.error("expected 'name = value'")
 
 
-def _parse(text, loc, allow_compare=False):
+def _parse(text, loc, allow_compare=False, domains=None):
     try:
-        return parse_expression(text, allow_compare=allow_compare)
+        return parse_expression(text, allow_compare=allow_compare, domains=domains)
     except ExpressionError as exc:
         raise loc.error(str(exc)) from None
 
@@ -275,7 +275,7 @@ def _parse_text_template(text, loc):
             if part:
                 out.append(part)
         else:
-            out.append(_parse(part, loc))
+            out.append(_parse(part, loc, domains=(None,)))
     return out
 
 
@@ -287,7 +287,7 @@ def _add_mask_line(section, text, loc):
     if ref:
         section.refs.append((ref.group(1), loc))
         return
-    node = _parse(text, loc, allow_compare=True)
+    node = _parse(text, loc, allow_compare=True, domains=(None, ""))
     if not isinstance(node, Compare):
         raise loc.error("a mask line must be a comparison (<, >, <=, >=, ==, !=), "
                         "a {mask} reference or NO_SAVE")
@@ -298,7 +298,7 @@ def _add_stat_line(section, text, loc):
     name, value = _split_assignment(text, loc)
     if any(existing == name for existing, _, _ in section.entries):
         raise loc.error(f"statistic '{name}' defined twice")
-    section.entries.append((name, _parse(value, loc), loc))
+    section.entries.append((name, _parse(value, loc, domains=(None,)), loc))
 
 
 def _add_plot_line(section, text, loc):
