@@ -214,7 +214,10 @@ def run_job(ctx, number, files):
         error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
         log.error("job failed: %s\n%s", error, traceback.format_exc())
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            os.rmdir(staging)  # empty after a successful move: the cheap common case
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
         elapsed = time.perf_counter() - start
         log.info("%s in %.3f s", "done" if ok else "FAILED", elapsed)
         for handler in log.handlers:
