@@ -1,0 +1,215 @@
+"""Tile post-processing: which single-exposure CCD each tile object falls on.
+
+For a catalogue measured on a stacked tile, ShapePipe's ``MAKE_POST_PROCESS`` adds one
+``EPOCH_<i>`` HDU per contributing exposure ``i`` (in the order of the tile header's HISTORY
+cards), with columns ``NUMBER`` (as in ``LDAC_OBJECTS``), ``EXP_NAME`` (the exposure name)
+and ``CCD_N`` (the CCD index the object falls on, -1 when on none), and an ``N_EPOCH``
+column in ``LDAC_OBJECTS`` counting the CCDs (over all exposures) that contain the object.
+
+An object is on CCD ``j`` when its world position (``WORLD_POSITION`` columns) maps, through
+the CCD WCS, to 0-based pixel coordinates strictly inside ``CCD_SIZE`` = xmin, xmax, ymin,
+ymax (ShapePipe's convention, e.g. ``33, 2080, 1, 4612`` to exclude the overscan).
+"""
+
+import json
+import os
+import re
+import warnings
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from shapepipe.modules.sextractor.config_files import SexConfigError
+from shapepipe.utils.atomic import write_fits
+from shapepipe.utils.ldac import read_imhead
+
+#: Exposure names in HISTORY cards: ``input exposure 2000001p.fits.fz`` (CFIS and simulation).
+HISTORY_EXP_RE = re.compile(r"(\d+)p\.")
+
+
+def exposures_from_header(header):
+    """Exposure names listed in the HISTORY cards of a tile header, in order, without repeats.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+
+    Returns
+    -------
+    list of str
+    """
+    names = []
+    for card in header.get("HISTORY", []):
+        match = HISTORY_EXP_RE.search(str(card))
+        if match and match.group(1) not in names:
+            names.append(match.group(1))
+    return names
+
+
+def _header_from_value(value, where):
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        for key in ("header", "HEADER", "WCS", "wcs"):
+            if key in value:
+                return _header_from_value(value[key], where)
+        raise SexConfigError(f"{where}: CCD entry has no header string")
+    if isinstance(value, bytes):
+        value = value.decode("ascii")
+    if isinstance(value, str):
+        return fits.Header.fromstring(value)
+    raise SexConfigError(f"{where}: expected a FITS header string, got {type(value).__name__}")
+
+
+def read_log_wcs(path, exposures):
+    """Read the CCD WCSs of the given exposures from ``log_exp_headers.sqlite``.
+
+    The file is merge_headers' output: a sqlitedict table keyed by exposure name whose values
+    are JSON lists with one FITS header string (or null) per CCD. Never unpickled.
+
+    Parameters
+    ----------
+    path : str
+        The sqlite file.
+    exposures : list of str
+        Exposure names.
+
+    Returns
+    -------
+    dict
+        ``{exp_name: [astropy.wcs.WCS or None per CCD]}``.
+    """
+    from sqlitedict import SqliteDict
+
+    if not os.path.isfile(path):
+        raise SexConfigError(f"LOG_WCS file {path} not found")
+    out = {}
+    try:
+        with SqliteDict(path, flag="r", encode=json.dumps, decode=json.loads) as store:
+            for name in exposures:
+                if name not in store:
+                    raise SexConfigError(
+                        f"{path}: exposure {name} (from the tile HISTORY) is not in LOG_WCS"
+                    )
+                value = store[name]
+                if not isinstance(value, list):
+                    raise SexConfigError(f"{path}: exposure {name}: expected a list of CCD "
+                                         "headers")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FITSFixedWarning)
+                    out[name] = [
+                        None if h is None else WCS(h).celestial
+                        for h in (_header_from_value(v, f"{path}:{name}") for v in value)
+                    ]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SexConfigError(f"{path}: values are not JSON ({type(exc).__name__}); pickled "
+                             "ShapePipe files are refused, rerun merge_headers_runner") from None
+    return out
+
+
+def epoch_table(ra, dec, ccd_wcs, ccd_size):
+    """CCD index of each position for one exposure.
+
+    Parameters
+    ----------
+    ra, dec : numpy.ndarray
+        World positions (deg).
+    ccd_wcs : list of astropy.wcs.WCS or None
+        One WCS per CCD (None for an absent CCD).
+    ccd_size : sequence of 4 numbers
+        xmin, xmax, ymin, ymax (0-based pixel coordinates, strict inequalities).
+
+    Returns
+    -------
+    ccd_n : numpy.ndarray of int32
+        CCD index, -1 when on no CCD (the last matching CCD wins, as in ShapePipe).
+    n_hits : numpy.ndarray of int32
+        Number of CCDs containing each position.
+    """
+    xmin, xmax, ymin, ymax = (float(v) for v in ccd_size)
+    ccd_n = np.full(len(ra), -1, dtype=np.int32)
+    n_hits = np.zeros(len(ra), dtype=np.int32)
+    for j, wcs in enumerate(ccd_wcs):
+        if wcs is None:
+            continue
+        px, py = wcs.all_world2pix(ra, dec, 0)
+        inside = (px > xmin) & (px < xmax) & (py > ymin) & (py < ymax)
+        ccd_n[inside] = j
+        n_hits += inside
+    return ccd_n, n_hits
+
+
+def make_post_process(cat_path, log_wcs_path, world_position, ccd_size, exposures=None):
+    """Add the ``EPOCH_<i>`` HDUs and the ``N_EPOCH`` column to a tile catalogue, in place.
+
+    Parameters
+    ----------
+    cat_path : str
+        FITS_LDAC catalogue of a tile (rewritten atomically).
+    log_wcs_path : str
+        ``log_exp_headers.sqlite`` of merge_headers.
+    world_position : sequence of 2 str
+        Columns with the world coordinates, e.g. ``("XWIN_WORLD", "YWIN_WORLD")``.
+    ccd_size : sequence of 4 numbers
+        xmin, xmax, ymin, ymax.
+    exposures : list of str, optional
+        Exposure names; default: from the HISTORY cards of the tile header in LDAC_IMHEAD.
+
+    Returns
+    -------
+    list of str
+        The exposures processed, in EPOCH order.
+    """
+    if len(world_position) != 2:
+        raise SexConfigError(f"WORLD_POSITION: expected two column names, got {world_position}")
+    if len(ccd_size) != 4:
+        raise SexConfigError(f"CCD_SIZE: expected xmin, xmax, ymin, ymax, got {ccd_size}")
+    with fits.open(cat_path, memmap=False) as hdul:
+        hdul = fits.HDUList([h.copy() for h in hdul])
+    names = [h.name for h in hdul]
+    if "LDAC_OBJECTS" not in names:
+        raise SexConfigError(f"{cat_path}: no LDAC_OBJECTS HDU")
+    objects = hdul["LDAC_OBJECTS"]
+    data = objects.data
+    for col in world_position:
+        if col not in data.columns.names:
+            raise SexConfigError(f"{cat_path}: WORLD_POSITION column {col} not in the catalogue "
+                                 "(add it to the .param file)")
+    if exposures is None:
+        header = read_imhead(hdul["LDAC_IMHEAD"]) if "LDAC_IMHEAD" in names else fits.Header()
+        exposures = exposures_from_header(header)
+        if not exposures:
+            raise SexConfigError(f"{cat_path}: the image header has no HISTORY card naming an "
+                                 "input exposure ('... <digits>p.fits...'); cannot post-process")
+    wcs_by_exp = read_log_wcs(log_wcs_path, exposures)
+    ra = np.asarray(data[world_position[0]], dtype=np.float64)
+    dec = np.asarray(data[world_position[1]], dtype=np.float64)
+    number = np.asarray(data["NUMBER"]) if "NUMBER" in data.columns.names else \
+        np.arange(1, len(ra) + 1, dtype=np.int32)
+    n_epoch = np.zeros(len(ra), dtype=np.int32)
+    epochs = []
+    width = max(len(e) for e in exposures)
+    for i, exp in enumerate(exposures):
+        ccd_n, hits = epoch_table(ra, dec, wcs_by_exp[exp], ccd_size)
+        n_epoch += hits
+        cols = [
+            fits.Column(name="NUMBER", format="J", array=number.astype(np.int32)),
+            fits.Column(name="EXP_NAME", format=f"{width}A",
+                        array=np.full(len(ra), exp, dtype=f"S{width}")),
+            fits.Column(name="CCD_N", format="J", array=ccd_n),
+        ]
+        hdu = fits.BinTableHDU.from_columns(cols)
+        hdu.header["EXTNAME"] = f"EPOCH_{i}"
+        epochs.append(hdu)
+    columns = [c for c in objects.columns if c.name != "N_EPOCH"]
+    new_objects = fits.BinTableHDU.from_columns(
+        fits.ColDefs(columns) + fits.ColDefs([fits.Column(name="N_EPOCH", format="J",
+                                                          array=n_epoch)]),
+        header=objects.header,
+    )
+    new_objects.header["EXTNAME"] = "LDAC_OBJECTS"
+    kept = [h for h in hdul if not h.name.startswith("EPOCH_")]
+    out = fits.HDUList([new_objects if h.name == "LDAC_OBJECTS" else h for h in kept] + epochs)
+    write_fits(out, cat_path)
+    return list(exposures)

@@ -1,0 +1,181 @@
+"""sextractor_runner: source detection and measurement with ``sep``, configured like SExtractor.
+
+Keeps ShapePipe's interface: the same section keys, the same inputs per job and the same
+output names, but runs in-process with ``sep`` (no ``sex``/``source-extractor`` binary).
+
+Inputs per job, in this order (ShapePipe's rule): the image, then the weight image if
+WEIGHT_IMAGE, the flag image if FLAG_IMAGE, the PSF file if PSF_FILE, the detection image if
+DETECTION_IMAGE, and the detection weight if DETECTION_WEIGHT. Outputs:
+``[<SUFFIX>_]sexcat<number>.fits`` (FITS_LDAC) and one ``[<SUFFIX>_]<type lower><number>.fits``
+per CHECKIMAGE type.
+"""
+
+import os
+
+from astropy.io import fits
+
+from shapepipe.modules.module_decorator import Key, module_runner
+from shapepipe.modules.sextractor import run_sextractor
+from shapepipe.modules.sextractor.postprocess import make_post_process
+
+LOG_WCS_NAME = "log_exp_headers.sqlite"
+
+KEYS = [
+    Key("EXEC_PATH", "str", default=None,
+        help="ignored (ShapePipe's SExtractor executable): detection runs in-process with sep"),
+    Key("DOT_SEX_FILE", "file", help="SExtractor configuration file (.sex)"),
+    Key("DOT_PARAM_FILE", "file", default=None,
+        help="output parameter file (.param); default: PARAMETERS_NAME of the .sex file"),
+    Key("DOT_CONV_FILE", "file", default=None,
+        help="filter kernel (.conv); default: FILTER_NAME of the .sex file"),
+    Key("WEIGHT_IMAGE", "bool", default=True, help="the job's inputs include a weight image"),
+    Key("FLAG_IMAGE", "bool", default=True, help="the job's inputs include a flag image"),
+    Key("PSF_FILE", "bool", default=False,
+        help="the job's inputs include a PSF file (accepted; no supported parameter uses it)"),
+    Key("DETECTION_IMAGE", "bool", default=False,
+        help="the job's inputs include a separate detection image (dual-image mode)"),
+    Key("DETECTION_WEIGHT", "bool", default=False,
+        help="the job's inputs include a weight image for the detection image"),
+    Key("ZP_FROM_HEADER", "bool", default=False, help="MAG_ZEROPOINT from the image header"),
+    Key("ZP_KEY", "str", default=None, help="header key of the zero-point"),
+    Key("BKG_FROM_HEADER", "bool", default=False,
+        help="constant background (BACK_TYPE MANUAL) from the image header"),
+    Key("BKG_KEY", "str", default=None, help="header key of the background value"),
+    Key("CHECKIMAGE", "list", default=[],
+        help="check-image types: BACKGROUND, BACKGROUND_RMS, -BACKGROUND, FILTERED, "
+             "OBJECTS, -OBJECTS, SEGMENTATION, APERTURES"),
+    Key("SUFFIX", "str", default=None, help="output name prefix: <SUFFIX>_sexcat<number>.fits"),
+    Key("PREFIX", "str", default=None, help="same as SUFFIX (newer ShapePipe name)"),
+    Key("MAKE_POST_PROCESS", "bool", default=False,
+        help="tiles: add EPOCH_<i> HDUs and N_EPOCH from the single-exposure CCD WCSs"),
+    Key("LOG_WCS", "str", default=None,
+        help="log_exp_headers.sqlite of merge_headers: a file path, or a module reference "
+             "(last:merge_headers_runner, merge_headers_runner, <run>:<module>)"),
+    Key("WORLD_POSITION", "list", default=["XWIN_WORLD", "YWIN_WORLD"],
+        help="world-coordinate columns used by the post-processing"),
+    Key("CCD_SIZE", "float_list", default=[33, 2080, 1, 4612],
+        help="xmin, xmax, ymin, ymax of the usable CCD area (0-based pixels)"),
+]
+
+
+def _header_value(path, key, what):
+    header = fits.getheader(path)
+    if key not in header:
+        raise ValueError(f"{path}: header key {key} ({what}) not found")
+    try:
+        return float(header[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: header key {key} = {header[key]!r} ({what}) is not a "
+                         "number") from None
+
+
+def _prefix(opts):
+    value = opts["PREFIX"] if opts["PREFIX"] is not None else opts["SUFFIX"]
+    if value and value.lower() != "none":
+        return f"{value}_"
+    return ""
+
+
+def _log_wcs_path(spec, run_dirs):
+    path = os.path.expanduser(spec)
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        candidate = os.path.join(path, LOG_WCS_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+    from shapepipe.pipeline.run_log import resolve_module_dir
+
+    for directory in resolve_module_dir(spec, run_dirs):
+        candidate = os.path.join(directory, LOG_WCS_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+    raise ValueError(f"LOG_WCS = {spec!r}: no file, and no {LOG_WCS_NAME} in that module's "
+                     "output")
+
+
+@module_runner(
+    version="2.0",
+    input_module=["split_exp_runner", "mask_runner"],
+    file_pattern=["image", "weight", "pipeline_flag"],
+    file_ext=[".fits", ".fits", ".fits"],
+    depends=["numpy", "astropy", "sep"],
+    executes=[],
+    numbering_scheme="-0000000-0",
+    run_method="parallel",
+    keys=KEYS,
+)
+def sextractor_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec,
+                      w_log):
+    """Detect and measure the sources of one image into ``sexcat<number>.fits``."""
+    opts = config.read_keys(module_config_sec, KEYS)
+    roles = ["image"]
+    for key, role in (("WEIGHT_IMAGE", "weight"), ("FLAG_IMAGE", "flag"), ("PSF_FILE", "psf"),
+                      ("DETECTION_IMAGE", "detection image"),
+                      ("DETECTION_WEIGHT", "detection weight")):
+        if opts[key]:
+            roles.append(role)
+    if opts["DETECTION_WEIGHT"] and not opts["DETECTION_IMAGE"]:
+        raise ValueError(f"[{module_config_sec}] DETECTION_WEIGHT = True needs "
+                         "DETECTION_IMAGE = True")
+    if opts["DETECTION_WEIGHT"] and not opts["WEIGHT_IMAGE"]:
+        raise ValueError(f"[{module_config_sec}] DETECTION_WEIGHT = True needs "
+                         "WEIGHT_IMAGE = True")
+    if len(input_file_list) != len(roles):
+        raise ValueError(
+            f"[{module_config_sec}] expected {len(roles)} input files ({', '.join(roles)}) "
+            f"from WEIGHT_IMAGE/FLAG_IMAGE/PSF_FILE/DETECTION_IMAGE/DETECTION_WEIGHT; got "
+            f"{len(input_file_list)}: {', '.join(os.path.basename(p) for p in input_file_list)}"
+        )
+    files = dict(zip(roles, input_file_list))
+    image = files["image"]
+
+    overrides = {}
+    if not opts["WEIGHT_IMAGE"]:
+        overrides["WEIGHT_TYPE"] = "NONE"
+    if opts["ZP_FROM_HEADER"]:
+        if not opts["ZP_KEY"]:
+            raise ValueError(f"[{module_config_sec}] ZP_FROM_HEADER = True needs ZP_KEY")
+        overrides["MAG_ZEROPOINT"] = _header_value(image, opts["ZP_KEY"], "zero-point")
+    if opts["BKG_FROM_HEADER"]:
+        if not opts["BKG_KEY"]:
+            raise ValueError(f"[{module_config_sec}] BKG_FROM_HEADER = True needs BKG_KEY")
+        overrides["BACK_TYPE"] = "MANUAL"
+        overrides["BACK_VALUE"] = _header_value(image, opts["BKG_KEY"], "background")
+    if "psf" in files:
+        w_log.info("PSF file %s given; no supported output parameter uses a PSF model",
+                   files["psf"])
+
+    prefix = _prefix(opts)
+    out_dir = run_dirs["output"]
+    output = os.path.join(out_dir, f"{prefix}sexcat{file_number_string}.fits")
+    checks = [c.strip() for c in opts["CHECKIMAGE"] if c.strip()]
+    checkimages = [
+        (c.upper(), os.path.join(out_dir, f"{prefix}{c.lower()}{file_number_string}.fits"))
+        for c in checks if c.upper() != "NONE"
+    ]
+    overrides["CHECKIMAGE_TYPE"] = "NONE"
+    info = run_sextractor(
+        image,
+        output,
+        os.path.expanduser(opts["DOT_SEX_FILE"]),
+        param_file=opts["DOT_PARAM_FILE"] and os.path.expanduser(opts["DOT_PARAM_FILE"]),
+        conv_file=opts["DOT_CONV_FILE"] and os.path.expanduser(opts["DOT_CONV_FILE"]),
+        weight_path=files.get("weight"),
+        flag_path=files.get("flag"),
+        detection_path=files.get("detection image"),
+        detection_weight_path=files.get("detection weight"),
+        overrides=overrides,
+        checkimages=checkimages,
+    )
+    w_log.info("%s: %d objects (background %.4g, rms %.4g) -> %s", os.path.basename(image),
+               info["n_objects"], info["background"], info["rms"], output)
+
+    if opts["MAKE_POST_PROCESS"]:
+        if not opts["LOG_WCS"]:
+            raise ValueError(f"[{module_config_sec}] MAKE_POST_PROCESS = True needs LOG_WCS")
+        log_wcs = _log_wcs_path(opts["LOG_WCS"], run_dirs)
+        exposures = make_post_process(output, log_wcs, opts["WORLD_POSITION"],
+                                      opts["CCD_SIZE"])
+        w_log.info("post-process: %d epochs from %s", len(exposures), log_wcs)
+    return None, None
