@@ -1,0 +1,111 @@
+"""End-to-end: split_exp -> merge_headers -> mask through shapepipe_run on generated exposures."""
+
+import glob
+import os
+import textwrap
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from shapepipe.modules.merge_headers import read_exp_wcs
+from shapepipe.run import main
+
+EXAMPLE_MASK = os.path.join(os.path.dirname(__file__), "..", "example", "mask", "config.mask")
+SCALE = 0.187 / 3600
+NX, NY = 300, 360
+EXPOSURES = ["2000001", "2000002"]
+
+
+def ccd_header(exp_index, ccd):
+    h = fits.Header()
+    h["EXTNAME"] = f"ccd{ccd:02d}"
+    h["CCDNUM"] = ccd
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h["CRVAL1"], h["CRVAL2"] = 216.8654 + 0.01 * exp_index, 51.5
+    # CCD 0 left of the optical axis, CCD 1 right of it
+    h["CRPIX1"], h["CRPIX2"] = (NX + 10.0, NY / 2) if ccd == 0 else (-10.0, NY / 2)
+    h["CD1_1"], h["CD1_2"], h["CD2_1"], h["CD2_2"] = -SCALE, 0.0, 0.0, SCALE
+    h["GAIN"], h["SATURATE"] = 1.6, 60000.0
+    return h
+
+
+@pytest.fixture
+def exposures(tmp_path):
+    data_dir = tmp_path / "exposures"
+    data_dir.mkdir()
+    rng = np.random.default_rng(11)
+    for index, exp in enumerate(EXPOSURES):
+        for kind in ("image", "weight", "flag"):
+            hdus = [fits.PrimaryHDU()]
+            hdus[0].header["EXPNUM"] = int(exp)
+            hdus[0].header["EXPTIME"] = 200.0
+            for ccd in range(2):
+                if kind == "flag":
+                    data = np.zeros((NY, NX), np.int16)
+                    data[:, 100] = 1  # a bad column
+                elif kind == "weight":
+                    data = np.full((NY, NX), 0.01, np.float32)
+                else:
+                    data = rng.normal(170, 10, (NY, NX)).astype(np.float32)
+                hdus.append(fits.CompImageHDU(data, header=ccd_header(index, ccd)))
+            fits.HDUList(hdus).writeto(str(data_dir / f"{kind}-{exp}.fits.fz"))
+    # one bright star on CCD 1 of the first exposure, pixel (150, 180) 0-based
+    ra, dec = WCS(ccd_header(0, 1)).all_pix2world([150.0], [180.0], 0)
+    stars = Table({"RA": ra, "DEC": dec, "MAG": [11.0]})
+    stars.write(str(tmp_path / "ref_stars.fits"))
+    return data_dir
+
+
+def test_split_merge_mask_chain(tmp_path, exposures):
+    out = tmp_path / "out"
+    config = tmp_path / "config_exp.ini"
+    config.write_text(textwrap.dedent(f"""
+        [DEFAULT]
+        RUN_NAME = exp
+        [EXECUTION]
+        MODULE = split_exp_runner, merge_headers_runner, mask_runner
+        MODE = SMP
+        [FILE]
+        INPUT_DIR = {exposures}
+        OUTPUT_DIR = {out}
+        [JOB]
+        SMP_BATCH_SIZE = 2
+        [SPLIT_EXP_RUNNER]
+        OUTPUT_SUFFIX = image, weight, flag
+        N_HDU = 2
+        [MERGE_HEADERS_RUNNER]
+        [MASK_RUNNER]
+        MASK_CONFIG_PATH = {EXAMPLE_MASK}
+        USE_EXT_FLAG = True
+        STAR_CAT_PATH = {tmp_path / 'ref_stars.fits'}
+        PREFIX = pipeline
+        """))
+    assert main(["-c", str(config), "-q"]) == 0
+    run_dir = glob.glob(str(out / "exp_*"))[0]
+    split_out = sorted(os.listdir(os.path.join(run_dir, "split_exp_runner", "output")))
+    assert split_out == sorted(
+        [f"{k}-{e}-{c}.fits" for k in ("image", "weight", "flag") for e in EXPOSURES
+         for c in (0, 1)] + [f"headers-{e}.npy" for e in EXPOSURES])
+    sqlite = os.path.join(run_dir, "merge_headers_runner", "output", "log_exp_headers.sqlite")
+    wcs = read_exp_wcs(sqlite)
+    assert sorted(wcs) == EXPOSURES and all(len(v) == 2 for v in wcs.values())
+    ref = WCS(ccd_header(1, 1))
+    np.testing.assert_allclose(wcs["2000002"][1].all_pix2world([[5.0, 6.0]], 0),
+                               ref.all_pix2world([[5.0, 6.0]], 0), rtol=0, atol=1e-12)
+    mask_dir = os.path.join(run_dir, "mask_runner", "output")
+    assert sorted(os.listdir(mask_dir)) == sorted(
+        f"pipeline_flag-{e}-{c}.fits" for e in EXPOSURES for c in (0, 1))
+    flag = fits.getdata(os.path.join(mask_dir, "pipeline_flag-2000001-1.fits"))
+    # star: halo (64) + spike (128); bad column from the external flag (1); border (8)
+    assert flag[180, 150] == 64 | 128
+    assert flag[200, 100] & 1 and flag[0, 200] & 8
+    assert flag[180 + 60, 150 + 60] == 64
+    # the star is off CCD 0, 171 px right of its edge: no halo there (radius 92 px), but its
+    # 368 px spike along -x crosses the gap and reaches CCD 0 down to x = 470 - 368 = 102
+    other = fits.getdata(os.path.join(mask_dir, "pipeline_flag-2000001-0.fits"))
+    assert not (other & 64).any()
+    assert other[180, 110] & 128 and not other[180, 95] & 128
+    assert not (other[:170] & 128).any()
