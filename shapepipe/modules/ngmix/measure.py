@@ -1,0 +1,296 @@
+"""Per-object metacalibration measurement and the ShapePipe-format ngmix catalogue.
+
+:func:`measure_object` takes the epochs of one object (a list of
+:class:`~shapepipe.modules.ngmix.observation.Observation`) and returns one row per metacal
+type; :func:`write_catalog` writes rows of many objects as HDUs NOSHEAR, 1P, 1M, 2P, 2M.
+"""
+
+import numpy as np
+
+from shapepipe.utils.rng import make_rng
+
+from .fitting import (
+    FLAG_FIT_FAILED,
+    FLAG_METACAL_FAILED,
+    FLAG_NO_EPOCHS,
+    FLAG_PSF_FAILED,
+    NO_PRIORS,
+    PixelSet,
+    Priors,
+    adaptive_moments,
+    fit_gmix_model,
+    fit_psf_gauss,
+)
+from .gmix import GMix
+from .metacal import METACAL_TYPES, MetacalImager, metacal_shears
+
+HDU_NAMES = {"noshear": "NOSHEAR", "1p": "1P", "1m": "1M", "2p": "2P", "2m": "2M"}
+
+# Output columns (name, numpy dtype) of every HDU, ShapePipe's names first.
+COLUMNS = [
+    ("id", "i8"), ("n_epoch_model", "i4"),
+    ("g1", "f8"), ("g2", "f8"), ("g1_err", "f8"), ("g2_err", "f8"), ("g1g2_cov", "f8"),
+    ("T", "f8"), ("T_err", "f8"), ("Tpsf", "f8"), ("g1_psf", "f8"), ("g2_psf", "f8"),
+    ("Tpsfo", "f8"), ("g1_psfo", "f8"), ("g2_psfo", "f8"),
+    ("flux", "f8"), ("flux_err", "f8"), ("s2n", "f8"), ("mag", "f8"), ("mag_err", "f8"),
+    ("u0", "f8"), ("v0", "f8"), ("chi2", "f8"), ("npix", "i4"),
+    ("flags", "i4"), ("mcal_flags", "i4"), ("ntry_fit", "i2"), ("nfev", "i2"),
+]
+
+
+def _empty_row(object_id, n_epoch):
+    row = {name: (np.nan if dt == "f8" else 0) for name, dt in COLUMNS}
+    row["id"] = object_id
+    row["n_epoch_model"] = n_epoch
+    return row
+
+
+def _fill_bad_pixels(obs, psf_fit, rng):
+    """Replace zero-weight pixels by a PSF-convolved Gaussian fit of the good ones.
+
+    Metacal needs a complete image (a hole would be deconvolved and sheared). The weight
+    of those pixels stays zero in the fits.
+    """
+    bad = obs.weight <= 0
+    if not bad.any():
+        return obs.image
+    pixels = PixelSet([obs])
+    am = adaptive_moments(np.where(bad, 0.0, obs.image), obs.jacobian, weight=obs.weight)
+    t_guess = am["T"] - psf_fit["T"] if am["flags"] == 0 else psf_fit["T"]
+    flux_guess = am["flux"] if am["flags"] == 0 else obs.image[~bad].sum()
+    guess = [0.0, 0.0, 0.0, 0.0, max(t_guess, 0.1 * psf_fit["T"]), flux_guess]
+    res = fit_gmix_model(pixels, psf_fit["gmix"], "gauss", guess=guess, rng=rng)
+    ny, nx = obs.image.shape
+    y, x = np.nonzero(bad)
+    u, v = obs.jacobian.uv(x, y)
+    from .gmix import gT_to_moments
+    u0, v0, g1, g2, T, flux = res["pars"]
+    cuu, cvv, cuv = gT_to_moments(g1, g2, T)
+    psf = psf_fit["gmix"]
+    model = GMix(flux, u0, v0, cuu + psf.cuu[0], cvv + psf.cvv[0], cuv + psf.cuv[0])
+    filled = obs.image.copy()
+    filled[y, x] = model.render(u, v, obs.jacobian.det)
+    return filled
+
+
+def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors=None,
+                   fixnoise=True, n_retry=3, zero_point=30.0, margin=8, dilation=None):
+    """Metacalibration shapes of one object from its epochs.
+
+    Parameters
+    ----------
+    obs_list : list of Observation
+        Epochs (image, weight, Jacobian at the object, PSF image each).
+    object_id : int
+        Object identifier: with ``seed`` it fixes every random number used for the object.
+    seed : int
+        Configured seed.
+    model : str
+        Galaxy model ``gauss``, ``exp`` or ``dev``.
+    step : float
+        Metacal shear step.
+    priors : Priors, optional
+        Priors of the fits (default :class:`Priors` with a centre prior of one pixel).
+    fixnoise : bool
+        Add the sheared 90-degree-rotated noise image (Sheldon & Huff 2017).
+    n_retry : int
+        Perturbed restarts of a failed fit.
+    zero_point : float
+        Magnitude zero point of the fluxes.
+    margin : int
+        Margin of the Fourier lattice of the sheared images (pixels).
+    dilation : float, optional
+        Size factor of the round reconvolution Gaussian relative to the major axis of the
+        fitted PSF Gaussian (default ``1 + 2 step``).
+
+    Returns
+    -------
+    dict
+        ``{type: row}`` for the five types; a row is a dict of :data:`COLUMNS`.
+    """
+    rng = make_rng(seed, int(object_id))
+    n_in = len(obs_list)
+    rows = {t: _empty_row(object_id, 0) for t in METACAL_TYPES}
+    if dilation is None:
+        dilation = 1.0 + 2.0 * abs(step)
+
+    # PSF of each epoch: Gaussian fit, used for the reconvolution size and reported.
+    psf_fits, good_obs, flags = [], [], 0
+    for obs in obs_list:
+        if obs.psf is None:
+            raise ValueError("every observation needs a PSF image for metacalibration")
+        pf = fit_psf_gauss(obs.psf, obs.psf_jacobian())
+        if pf["flags"]:
+            flags |= FLAG_PSF_FAILED
+            continue
+        psf_fits.append(pf)
+        good_obs.append(obs)
+    if not good_obs:
+        for row in rows.values():
+            row["flags"] = row["mcal_flags"] = flags | FLAG_NO_EPOCHS
+        return rows
+    tpsfo = np.mean([pf["T"] for pf in psf_fits])
+    g1o = np.mean([pf["g1"] for pf in psf_fits])
+    g2o = np.mean([pf["g2"] for pf in psf_fits])
+    # Round reconvolution PSF covering the largest PSF axis of every epoch, dilated.
+    lam = max(np.linalg.eigvalsh(np.array([[pf["gmix"].cuu[0], pf["gmix"].cuv[0]],
+                                           [pf["gmix"].cuv[0], pf["gmix"].cvv[0]]])).max()
+              for pf in psf_fits)
+    sigma_r = np.sqrt(lam) * dilation
+    reconv = GMix.round_gauss(2.0 * sigma_r ** 2)
+
+    # Sheared images of every epoch.
+    images = {t: [] for t in METACAL_TYPES}
+    try:
+        for obs, pf in zip(good_obs, psf_fits):
+            image = _fill_bad_pixels(obs, pf, rng)
+            noise = None
+            if fixnoise:
+                w = obs.weight
+                ok = w > 0
+                fill_w = np.median(w[ok]) if ok.any() else 1.0
+                sigma = 1.0 / np.sqrt(np.where(ok, w, fill_w))
+                noise = rng.standard_normal(w.shape) * sigma
+            imager = MetacalImager(obs.shape, obs.jacobian, obs.psf, sigma_r, margin=margin)
+            for t, im in imager.make_all(image, noise, step=step).items():
+                images[t].append(im)
+    except (FloatingPointError, ValueError, np.linalg.LinAlgError):
+        for row in rows.values():
+            row["flags"] = row["mcal_flags"] = flags | FLAG_METACAL_FAILED
+        return rows
+
+    pixels = PixelSet(good_obs, weight_factor=0.5 if fixnoise else 1.0)
+    if priors is None:
+        scale = float(np.mean([o.jacobian.scale for o in good_obs]))
+        priors = Priors(cen_sigma=scale)
+
+    # Guess from adaptive moments of the unsheared image of the first epoch.
+    first = images["noshear"][0]
+    am = adaptive_moments(first, good_obs[0].jacobian, weight=good_obs[0].weight,
+                          guess_T=4.0 * sigma_r ** 2)
+    t_r = 2.0 * sigma_r ** 2
+    if am["flags"] == 0 and np.isfinite(am["flux"]) and am["flux"] > 0:
+        t_gal = am["T"] - t_r
+        guess = np.array([am["u0"], am["v0"], 0.0, 0.0, max(t_gal, 0.05 * t_r), am["flux"]])
+    else:
+        guess = np.array([0.0, 0.0, 0.0, 0.0, 0.5 * t_r,
+                          max(float(np.sum(first)), 1e-3)])
+    if not priors.allowed(guess):
+        guess[4] = min(max(guess[4], priors.T_range[0] + 1e-6), priors.T_range[1])
+    results = {}
+    for t in METACAL_TYPES:
+        data = pixels.data_from_images(images[t])
+        start = guess if t == "noshear" else results["noshear"]["pars"]
+        res = fit_gmix_model(pixels, reconv, model=model, guess=start, priors=priors,
+                             data=data, rng=rng, n_retry=n_retry)
+        if t != "noshear" and res["flags"] & FLAG_FIT_FAILED:
+            res2 = fit_gmix_model(pixels, reconv, model=model, guess=guess, priors=priors,
+                                  data=data, rng=rng, n_retry=n_retry)
+            if not res2["flags"] & FLAG_FIT_FAILED:
+                res = res2
+        results[t] = res
+    mcal_flags = flags
+    for res in results.values():
+        mcal_flags |= res["flags"]
+    for t, res in results.items():
+        row = rows[t]
+        x, cov = res["pars"], res["pars_cov"]
+        err = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+        row.update({
+            "n_epoch_model": len(good_obs),
+            "u0": x[0], "v0": x[1], "g1": x[2], "g2": x[3], "T": x[4], "flux": x[5],
+            "g1_err": err[2], "g2_err": err[3], "g1g2_cov": cov[2, 3], "T_err": err[4],
+            "flux_err": err[5], "Tpsf": t_r, "g1_psf": 0.0, "g2_psf": 0.0,
+            "Tpsfo": tpsfo, "g1_psfo": g1o, "g2_psfo": g2o, "s2n": res["s2n"],
+            "chi2": res["chi2"], "npix": pixels.data.size,
+            "flags": flags | res["flags"], "mcal_flags": mcal_flags,
+            "ntry_fit": res["ntry"], "nfev": res["nfev"],
+        })
+        with np.errstate(invalid="ignore", divide="ignore"):
+            row["mag"] = zero_point - 2.5 * np.log10(x[5]) if x[5] > 0 else np.nan
+            row["mag_err"] = 2.5 / np.log(10) * err[5] / x[5] if x[5] > 0 else np.nan
+    return rows
+
+
+def rows_to_tables(rows_list):
+    """Rows of many objects (list of ``{type: row}``) -> ``{type: numpy structured array}``."""
+    dtype = np.dtype(COLUMNS)
+    tables = {}
+    for t in METACAL_TYPES:
+        tab = np.zeros(len(rows_list), dtype=dtype)
+        for name, _ in COLUMNS:
+            tab[name] = [r[t][name] for r in rows_list]
+        tables[t] = tab
+    return tables
+
+
+def write_catalog(path, tables, header=None):
+    """Write the metacal catalogue: HDUs NOSHEAR, 1P, 1M, 2P, 2M (atomically).
+
+    Parameters
+    ----------
+    path : str
+        Output FITS file.
+    tables : dict
+        ``{type: structured array}`` (from :func:`rows_to_tables`) or a list of rows.
+    header : dict, optional
+        Extra keywords for the primary header (seed, model, step...).
+    """
+    from astropy.io import fits
+
+    from shapepipe.utils.atomic import write_fits
+
+    if isinstance(tables, list):
+        tables = rows_to_tables(tables)
+    primary = fits.PrimaryHDU()
+    for key, value in (header or {}).items():
+        primary.header[key] = value
+    hdus = [primary]
+    for t in METACAL_TYPES:
+        hdus.append(fits.BinTableHDU(tables[t], name=HDU_NAMES[t]))
+    write_fits(fits.HDUList(hdus), path)
+
+
+def read_catalog(path):
+    """``{type: numpy structured array}`` of a metacal catalogue."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        return {t: np.asarray(hdul[HDU_NAMES[t]].data).copy() for t in METACAL_TYPES}
+
+
+def shear_response(tables, step=0.01):
+    """Per-object shear response matrix ``R[i, j] = d g_i / d gamma_j`` (N, 2, 2)."""
+    r = np.empty((len(tables["noshear"]), 2, 2))
+    for j, (p, m) in enumerate((("1p", "1m"), ("2p", "2m"))):
+        r[:, 0, j] = (tables[p]["g1"] - tables[m]["g1"]) / (2 * step)
+        r[:, 1, j] = (tables[p]["g2"] - tables[m]["g2"]) / (2 * step)
+    return r
+
+
+def selection_response(tables, select, step=0.01):
+    """Mean selection response matrix ``R_S`` (Sheldon & Huff 2017, eq. 13).
+
+    Parameters
+    ----------
+    tables : dict
+        Metacal catalogue.
+    select : callable
+        ``select(table) -> bool array``; applied to each sheared catalogue.
+
+    Returns
+    -------
+    numpy.ndarray, shape (2, 2)
+    """
+    rs = np.empty((2, 2))
+    for j, (p, m) in enumerate((("1p", "1m"), ("2p", "2m"))):
+        sp = select(tables[p])
+        sm = select(tables[m])
+        ns = tables["noshear"]
+        for i, name in enumerate(("g1", "g2")):
+            rs[i, j] = (np.mean(ns[name][sp]) - np.mean(ns[name][sm])) / (2 * step)
+    return rs
+
+
+__all__ = ["measure_object", "rows_to_tables", "write_catalog", "read_catalog",
+           "shear_response", "selection_response", "metacal_shears", "NO_PRIORS"]
