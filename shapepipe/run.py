@@ -615,6 +615,12 @@ def main(argv=None):
             mpi_state = mpi.start(config.where("EXECUTION", "MODE", "MPI"))
             if mpi_state.rank != 0:
                 return mpi.worker_loop(mpi_state)
+            if mpi_state.size == 1:
+                log.warning("MODE = MPI with a single rank: jobs run one at a time on rank 0 "
+                            "(start with mpiexec -n N to use N ranks)")
+            else:
+                log.info("MODE = MPI: %d ranks (rank 0 dispatches and runs jobs)",
+                         mpi_state.size)
         run_log = RunLog(pipeline.manifest)
         pipeline.validate(run_log)
         if args.dry_run:

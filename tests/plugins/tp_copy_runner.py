@@ -22,6 +22,8 @@ def tp_copy_runner(input_file_list, run_dirs, file_number_string, config, module
                    w_log):
     opts = config.read_keys(module_config_sec, KEYS)
     number = file_number_string
+    with open(os.path.join(run_dirs["log"], f"rank{number}.txt"), "w") as handle:
+        handle.write(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-")))
     with open(os.path.join(run_dirs["output"], f"copy{number}.txt"), "w") as out:
         for path in input_file_list:
             with open(path) as handle:
