@@ -38,6 +38,8 @@ def main(argv=None):
     parser.add_argument("--commit-interval", type=float, default=30.0,
                         help="seconds between catalogue rewrites (statuses are journalled "
                              "after every tile in between)")
+    parser.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"],
+                        help="HDF5 filter of the stamp pixels (gzip: portable; lzf: faster)")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("catalog", help="CSV catalogue with RA, DEC, COADD_OBJECT_ID, TILENAME, "
                                         "STATUS (updated in place)")
@@ -54,7 +56,7 @@ def main(argv=None):
             tiles_per_output=args.tiles_per_output, n_outputs=args.n_outputs or None,
             dimension=args.dimension, bands=args.bands, template=args.template,
             image_hdu=args.image_hdu, mask_hdu=args.mask_hdu, processes=args.processes,
-            commit_interval=args.commit_interval,
+            commit_interval=args.commit_interval, compression=args.compression,
         )
     except DesStampError as exc:
         print(f"catalog_to_stamps: error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Tests of the DES stamp system: tile assignment, cutting, HDF5 store, STATUS, scripts."""
 
 import csv
+import glob
 import os
 import subprocess
 import sys
@@ -570,3 +571,96 @@ def test_extract_fits_headers_roundtrip(tiles, tmp_path):
         sx, sy = sw.world_to_pixel(c)
         assert abs(sx - 3.5) <= 0.5 and abs(sy - 3.5) <= 0.5
         assert hdul[0].header["TILENAME"] == "DES2359+0000"
+
+
+# ---------------------------------------------------------------------------- runner
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    tile_dir = tmp_path / "tiles"
+    tile_dir.mkdir()
+    for tile in TILES:
+        write_tile(str(tile_dir), tile)
+    geom = tmp_path / "geom.csv"
+    write_geometry_csv(str(geom))
+    inp = tmp_path / "input"
+    inp.mkdir()
+    ra, dec, ids = [], [], []
+    for tile, seed in zip(TILES, (1, 2, 3)):
+        r, d, _, _ = targets_on(tile, 8, seed, margin=-8)
+        ra.extend(r)
+        dec.extend(d)
+        ids.extend(f"{tile}:{k}" for k in range(8))
+    ra.append(20.0)
+    dec.append(0.0)
+    ids.append("nowhere")
+    # As the simulation writes it: TILENAME empty, STATUS new.
+    write_targets(str(inp / "targets.csv"), np.array(ra), np.array(dec), ids)
+    return tmp_path, tile_dir, geom, inp
+
+
+def pipeline_main(argv):
+    from shapepipe.run import main
+
+    return main(argv)
+
+
+def write_config(tmp_path, tile_dir, geom, inp, extra=""):
+    cfg = tmp_path / "config_des.ini"
+    cfg.write_text(f"""[DEFAULT]
+RUN_NAME = des_test
+[EXECUTION]
+MODULE = des_stamp_runner
+MODE = SMP
+[FILE]
+INPUT_DIR = {inp}
+OUTPUT_DIR = {tmp_path / 'out'}
+[JOB]
+SMP_BATCH_SIZE = 1
+[DES_STAMP_RUNNER]
+TILE_DIR = {tile_dir}
+TILE_GEOMETRY = {geom}
+BANDS = grizY
+DIMENSION = 24
+TILES_PER_OUTPUT = 2
+PROCESSES = 2
+{extra}""")
+    return str(cfg)
+
+
+def test_runner_end_to_end_and_rerun(setup):
+    tmp_path, tile_dir, geom, inp = setup
+    cfg = write_config(tmp_path, tile_dir, geom, inp)
+    assert pipeline_main(["-c", cfg]) == 0
+    outs = sorted(glob.glob(str(tmp_path / "out" / "des_test*" / "des_stamp_runner" / "output"
+                                / "*")))
+    names = [os.path.basename(p) for p in outs]
+    assert names == ["des_stamps_001.hdf5", "des_stamps_002.hdf5", "des_stamps_catalog.csv"]
+    tiles = {}
+    for p in outs[:2]:
+        st = read_store(p)
+        assert st["bands"] == BANDS and st["dimension"] == 24
+        for t, grp in st["tiles"].items():
+            tiles[t] = list(grp["catalog"])
+            assert grp["data"].shape == (8, 24, 24, 5)
+    assert sorted(tiles) == sorted(TILES)
+    for t, ids in tiles.items():
+        assert ids == [f"{t}:{k}" for k in range(8)]
+    cat = catmod.read_catalog(str(inp / "targets.csv"))
+    status = dict(zip(cat.col("COADD_OBJECT_ID"), cat.col("STATUS")))
+    assert status.pop("nowhere") == "no_tile"
+    assert set(status.values()) == {"done"}
+    # A second run finds nothing to do.
+    assert pipeline_main(["-c", cfg]) == 0
+    runs = sorted(glob.glob(str(tmp_path / "out" / "des_test*")))
+    second = os.listdir(os.path.join(runs[-1], "des_stamp_runner", "output"))
+    assert second == ["des_stamps_catalog.csv"]
+
+
+def test_runner_config_errors(setup):
+    tmp_path, tile_dir, geom, inp = setup
+    cfg = write_config(tmp_path, tmp_path / "no_such_dir", geom, inp)
+    assert pipeline_main(["-c", cfg]) == 2
+    cfg = write_config(tmp_path, tile_dir, geom, inp, "COMPRESSION = bzip9\n")
+    assert pipeline_main(["-c", cfg]) == 2

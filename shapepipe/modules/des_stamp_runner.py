@@ -35,6 +35,8 @@ KEYS = [
     Key("TILES_PER_OUTPUT", "int", default=10, help="tiles per HDF5 file"),
     Key("N_OUTPUTS", "int", default=0, help="at most this many HDF5 files per job (0: all)"),
     Key("PROCESSES", "int", default=1, help="worker processes per job (tiles in parallel)"),
+    Key("COMPRESSION", "str", default="gzip", choices=["gzip", "lzf", "none"],
+        help="HDF5 filter of the stamp pixels (gzip: portable; lzf: faster, h5py only)"),
     Key("OUTPUT_PREFIX", "str", default="des_stamps", help="output file name prefix"),
     Key("TILE_GEOMETRY", "str", default="",
         help="tile geometry table (FITS or CSV); if set, TILENAME is (re)assigned first"),
@@ -79,7 +81,7 @@ def des_stamp_runner(input_file_list, run_dirs, file_number_string, config, modu
         tiles_per_output=opts["TILES_PER_OUTPUT"], n_outputs=opts["N_OUTPUTS"] or None,
         dimension=opts["DIMENSION"], bands=opts["BANDS"], template=opts["TILE_TEMPLATE"],
         image_hdu=opts["IMAGE_HDU"], mask_hdu=opts["MASK_HDU"], processes=opts["PROCESSES"],
-        mark_each_tile=False, log=w_log,
+        mark_each_tile=False, compression=opts["COMPRESSION"].lower(), log=w_log,
     )
     if opts["UPDATE_CATALOG"]:
         with atomic_path(catalog_path) as tmp:

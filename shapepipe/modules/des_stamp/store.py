@@ -35,6 +35,18 @@ DESCRIPTION = (
     "ids. The object is within half a pixel of the stamp centre ((D-1)/2, 0-based)."
 )
 GZIP_LEVEL = 1
+COMPRESSIONS = ("gzip", "lzf", "none")
+
+
+def _filters(compression):
+    """h5py dataset options of a compression name (gzip: portable; lzf: h5py-only, faster)."""
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
+    if compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if compression == "none":
+        return {}
+    raise DesStampError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
 
 
 def _str_array(values):
@@ -52,18 +64,18 @@ def _set_root_attrs(h5, bands, dim):
     h5.attrs["description"] = DESCRIPTION
 
 
-def write_tile_group(h5, tile, result, dim, nb):
+def write_tile_group(h5, tile, result, dim, nb, compression="gzip"):
     """Write one tile's stamps into group ``/stamps/<tile>`` of an open HDF5 file."""
     grp = h5.require_group("stamps").create_group(tile)
     n = result["data"].shape[0]
-    comp = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
-    grp.create_dataset("data", data=result["data"], chunks=(1, dim, dim, nb) if n else None,
-                       **(comp if n else {}))
+    comp = _filters(compression)
+    # Headers and ids are repetitive text: always gzip them (cheap, large gain).
+    text = _filters("gzip") if n else {}
+    grp.create_dataset("data", data=result["data"],
+                       chunks=(1, dim, dim, nb) if n and comp else None, **(comp if n else {}))
     grp.create_dataset("masks", data=result["masks"], **(comp if n else {}))
-    grp.create_dataset("header", data=_str_array(result["header"]).reshape(n, nb),
-                       **(comp if n else {}))
-    grp.create_dataset("catalog", data=_str_array(result["catalog"]).reshape(n),
-                       **(comp if n else {}))
+    grp.create_dataset("header", data=_str_array(result["header"]).reshape(n, nb), **text)
+    grp.create_dataset("catalog", data=_str_array(result["catalog"]).reshape(n), **text)
     grp.attrs["n_objects"] = n
 
 
@@ -72,7 +84,7 @@ def parts_dir(output):
     return output[: -len(".hdf5")] + ".parts" if output.endswith(".hdf5") else output + ".parts"
 
 
-def write_part(output, tile, result, bands, dim):
+def write_part(output, tile, result, bands, dim, compression="gzip"):
     """Write one tile's stamps as an atomic part file of ``output``; returns its path."""
     pdir = parts_dir(output)
     os.makedirs(pdir, exist_ok=True)
@@ -80,7 +92,7 @@ def write_part(output, tile, result, bands, dim):
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             _set_root_attrs(h5, bands, dim)
-            write_tile_group(h5, tile, result, dim, len(bands))
+            write_tile_group(h5, tile, result, dim, len(bands), compression)
     return path
 
 
