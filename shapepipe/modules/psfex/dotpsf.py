@@ -322,8 +322,8 @@ def write_psf(path, model, accepted, loaded, chi2, fwhm, extra_header=None):
     for i, name in enumerate(model.polnames):
         hdr[f"POLGRP{i + 1}"] = (model.groups[i], "Polynom group for this context parameter")
         hdr[f"POLNAME{i + 1}"] = (name, "Name of this context parameter")
-        hdr[f"POLZERO{i + 1}"] = (float(model.polzero[i]), "Offset value for this context parameter")
-        hdr[f"POLSCAL{i + 1}"] = (float(model.polscal[i]), "Scale value for this context parameter")
+        hdr[f"POLZERO{i + 1}"] = (float(model.polzero[i]), "Offset value for this context param")
+        hdr[f"POLSCAL{i + 1}"] = (float(model.polscal[i]), "Scale value for this context param")
     hdr["POLNGRP"] = (len(model.degrees), "Number of context groups")
     for g, deg in enumerate(model.degrees):
         hdr[f"POLDEG{g + 1}"] = (deg, "Polynom degree for this context group")

@@ -17,7 +17,6 @@ from astropy.io import fits
 
 from shapepipe.utils.ldac import CARD_COLUMN, read_imhead
 
-
 _REQUIRED = ("SEXBKGND", "SEXBKDEV", "SEXGAIN", "SEXSATLV")
 
 

@@ -1,0 +1,316 @@
+"""Built-in PSF model: pixel basis with polynomial spatial variation, fitted to star VIGNETs.
+
+The model is PSFEx's (``BASIS_TYPE PIXEL``): the PSF image on a grid of step ``PSF_SAMP``
+image pixels is ``sum_k poly_k(u) B_k`` with ``u`` the normalised context (position) and
+``poly_k`` PSFEx's polynomial terms. The fit:
+
+1. each star's VIGNET is resampled (Lanczos-3, separable, batched) onto the PSF grid centred
+   on the star's catalogue centre, which removes the sub-pixel offsets; masked pixels
+   (``-1e30``) and every output pixel they touch get zero weight;
+2. the stars are normalised by their flux; pixel weights include background noise, Poisson
+   noise (if a gain is known) and a relative model accuracy term (``PSF_ACCURACY``);
+3. the basis images solve, for every PSF pixel at once, a weighted linear least-squares
+   problem in the polynomial coefficients (batched normal equations: a ``(npix, K, K)``
+   stack solved by one ``numpy.linalg.solve`` call);
+4. star fluxes are re-fitted on the model, stars whose reduced chi2 is an outlier (robust
+   median + ``n`` MAD clipping, blends, cosmic rays, galaxies) are rejected, and the fit is
+   repeated until the set of accepted stars no longer changes.
+"""
+
+import numpy as np
+
+from shapepipe.modules.psfex.dotpsf import PSFModel, poly_powers, poly_terms
+from shapepipe.modules.psfex.resample import LANCZOS_ORDER, resample_mask, resample_stack
+
+MASKED = -1e29  # SExtractor marks pixels outside the image / flagged with -1e30
+
+
+class PSFFitResult:
+    """What :func:`fit_psf` returns.
+
+    Attributes
+    ----------
+    model : PSFModel
+        The fitted model (mask normalised so that the PSF on the image pixel grid sums to 1).
+    accepted : numpy.ndarray
+        Boolean per input star: used in the final fit.
+    loaded : numpy.ndarray
+        Boolean per input star: passed the pre-selection (S/N, usable pixels).
+    chi2 : numpy.ndarray
+        Reduced chi2 of each star against the final model (NaN if not loaded).
+    flux : numpy.ndarray
+        Fitted flux of each star.
+    chi2_total : float
+        Reduced chi2 of the accepted stars.
+    fwhm : float
+        FWHM of the model at the centre of the context range, image pixels.
+    """
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+def robust_sigma(values):
+    """1.4826 x median absolute deviation."""
+    values = np.asarray(values, dtype=float)
+    return 1.4826 * np.median(np.abs(values - np.median(values)))
+
+
+def _border_rms(vignets, bad):
+    """Robust background rms from the two outer rows/columns of every vignet."""
+    n = vignets.shape[0]
+    ring = np.zeros(vignets.shape[1:], bool)
+    ring[:2] = ring[-2:] = True
+    ring[:, :2] = ring[:, -2:] = True
+    values = vignets[:, ring]
+    good = ~bad[:, ring]
+    per_star = np.full(n, np.nan)
+    for_stats = np.where(good, values, np.nan)
+    med = np.nanmedian(for_stats, axis=1)
+    per_star = 1.4826 * np.nanmedian(np.abs(for_stats - med[:, None]), axis=1)
+    return per_star
+
+
+def _fwhm_of(image, samp):
+    """FWHM (image pixels) from the area above half maximum of a well-sampled image."""
+    peak = image.max()
+    if peak <= 0:
+        return 0.0
+    area = np.count_nonzero(image >= 0.5 * peak) * samp * samp
+    return float(2.0 * np.sqrt(area / np.pi))
+
+
+def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None, samp=1.0,
+            groups=(1, 1), degrees=(2,), polnames=("XWIN_IMAGE", "YWIN_IMAGE"), min_sn=20.0,
+            accuracy=0.01, gain=0.0, bkg_rms=None, clip_nsigma=4.0, max_iter=4,
+            min_good_fraction=0.5, interp_order=7):
+    """Fit a PSFEx-format PSF model to star VIGNETs.
+
+    Parameters
+    ----------
+    vignets : numpy.ndarray
+        ``(n, h, w)`` star stamps; values below ``-1e29`` are masked. An object at 0-based
+        image position ``x`` is at ``x - round(x) + w // 2`` in its stamp (SExtractor).
+    centers : numpy.ndarray
+        ``(n, 2)`` 1-based image positions (x, y) of the stars (``CENTER_KEYS``).
+    context : numpy.ndarray
+        ``(n, ndim)`` context values (``PSFVAR_KEYS``, usually the same positions).
+    flux_guess : numpy.ndarray, optional
+        Initial fluxes (``PHOTFLUX_KEY``); default: sum of the resampled stamp.
+    snr : numpy.ndarray, optional
+        S/N of each star; stars below ``min_sn`` are not loaded.
+    psf_size : tuple of int, optional
+        ``(nx, ny)`` of the model grid; default: the VIGNET size (at ``samp=1``).
+    samp : float
+        Model sampling step in image pixels (``PSF_SAMPLING``).
+    groups, degrees : sequence of int
+        Polynomial groups (1-based, one per context variable) and degree per group.
+    polnames : sequence of str
+        Names of the context variables (written as ``POLNAME``).
+    min_sn : float
+        Minimum S/N (``SAMPLE_MINSN``).
+    accuracy : float
+        Relative accuracy of model pixel values (``PSF_ACCURACY``).
+    gain : float
+        Gain (e-/ADU) for the Poisson term; 0 = no Poisson term.
+    bkg_rms : float, optional
+        Background rms per pixel; default: robust estimate from the stamps' borders.
+    clip_nsigma : float
+        Stars with a reduced chi2 above median + clip_nsigma x MAD-sigma are rejected.
+    max_iter : int
+        Maximum number of fit / reject iterations.
+    min_good_fraction : float
+        Minimum fraction of usable PSF pixels for a star to be loaded.
+    interp_order : int
+        Lanczos order of the final resampling of the stamps (3 = a single pass).
+
+    Returns
+    -------
+    PSFFitResult
+
+    Raises
+    ------
+    ValueError
+        If fewer stars than polynomial terms are usable.
+    """
+    vignets = np.asarray(vignets, dtype=np.float64)
+    n, h, w = vignets.shape
+    centers = np.asarray(centers, dtype=float).reshape(n, 2)
+    context = np.asarray(context, dtype=float).reshape(n, -1)
+    if psf_size is None:
+        psf_size = (w, h) if samp == 1.0 else (int(round(w / samp)) | 1, int(round(h / samp)) | 1)
+    nx, ny = int(psf_size[0]), int(psf_size[1])
+    powers = poly_powers(groups, degrees)
+    ncoeff = powers.shape[0]
+
+    bad_in = ~(vignets > MASKED) | ~np.isfinite(vignets)
+    data_in = np.where(bad_in, 0.0, vignets)
+
+    # Sub-pixel offset of each star in its stamp, then the stamp coordinates of the PSF grid.
+    x0 = centers[:, 0] - 1.0
+    y0 = centers[:, 1] - 1.0
+    cx = x0 - np.round(x0) + w // 2
+    cy = y0 - np.round(y0) + h // 2
+    gx = (np.arange(nx) - nx // 2) * samp
+    gy = (np.arange(ny) - ny // 2) * samp
+    x_src = cx[:, None] + gx[None, :]
+    y_src = cy[:, None] + gy[None, :]
+    data = resample_stack(data_in, x_src, y_src)
+    bad = resample_mask(bad_in, x_src, y_src)
+
+    if bkg_rms is None:
+        per_star = _border_rms(vignets, bad_in)
+        bkg_rms = float(np.nanmedian(per_star)) if np.isfinite(per_star).any() else 1.0
+    bkg_rms = max(float(bkg_rms), 1e-12)
+    # Interpolation averages neighbouring pixels; the per-pixel variance of resampled white
+    # noise is the sum of squared weights (about 0.6-1 for Lanczos-3): use the mean factor.
+    var_bkg = bkg_rms**2
+
+    good_frac = 1.0 - bad.reshape(n, -1).mean(axis=1)
+    loaded = good_frac >= min_good_fraction
+    if snr is not None:
+        loaded &= np.asarray(snr, dtype=float) >= min_sn
+    loaded &= np.all(np.isfinite(context), axis=1)
+
+    # Context normalisation as PSFEx: centre and full range of the loaded stars.
+    if loaded.any():
+        cmin = context[loaded].min(axis=0)
+        cmax = context[loaded].max(axis=0)
+    else:
+        cmin = cmax = np.zeros(context.shape[1])
+    polzero = 0.5 * (cmin + cmax)
+    polscal = np.where(cmax > cmin, cmax - cmin, 1.0)
+    phi = poly_terms((context - polzero) / polscal, powers)  # (n, K)
+
+    # Initial fluxes: aperture flux if given, else the sum of the resampled stamp.
+    if flux_guess is not None:
+        flux = np.asarray(flux_guess, dtype=float).copy()
+    else:
+        flux = np.where(bad, 0.0, data).sum(axis=(1, 2)) * samp * samp
+    flux = np.where(np.isfinite(flux) & (flux > 0), flux, np.nan)
+    loaded &= np.isfinite(flux)
+
+    if loaded.sum() < ncoeff:
+        raise ValueError(
+            f"only {int(loaded.sum())} usable stars (S/N >= {min_sn}, enough unmasked "
+            f"pixels) for a polynomial of {ncoeff} terms"
+        )
+    fit_args = (phi, loaded, var_bkg, gain, accuracy, samp, clip_nsigma, max_iter, ncoeff)
+
+    # Pass 1: Lanczos-3 resampling, every output pixel touched by a masked one is dropped.
+    basis, flux, chi2, accepted = _fit_iterate(data.reshape(n, -1), (~bad).reshape(n, -1),
+                                               flux, *fit_args)
+
+    # Pass 2: Lanczos-3 shrinks a 3.5-pixel-FWHM star by up to 0.5% at half-pixel shifts;
+    # a long kernel (order 7) does not, but spreads masked pixels over 14 pixels. So masked
+    # pixels are first filled with the pass-1 model of the star (at its own offset), the
+    # stamps are resampled with the long kernel, and only the output pixels nearest to a
+    # masked input pixel are dropped.
+    if interp_order > LANCZOS_ORDER:
+        grid = (phi @ basis).reshape(n, ny, nx) * np.where(np.isfinite(flux), flux, 0.0)[:, None,
+                                                                                         None]
+        sx = (np.arange(w)[None, :] - cx[:, None]) / samp + nx // 2
+        sy = (np.arange(h)[None, :] - cy[:, None]) / samp + ny // 2
+        fill = resample_stack(grid, sx, sy, order=LANCZOS_ORDER)
+        filled = np.where(bad_in, fill, data_in)
+        data = resample_stack(filled, x_src, y_src, order=interp_order)
+        ix = np.rint(x_src).astype(int)
+        iy = np.rint(y_src).astype(int)
+        outside = ((ix < 0) | (ix >= w))[:, None, :] | ((iy < 0) | (iy >= h))[:, :, None]
+        rows = np.clip(iy, 0, h - 1)[:, :, None]
+        cols = np.clip(ix, 0, w - 1)[:, None, :]
+        bad = bad_in[np.arange(n)[:, None, None], rows, cols] | outside
+        basis, flux, chi2, accepted = _fit_iterate(data.reshape(n, -1), (~bad).reshape(n, -1),
+                                                   flux, *fit_args)
+    good = (~bad).reshape(n, -1)
+
+    mask = basis.reshape(ncoeff, ny, nx)
+    # Normalise: the PSF at the context centre sums to 1 on the image pixel grid.
+    centre_terms = poly_terms(np.zeros((1, context.shape[1])), powers)[0]
+    norm = float(np.tensordot(centre_terms, mask, axes=(0, 0)).sum()) * samp * samp
+    if norm > 0:
+        mask = mask / norm
+        flux = flux * norm
+    model_out = PSFModel(mask, polnames, polzero, polscal, groups, degrees, samp)
+    n_pix = good[accepted].sum()
+    chi2_total = float(np.nansum(chi2[accepted] * good[accepted].sum(axis=1)) / max(n_pix, 1))
+    fwhm = _fwhm_of(model_out.evaluate(polzero[None])[0], samp)
+    chi2 = np.where(loaded, chi2, np.nan)
+    return PSFFitResult(model=model_out, accepted=accepted, loaded=loaded, chi2=chi2, flux=flux,
+                        chi2_total=chi2_total, fwhm=fwhm, offsets=np.stack([cx - w // 2,
+                                                                            cy - h // 2], 1))
+
+
+def _fit_iterate(dflat, good, flux, phi, loaded, var_bkg, gain, accuracy, samp, clip_nsigma,
+                 max_iter, ncoeff):
+    """Alternate basis and flux fits; clip chi2 outliers until the star set is stable."""
+    accepted = loaded.copy()
+    model = None
+    basis = chi2 = None
+    for _ in range(max_iter):
+        for _ in range(2):  # basis <-> flux alternation
+            basis = _solve_basis(dflat, good, phi, flux, accepted, var_bkg, gain, accuracy,
+                                 model)
+            model = phi @ basis  # (n, npix), unit flux on the image pixel grid
+            flux = _refit_flux(dflat, good, model, flux, var_bkg, gain, accuracy, samp)
+        chi2 = _star_chi2(dflat, good, model, flux, var_bkg, gain, accuracy, samp)
+        ok = accepted & np.isfinite(chi2)
+        med = np.median(chi2[ok])
+        limit = med + clip_nsigma * max(robust_sigma(chi2[ok]), 0.05 * med)
+        new_accepted = loaded & np.isfinite(chi2) & (chi2 <= limit)
+        if new_accepted.sum() < ncoeff or np.array_equal(new_accepted, accepted):
+            break
+        accepted = new_accepted
+    return basis, flux, chi2, accepted
+
+
+def _variance(model_flux, var_bkg, gain, accuracy):
+    """Pixel variance of a star: background + Poisson + relative model accuracy."""
+    var = var_bkg + (accuracy * model_flux) ** 2
+    if gain and gain > 0:
+        var = var + np.maximum(model_flux, 0.0) / gain
+    return var
+
+
+def _solve_basis(dflat, good, phi, flux, accepted, var_bkg, gain, accuracy, model=None):
+    """Weighted least squares of every PSF pixel's coefficients at once."""
+    idx = np.flatnonzero(accepted)
+    d = dflat[idx]
+    f = flux[idx][:, None]
+    # Weight of the normalised data d/f: f^2 / var(d). The signal-dependent variance terms
+    # come from the previous model (from the data only on the first pass: weights that
+    # follow the noise would bias the fit low).
+    signal = d if model is None else model[idx] * f
+    var = _variance(np.maximum(signal, 0.0), var_bkg, gain, accuracy)
+    wgt = np.where(good[idx], f * f / var, 0.0)  # (m, P)
+    y = d / f
+    p = phi[idx]  # (m, K)
+    # Normal equations per pixel: A_p = sum_s w_sp phi_s phi_s^T, b_p = sum_s w_sp y_sp phi_s.
+    outer = p[:, :, None] * p[:, None, :]  # (m, K, K)
+    a = np.tensordot(wgt.T, outer, axes=(1, 0))  # (P, K, K)
+    b = (wgt * y).T @ p  # (P, K)
+    # Pixels no star constrains (corners beyond every stamp): a small ridge keeps them at 0.
+    ridge = 1e-10 * np.maximum(np.trace(a, axis1=1, axis2=2), 1e-30)
+    a = a + ridge[:, None, None] * np.eye(a.shape[1])[None]
+    coeffs = np.linalg.solve(a, b[:, :, None])[:, :, 0]  # (P, K)
+    return coeffs.T  # (K, P)
+
+
+def _refit_flux(dflat, good, model, flux, var_bkg, gain, accuracy, samp):
+    """Linear amplitude of each star on its model."""
+    m = model * np.where(np.isfinite(flux), flux, 0.0)[:, None]
+    var = _variance(np.maximum(m, 0.0), var_bkg, gain, accuracy)
+    wgt = np.where(good, 1.0 / var, 0.0)
+    num = (wgt * dflat * model).sum(axis=1)
+    den = (wgt * model * model).sum(axis=1)
+    new = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return np.where(np.isfinite(new) & (new > 0), new, flux)
+
+
+def _star_chi2(dflat, good, model, flux, var_bkg, gain, accuracy, samp):
+    """Reduced chi2 of each star against its scaled model."""
+    m = model * flux[:, None]
+    var = _variance(np.maximum(m, 0.0), var_bkg, gain, accuracy)
+    resid = np.where(good, (dflat - m) ** 2 / var, 0.0)
+    npix = good.sum(axis=1)
+    return np.where(npix > 0, resid.sum(axis=1) / np.maximum(npix, 1), np.nan)

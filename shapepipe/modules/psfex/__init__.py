@@ -1,0 +1,1 @@
+"""PSFEx: the ``.psf`` format, the PSFEx program wrapper and shared PSF helpers."""
