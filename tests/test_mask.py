@@ -124,6 +124,18 @@ def test_fill_polygons_matches_matplotlib_on_random_polygons():
     np.testing.assert_array_equal(fill_polygons(polys, shape), union)
 
 
+def test_fill_polygons_by_row_bands_is_identical(monkeypatch):
+    from shapepipe.modules.mask import raster
+
+    rng = np.random.default_rng(8)
+    shape = (97, 151)
+    polys = rng.uniform(-10, 160, (30, 7, 2))
+    whole = fill_polygons(polys, shape)
+    monkeypatch.setattr(raster, "_BAND_PIXELS", 1000)  # bands of 6 rows
+    np.testing.assert_array_equal(fill_polygons(polys, shape), whole)
+    assert whole.any()
+
+
 def test_fill_polygon_rectangle_pixel_centres():
     # x in [1.5, 4.5], y in [0.2, 2.9]: columns 2..4, rows 1..2
     mask = fill_polygons([[(1.5, 0.2), (4.5, 0.2), (4.5, 2.9), (1.5, 2.9)]], (5, 6))
@@ -199,6 +211,11 @@ def test_bits_are_as_configured(tmp_path, image_path):
     assert flag[0, 400] == 512
     assert set(np.unique(flag)) <= {0, 512, 1024, 4096, 1024 | 4096, 512 | 4096}
     assert flag.dtype.kind == "i" and flag.dtype.itemsize == 2
+    # a bit above 2**15 needs 32-bit flags
+    config = star_config(tmp_path, halo_flag=1 << 16)
+    make_mask(image_path, config, out, stars=cat)
+    flag = fits.getdata(out)
+    assert flag.dtype.itemsize == 4 and flag[by, bx] == (1 << 16) | 128
 
 
 def test_border_width_is_exact(tmp_path, image_path):

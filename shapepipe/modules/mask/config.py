@@ -194,6 +194,15 @@ class MaskConfig:
             "flag": self._flag(section, "MD_FLAG_VALUE", 256),
         }
 
+    def all_flag_bits(self):
+        """Bitwise OR of the flag values of every mask type that is made."""
+        bits = 0
+        for part in (self.border, self.halo, self.spike, self.messier, self.ngc,
+                     self.missing_data):
+            if part is not None:
+                bits |= part["flag"]
+        return bits
+
     @property
     def needs_stars(self):
         """Whether a star catalogue is needed (halo or spike masks requested)."""

@@ -164,6 +164,25 @@ def _flag_dtype(values):
     return np.int16 if (low >= -(2**15) and high < 2**15) else np.int32
 
 
+def _read_ext_flag(path, image_path, shape):
+    """Read an external flag image as non-negative integers of the image's shape."""
+    ext = fits.getdata(path)
+    if ext.shape != shape:
+        raise ValueError(
+            f"{path}: flag image shape {ext.shape} differs from the image {image_path} "
+            f"shape {shape}"
+        )
+    if ext.dtype.kind not in "iu":
+        if not np.all(ext == np.round(ext)):
+            raise ValueError(f"{path}: external flag image is not integer")
+        ext = ext.astype(np.int64)
+    if ext.size and int(ext.min()) < 0:
+        raise ValueError(f"{path}: external flag image has negative values (expected bits)")
+    if ext.size and int(ext.max()) >= 2**31:
+        raise ValueError(f"{path}: external flag values above 2**31 are not supported")
+    return ext
+
+
 def make_mask(image_path, config, output_path, ext_flag_path=None, stars=None,
               number="", region_dir=None, log=None):
     """Compute and write the flag image of one image.
@@ -212,12 +231,22 @@ def make_mask(image_path, config, output_path, ext_flag_path=None, stars=None,
     if not wcs.has_celestial:
         raise ValueError(f"{image_path}: no celestial WCS in the header")
 
-    flag = np.zeros(shape, dtype=np.int32)
-    individual = {}
     summary = {"shape": shape}
+    ext = None
+    if ext_flag_path is not None and config.external_flag:
+        ext = _read_ext_flag(ext_flag_path, image_path, shape)
+        summary["n_external"] = int(np.count_nonzero(ext))
+        header["MASK_EXT"] = (os.path.basename(ext_flag_path), "external flags OR-ed in")
+    # The smallest integer type holding every bit that can be set (int16 when possible:
+    # a 10k x 10k tile flag map is then 200 MB rather than 400 MB).
+    bits = config.all_flag_bits() | (int(np.bitwise_or.reduce(ext, axis=None)) if ext is not None
+                                     else 0)
+    dtype = np.int16 if bits < 2**15 else np.int32
+    flag = np.zeros(shape, dtype=dtype) if ext is None else ext.astype(dtype)
+    individual = {}
 
     def add(kind, mask, value):
-        flag[mask] |= value
+        np.bitwise_or(flag, dtype(value), out=flag, where=mask)
         summary[f"n_{kind}"] = int(np.count_nonzero(mask))
         if config.keep_individual_mask:
             individual[kind] = (mask, value)
@@ -282,25 +311,10 @@ def make_mask(image_path, config, output_path, ext_flag_path=None, stars=None,
             if names:
                 log.info("%s: %s objects on the image: %s", image_path, kind, ", ".join(names))
 
-    if ext_flag_path is not None and config.external_flag:
-        ext = fits.getdata(ext_flag_path)
-        if ext.shape != shape:
-            raise ValueError(
-                f"{ext_flag_path}: flag image shape {ext.shape} differs from the image "
-                f"{image_path} shape {shape}"
-            )
-        if ext.dtype.kind not in "iu":
-            if not np.all(ext == np.round(ext)):
-                raise ValueError(f"{ext_flag_path}: external flag image is not integer")
-        flag |= ext.astype(np.int32)
-        summary["n_external"] = int(np.count_nonzero(ext))
-        header["MASK_EXT"] = (os.path.basename(ext_flag_path), "external flags OR-ed in")
-
     for name in _DROP_CARDS:
         header.remove(name, ignore_missing=True, remove_all=True)
-    out = flag.astype(_flag_dtype(flag))
-    write_fits(fits.HDUList([fits.PrimaryHDU(out, header=header)]), output_path)
-    summary["n_flagged"] = int(np.count_nonzero(out))
+    write_fits(fits.HDUList([fits.PrimaryHDU(flag, header=header)]), output_path)
+    summary["n_flagged"] = int(np.count_nonzero(flag))
     for kind, (mask, value) in individual.items():
         path = os.path.join(region_dir, f"{kind}_flag{number}.fits")
         data = np.where(mask, value, 0).astype(_flag_dtype(np.array([value])))

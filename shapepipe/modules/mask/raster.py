@@ -8,7 +8,8 @@ Polygons are filled with a scanline algorithm evaluated for all polygons at once
 in one array, sorted, and paired with the even-odd rule into column spans; the spans are
 accumulated as +1/-1 steps in a difference image whose cumulative sum along the rows is the
 coverage. The cost is proportional to the rows times the edges of each polygon (not to its
-area), and there is no Python loop over polygons or pixels.
+area), and there is no Python loop over polygons or pixels. The difference image is built
+by bands of rows so that memory stays small on 10k x 10k tiles.
 """
 
 import numpy as np
@@ -32,10 +33,35 @@ def fill_polygons(polygons, shape):
     numpy.ndarray of bool, shape ``shape``
     """
     ny, nx = shape
-    diff = np.zeros((ny, nx + 1), dtype=np.int32)
-    for group in _groups(polygons):
-        _accumulate_spans(group, ny, nx, diff)
-    return np.cumsum(diff[:, :nx], axis=1) > 0
+    mask = np.zeros(shape, dtype=bool)
+    spans = [_spans(group, ny, nx) for group in _groups(polygons)]
+    spans = [s for s in spans if s is not None]
+    if not spans:
+        return mask
+    rows, lo, hi = (np.concatenate(parts) for parts in zip(*spans))
+    if not rows.size:
+        return mask
+    order = np.argsort(rows, kind="stable")
+    rows, lo, hi = rows[order], lo[order], hi[order]
+    band = max(1, _BAND_PIXELS // (nx + 1))
+    band_of = rows // band
+    starts = np.flatnonzero(np.r_[True, band_of[1:] != band_of[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    # One iteration per band of rows holding spans (at most ny / band), not per polygon.
+    for start, end in zip(starts, ends):
+        r0 = int(band_of[start]) * band
+        height = min(band, ny - r0)
+        size = height * (nx + 1)
+        base = (rows[start:end] - r0) * (nx + 1)
+        diff = (np.bincount(base + lo[start:end], minlength=size)
+                - np.bincount(base + hi[start:end], minlength=size))
+        coverage = np.cumsum(diff.reshape(height, nx + 1)[:, :nx], axis=1)
+        mask[r0 : r0 + height] = coverage > 0
+    return mask
+
+
+# Size (pixels) of one band of the difference image (int64): ~32 MB.
+_BAND_PIXELS = 1 << 22
 
 
 def _groups(polygons):
@@ -58,8 +84,11 @@ def _groups(polygons):
         yield np.stack(polys)
 
 
-def _accumulate_spans(polys, ny, nx, diff):
-    """Add the +1/-1 span steps of ``polys`` (n_poly, n_vert, 2) to ``diff`` (ny, nx + 1)."""
+def _spans(polys, ny, nx):
+    """Column spans ``(rows, col_lo, col_hi)`` (half-open) covered by ``polys`` (n, n_vert, 2).
+
+    Returns None when the polygons cover no pixel centre of the image.
+    """
     ys = polys[:, :, 1]
     row_lo = np.clip(np.ceil(ys.min(axis=1)), 0, ny).astype(np.int64)
     row_hi = np.clip(np.floor(ys.max(axis=1)), -1, ny - 1).astype(np.int64)
@@ -69,7 +98,7 @@ def _accumulate_spans(polys, ny, nx, diff):
     # Polygons entirely left/right of the image or between row centres cover nothing.
     n_rows[(x_hi < 0) | (x_lo > nx - 1)] = 0
     if n_rows.sum() == 0:
-        return
+        return None
     poly_index = np.repeat(np.arange(len(polys)), n_rows)
     offsets = np.arange(n_rows.sum()) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
     rows = row_lo[poly_index] + offsets
@@ -98,8 +127,7 @@ def _accumulate_spans(polys, ny, nx, diff):
     col_hi = np.clip(np.floor(ends) + 1, 0, nx)
     valid &= col_lo < col_hi
     span_rows = np.broadcast_to(rows[:, None], starts.shape)[valid]
-    np.add.at(diff, (span_rows, col_lo[valid].astype(np.int64)), 1)
-    np.add.at(diff, (span_rows, col_hi[valid].astype(np.int64)), -1)
+    return span_rows, col_lo[valid].astype(np.int64), col_hi[valid].astype(np.int64)
 
 
 def fill_circles(centres, radii, shape):
