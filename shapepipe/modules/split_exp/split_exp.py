@@ -110,6 +110,10 @@ def split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None):
             write_fits(fits.HDUList([out_hdu]), out)
             files.append(out)
             headers.append(out_hdu.header)
+            # Drop the decompressed pixels: astropy caches them on the HDU, and a full
+            # 40-CCD exposure would otherwise stay in memory (1.5 GB per file).
+            del out_hdu, data
+            del hdu.data
     return files, headers
 
 
