@@ -1,0 +1,61 @@
+"""Multi-epoch PSF stores: ShapePipe's sqlite layout without pickle.
+
+Layout (as ShapePipe's ``galaxy_psf-<tile>.sqlite``)::
+
+    {str(object_id): {"<exp>-<ccd>": {"VIGNET": ndarray, "SHAPES": {"E1_PSF_HSM": ...}}}}
+
+or the string ``"empty"`` for an object with no usable epoch. Values are encoded as JSON in
+which every numpy array is ``{"__ndarray__": <base64 of the array's .npy bytes>}``; decoding
+uses ``numpy.load(..., allow_pickle=False)``, so a data file can never run code.
+"""
+
+import base64
+import io
+import json
+
+import numpy as np
+from sqlitedict import SqliteDict
+
+
+def _default(obj):
+    if isinstance(obj, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, obj, allow_pickle=False)
+        return {"__ndarray__": base64.b64encode(buf.getvalue()).decode("ascii")}
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    raise TypeError(f"cannot store a {type(obj).__name__} in a stamp store")
+
+
+def _hook(obj):
+    if len(obj) == 1 and "__ndarray__" in obj:
+        raw = base64.b64decode(obj["__ndarray__"])
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    return obj
+
+
+def encode(value):
+    """Encode a value (dicts, lists, numbers, strings, numpy arrays) as JSON text."""
+    return json.dumps(value, default=_default)
+
+
+def decode(text):
+    """Inverse of :func:`encode`."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8")
+    return json.loads(text, object_hook=_hook)
+
+
+def open_store(path, flag="c"):
+    """Open a stamp store (``flag``: ``"r"`` read-only, ``"c"`` create/update, ``"n"`` new).
+
+    Returns
+    -------
+    sqlitedict.SqliteDict
+        Keys are object ids as strings.
+    """
+    return SqliteDict(path, flag=flag, encode=encode, decode=decode, autocommit=False)
