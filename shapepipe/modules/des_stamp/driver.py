@@ -184,6 +184,10 @@ def make_stamps(catalog_path, tile_dir, out_dir, prefix, tiles_per_output=1, n_o
 
     st = status.astype(str)
     on_tile = (tilenames != catmod.NO_TILE) & (tilenames != "")
+    n_unassigned = int((tilenames == "").sum())
+    if n_unassigned:
+        log.warning("%s: %d object(s) have an empty TILENAME and are skipped; assign tiles "
+                    "first (scripts/des_tilemaker.py or TILE_GEOMETRY)", catalog_path, n_unassigned)
     pending = on_tile & (st != catmod.ST_DONE) & (st != catmod.ST_NO_TILE)
     groups = plan_groups(tilenames, pending, tiles_per_output, n_outputs)
     ra, dec = cat.radec()
