@@ -664,3 +664,48 @@ def test_runner_config_errors(setup):
     assert pipeline_main(["-c", cfg]) == 2
     cfg = write_config(tmp_path, tile_dir, geom, inp, "COMPRESSION = bzip9\n")
     assert pipeline_main(["-c", cfg]) == 2
+
+
+# ---------------------------------------------------------------------------- simulated tiles
+
+@pytest.fixture(scope="module")
+def sim_des(tmp_path_factory):
+    des = pytest.importorskip("shapepipe.sim.des")
+    root = tmp_path_factory.mktemp("simdes") / "des"
+    des.make_des(str(root), seed=7)
+    return root
+
+
+@pytest.mark.slow
+def test_simulated_des_tiles_end_to_end(sim_des, tmp_path):
+    """Tile assignment agrees with the simulation's truth; stars sit at the stamp centres."""
+    geo_path = str(sim_des / "tile_geometry.fits")
+    cat_path = str(tmp_path / "targets.csv")
+    cat = catmod.read_catalog(str(sim_des / "targets.csv"))
+    tile_catalog(cat, read_geometry(geo_path))
+    catmod.write_catalog(cat, cat_path)
+    truth = fits.getdata(sim_des / "truth.fits", 1)
+    tname = {str(i): (t.strip() if isinstance(t, str) else t.decode().strip()) or "NONE"
+             for i, t in zip(truth["COADD_OBJECT_ID"], truth["TILENAME"])}
+    ids = cat.col("COADD_OBJECT_ID")
+    assert list(cat.col("TILENAME")) == [tname[i] for i in ids]
+    assert (cat.col("TILENAME") == "NONE").any() and (cat.col("TILENAME") != "NONE").any()
+
+    out = str(tmp_path / "out")
+    s = make_stamps(cat_path, str(sim_des / "tiles"), out, "sim", tiles_per_output=2,
+                    dimension=32, processes=2)
+    assert s["error"] == 0 and s["tile_errors"] == {}
+    n_on = int((cat.col("TILENAME") != "NONE").sum())
+    assert s["done"] == n_on
+    is_star = {str(i): bool(v) for i, v in zip(truth["COADD_OBJECT_ID"], truth["IS_STAR"])}
+    mag_i = {str(i): float(v) for i, v in zip(truth["COADD_OBJECT_ID"], truth["MAG_I"])}
+    checked = 0
+    for path in s["outputs"]:
+        for grp in read_store(path)["tiles"].values():
+            for k, oid in enumerate(grp["catalog"]):
+                img = grp["data"][k, :, :, 2]
+                if is_star[oid] and mag_i[oid] < 21 and grp["masks"][k, 2] == 0:
+                    iy, ix = np.unravel_index(np.nanargmax(img), img.shape)
+                    assert abs(ix - 15.5) <= 1.0 and abs(iy - 15.5) <= 1.0, (oid, ix, iy)
+                    checked += 1
+    assert checked > 0
