@@ -437,6 +437,11 @@ def test_mask_output_keeps_ldac_layout(processed, ldac_path, table):
     with fits.open(path) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "LDAC_IMHEAD", "LDAC_OBJECTS"]
         assert hdul[2].columns["VIGNET"].dim == "(7,7)"
+    # LDAC_IMHEAD copied byte for byte (an astropy round trip turns the cards' trailing
+    # blanks into NULs, on which PSFEx crashes: see the slow PSFEx test).
+    with fits.open(path) as out_hdul, fits.open(ldac_path) as in_hdul:
+        assert out_hdul[1].data.tobytes() == in_hdul[1].data.tobytes()
+        assert out_hdul[2].header.comments["TTYPE1"] == in_hdul[2].header.comments["TTYPE1"]
     data, header = read_ldac(path)
     assert header["GAIN"] == 1.6 and header["NAXIS2"] == 4612
     st = SETools(ldac_path, setools(FULL))
@@ -562,3 +567,127 @@ def test_example_file_parses_and_selects_stars(table):
     sel = st.mask("star_selection")
     is_star = np.arange(N_OBJ) < N_STAR
     assert sel.sum() > 30 and (sel & ~is_star).sum() <= 15
+
+
+# ----------------------------------------------------------------------- runner
+
+
+def test_runner_end_to_end(sp, table):
+    header = fits.Header()
+    header["NAXIS1"] = 2048
+    for number, seed in (("-2000001-3", 1), ("-2000002-0", 2)):
+        write_ldac(str(sp.data / f"sexcat{number}.fits"), header, make_table(seed))
+    config = sp.config(f"""
+        [SETOOLS_RUNNER]
+        SETOOLS_CONFIG_PATH = {os.path.abspath(EXAMPLE)}
+        SEED = 4
+    """, modules="setools_runner")
+    assert sp.run(config) == 0
+    run_dir = sp.runs()[-1]
+    out = os.path.join(run_dir, "setools_runner", "output")
+    for number in ("-2000001-3", "-2000002-0"):
+        for name in (f"mask/star_selection{number}.fits",
+                     f"rand_split/star_split_ratio_20{number}.fits",
+                     f"rand_split/star_split_ratio_80{number}.fits",
+                     f"plot/size_mag{number}.png", f"plot/hist_mag_stars{number}.png",
+                     f"plot/fwhm_field{number}.png", f"stat/star_stat{number}.txt"):
+            assert os.path.isfile(os.path.join(out, name)), name
+    assert not os.path.exists(os.path.join(out, "mask", "preselect-2000001-3.fits"))
+    # The split is reproducible from SEED and the file number.
+    first, _ = read_ldac(os.path.join(out, "rand_split", "star_split_ratio_20-2000001-3.fits"))
+    st = SETools(str(sp.data / "sexcat-2000001-3.fits"), EXAMPLE)
+    expected, _ = st.random_split("star_split", seed=4, label="-2000001-3")
+    np.testing.assert_array_equal(first["NUMBER"], make_table(1)["NUMBER"][expected])
+
+
+def test_runner_reports_setools_errors_per_job(sp, tmp_path):
+    bad = tmp_path / "bad.setools"
+    bad.write_text("[MASK:a]\nNOSUCH_COLUMN > 1\n")
+    write_ldac(str(sp.data / "sexcat-2000001-3.fits"), fits.Header(), make_table(1))
+    config = sp.config(f"""
+        [SETOOLS_RUNNER]
+        SETOOLS_CONFIG_PATH = {bad}
+    """, modules="setools_runner")
+    assert sp.run(config) == 1
+    log = os.path.join(sp.runs()[-1], "setools_runner", "logs", "process-2000001-3.log")
+    with open(log) as handle:
+        assert "[MASK:a] line 2: column 'NOSUCH_COLUMN' is not in catalogue" in handle.read()
+
+
+# --------------------------------------------- PSFEx reads the selections (slow)
+
+
+def _star_field(path, n_star=60, n_gal=40, size=600, seed=3):
+    """A small image of Moffat stars and larger galaxies (GalSim), with noise."""
+    import galsim
+
+    rng = np.random.default_rng(seed)
+    image = galsim.ImageF(size, size, scale=0.187)
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+    for i in range(n_star + n_gal):
+        x, y = rng.uniform(30, size - 30, 2)
+        flux = 10 ** rng.uniform(3.5, 5.0)
+        if i < n_star:
+            profile = psf.withFlux(flux)
+        else:
+            profile = galsim.Convolve(galsim.Exponential(half_light_radius=rng.uniform(0.5, 1.2),
+                                                         flux=flux), psf)
+        stamp = profile.drawImage(nx=41, ny=41, scale=0.187, center=galsim.PositionD(x, y))
+        bounds = stamp.bounds & image.bounds
+        image[bounds] += stamp[bounds]
+    image.array[:] += rng.normal(0, 5.0, image.array.shape)
+    image.write(str(path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(map(__import__("shutil").which, ["source-extractor", "psfex"])),
+                    reason="needs Debian source-extractor and psfex")
+def test_psfex_accepts_mask_and_split_outputs(tmp_path):
+    import subprocess
+
+    _star_field(tmp_path / "image.fits")
+    (tmp_path / "cat.param").write_text("\n".join([
+        "NUMBER", "XWIN_IMAGE", "YWIN_IMAGE", "X_IMAGE", "Y_IMAGE", "FLUX_APER(1)",
+        "FLUXERR_APER(1)", "FLUX_RADIUS", "ELONGATION", "FLAGS", "SNR_WIN", "FWHM_IMAGE",
+        "MAG_AUTO", "VIGNET(25,25)"]) + "\n")
+    cat = tmp_path / "sexcat-0000001-0.fits"
+    subprocess.run(["source-extractor", str(tmp_path / "image.fits"),
+                    "-c", "/usr/share/source-extractor/default.sex",
+                    "-CATALOG_NAME", str(cat), "-CATALOG_TYPE", "FITS_LDAC",
+                    "-PARAMETERS_NAME", str(tmp_path / "cat.param"),
+                    "-FILTER_NAME", "/usr/share/source-extractor/default.conv",
+                    "-DETECT_THRESH", "5", "-PHOT_APERTURES", "10", "-SATUR_LEVEL", "1e9",
+                    "-CHECKIMAGE_TYPE", "NONE", "-VERBOSE_TYPE", "QUIET"],
+                   check=True, cwd=tmp_path)
+    selection = tmp_path / "sel.setools"
+    selection.write_text(textwrap.dedent("""
+        [MASK:preselect]
+        FLAGS == 0
+        SNR_WIN > 20
+        NO_SAVE
+        [MASK:star_selection]
+        {preselect}
+        FWHM_IMAGE <= mode(FWHM_IMAGE) + 0.3
+        FWHM_IMAGE >= mode(FWHM_IMAGE) - 0.3
+        [RAND_SPLIT:star_split]
+        RATIO = 20
+        MASK = star_selection
+    """))
+    out = tmp_path / "out"
+    written = run_setools(str(cat), str(selection), str(out), "-0000001-0")
+    n_stars = len(read_ldac(written[0])[0])
+    assert n_stars >= 30
+    for path, n_expected in ((written[0], n_stars),
+                             (out / "rand_split" / "star_split_ratio_80-0000001-0.fits",
+                              n_stars - split_sizes(n_stars, 0.2)[0])):
+        result = subprocess.run(
+            ["psfex", str(path), "-c", "/usr/share/psfex/default.psfex",
+             "-PSF_SIZE", "21,21", "-CHECKPLOT_TYPE", "NONE", "-CHECKIMAGE_TYPE", "NONE",
+             "-WRITE_XML", "N", "-PSF_DIR", str(tmp_path), "-SAMPLE_FWHMRANGE", "1.0,20.0",
+             "-VERBOSE_TYPE", "NORMAL"],
+            cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        psf = tmp_path / (os.path.basename(str(path))[:-5] + ".psf")
+        with fits.open(psf) as hdul:
+            assert hdul[1].header["LOADED"] == n_expected
+            assert hdul[1].header["ACCEPTED"] >= 0.8 * n_expected

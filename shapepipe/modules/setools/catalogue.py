@@ -4,6 +4,11 @@ Input: a FITS_LDAC catalogue (objects in the ``LDAC_OBJECTS`` HDU, usually HDU 2
 ``LDAC_IMHEAD``) or a plain FITS table (HDU 1). A selection is written with the same
 HDU layout as the input, the object table replaced by the selected rows, so that a
 selection of a SExtractor catalogue stays a FITS_LDAC catalogue PSFEx reads.
+
+The other HDUs (``LDAC_IMHEAD``, tile ``EPOCH_<i>`` tables...) are copied byte for byte
+from the input file: going through astropy's table objects would strip the trailing
+blanks of the 80-character header cards in ``LDAC_IMHEAD`` and pad them with NULs,
+which makes PSFEx 3.21 crash (segmentation fault) when it reads the catalogue.
 """
 
 import os
@@ -31,11 +36,14 @@ class Catalogue:
         Index of the object table in ``hdus``.
     path : str, optional
         Where the catalogue was read from (for messages).
+    source : str, optional
+        File whose other HDUs are copied verbatim into selections (instead of ``hdus``).
     """
 
-    def __init__(self, data, hdus=None, objects_index=None, path=None):
+    def __init__(self, data, hdus=None, objects_index=None, path=None, source=None):
         self.data = data
         self.path = path or "<catalogue>"
+        self.source = source
         if hdus is None:
             header = fits.Header()
             header["EXTNAME"] = "LDAC_OBJECTS"
@@ -70,18 +78,14 @@ class Catalogue:
         """
         path = os.fspath(path)
         with fits.open(path, memmap=False) as hdul:
-            hdus = [hdu.copy() for hdu in hdul]
-        index = next((i for i, hdu in enumerate(hdus) if hdu.name == "LDAC_OBJECTS"), None)
-        if index is None:
-            index = next(
-                (i for i, hdu in enumerate(hdus) if isinstance(hdu, fits.BinTableHDU)), None
-            )
-        if index is None:
-            raise ValueError(f"{path}: no LDAC_OBJECTS HDU and no FITS table found")
-        data = hdus[index].data
-        if data is None:
-            data = np.zeros(0, dtype=hdus[index].columns.dtype)
-        return cls(data, hdus=hdus, objects_index=index, path=path)
+            index = _objects_index(hdul)
+            if index is None:
+                raise ValueError(f"{path}: no LDAC_OBJECTS HDU and no FITS table found")
+            table = hdul[index]
+            data = table.data
+            data = np.zeros(0, dtype=table.columns.dtype) if data is None else data.copy()
+            hdus = [fits.PrimaryHDU(), fits.BinTableHDU(data=data, header=table.header.copy())]
+        return cls(data, hdus=hdus, objects_index=1, path=path, source=path)
 
     def __len__(self):
         return len(self.data)
@@ -119,11 +123,33 @@ class Catalogue:
         path : str
             Output file.
         """
-        template = self.hdus[self.objects_index]
-        table = fits.BinTableHDU(data=self.data[selection], header=template.header.copy())
+        template = self.hdus[self.objects_index].header
+        table = fits.BinTableHDU(data=self.data[selection], header=template.copy())
         if "EXTNAME" not in table.header:
             table.header["EXTNAME"] = "LDAC_OBJECTS"
-        hdus = [
-            table if i == self.objects_index else hdu.copy() for i, hdu in enumerate(self.hdus)
-        ]
-        write_fits(fits.HDUList(hdus), path)
+        # astropy rebuilds the column cards without their comments; put them back.
+        for key in table.header:
+            if key in template and template.comments[key] and not table.header.comments[key]:
+                table.header.comments[key] = template.comments[key]
+        if self.source is None:
+            hdus = [table if i == self.objects_index else hdu.copy()
+                    for i, hdu in enumerate(self.hdus)]
+            write_fits(fits.HDUList(hdus), path)
+            return
+        # HDUs of a file opened by astropy and never loaded are written from their raw
+        # bytes: LDAC_IMHEAD stays identical to the input.
+        with fits.open(self.source, memmap=False) as hdul:
+            index = _objects_index(hdul)
+            hdus = [table if i == index else hdu for i, hdu in enumerate(hdul)]
+            write_fits(fits.HDUList(hdus), path)
+
+
+def _objects_index(hdul):
+    """Index of the object table: ``LDAC_OBJECTS``, else the first binary table."""
+    for i, hdu in enumerate(hdul):
+        if hdu.name == "LDAC_OBJECTS":
+            return i
+    for i, hdu in enumerate(hdul):
+        if isinstance(hdu, fits.BinTableHDU):
+            return i
+    return None
