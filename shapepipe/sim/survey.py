@@ -1,0 +1,341 @@
+"""Driver: render a whole simulated survey into a directory tree (see FORMATS.md)."""
+
+import json
+import multiprocessing
+import os
+import shutil
+
+import numpy as np
+from astropy.io import fits
+
+from shapepipe import __version__
+from shapepipe.sim import geometry as geo
+from shapepipe.sim.catalog import make_catalog, select
+from shapepipe.sim.psf import model_rows
+from shapepipe.sim.render import exposure_conditions, render_ccd, sky_model
+from shapepipe.sim.tile import TileStacker
+from shapepipe.utils.atomic import atomic_path, write_fits
+from shapepipe.utils.rng import make_rng
+
+SUBDIRS = ("exposures", "tiles", "star_cat", "truth")
+
+_CATALOG = None  # set in the parent before forking workers (avoids pickling it per task)
+
+
+class SimError(Exception):
+    """A user error in the simulation inputs (bad directory, bad option)."""
+
+
+def _dither_seed(seed, exp_num, ccd, kind):
+    # FITS quantisation dither seeds must be in 1..10000; derive them from the survey seed so
+    # that files are byte-identical for a given seed.
+    return int(make_rng(seed, "dither", exp_num, ccd, kind).integers(1, 10001))
+
+
+def _render_task(args):
+    params, seed, i_exp, ccd, shears, hsm = args
+    return render_ccd(params, seed, i_exp, ccd, _CATALOG, shears=shears, hsm=hsm)
+
+
+def _sexagesimal(ra, dec):
+    h = ra / 15.0
+    hh = int(h)
+    mm = int((h - hh) * 60)
+    ss = ((h - hh) * 60 - mm) * 60
+    sign = "-" if dec < 0 else "+"
+    d = abs(dec)
+    dd = int(d)
+    dm = int((d - dd) * 60)
+    ds = ((d - dd) * 60 - dm) * 60
+    return f"{hh:02d}:{mm:02d}:{ss:05.2f}", f"{sign}{dd:02d}:{dm:02d}:{ds:04.1f}"
+
+
+def _primary_header(params, seed, i_exp, n_ccd):
+    exp_num = params.exposures[i_exp]
+    ra, dec = geo.pointing(params, i_exp)
+    cond = exposure_conditions(seed, exp_num)
+    ra_s, dec_s = _sexagesimal(ra, dec)
+    h = fits.Header()
+    h["EXPNUM"] = (exp_num, "exposure number")
+    h["FILENAME"] = f"{exp_num}p.fits.fz"
+    h["OBJECT"] = "SIM_CFIS"
+    h["RA_DEG"] = (ra, "pointing RA (deg)")
+    h["DEC_DEG"] = (dec, "pointing Dec (deg)")
+    h["RA"] = (ra_s, "pointing RA")
+    h["DEC"] = (dec_s, "pointing Dec")
+    h["EXPTIME"] = (geo.EXPTIME, "exposure time (s)")
+    h["FILTER"] = geo.FILTER
+    h["MJD-OBS"] = (round(cond["mjd"], 8), "start of exposure (MJD)")
+    h["AIRMASS"] = round(cond["airmass"], 4)
+    h["NEXTEND"] = n_ccd
+    h["MAGZP"] = geo.MAGZP
+    h["PHOTZP"] = geo.MAGZP
+    h["GAIN"] = (geo.GAIN, "e-/ADU")
+    h["RDNOISE"] = (geo.RDNOISE, "read noise (e-)")
+    h["SATURATE"] = (geo.SATURATE, "saturation level (ADU)")
+    h["SIMSEED"] = (int(seed), "shapepipe.sim seed")
+    return h
+
+
+class _MEFWriter:
+    """Write a multi-extension compressed FITS file one CCD at a time (bounded memory)."""
+
+    def __init__(self, path, primary_header):
+        self.path = path
+        self._ctx = atomic_path(path)
+        self.tmp = self._ctx.__enter__()
+        fits.PrimaryHDU(header=primary_header).writeto(self.tmp)
+
+    def append(self, data, header, compression, dither_seed=0):
+        if compression == "lossless":
+            hdu = fits.CompImageHDU(data, header=header, compression_type="GZIP_2",
+                                    quantize_level=0.0)
+        elif compression == "int":
+            hdu = fits.CompImageHDU(data, header=header, compression_type="RICE_1")
+        else:
+            hdu = fits.CompImageHDU(data, header=header, compression_type="RICE_1",
+                                    quantize_level=16.0, quantize_method=2,
+                                    dither_seed=dither_seed)
+        with fits.open(self.tmp, mode="append") as hdul:
+            hdul.append(hdu)
+
+    def close(self, ok=True):
+        if ok:
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _table(columns, name):
+    cols = []
+    for key, val in columns.items():
+        val = np.asarray(val)
+        if val.dtype.kind in "US":
+            width = max(1, max((len(s) for s in val), default=1))
+            cols.append(fits.Column(name=key, format=f"{width}A", array=val))
+        elif val.ndim == 2:
+            fmt = {"f": "D", "i": "K"}[val.dtype.kind] if val.dtype.itemsize == 8 else "E"
+            cols.append(fits.Column(name=key, format=f"{val.shape[1]}{fmt}", array=val))
+        else:
+            fmt = {np.dtype("float64"): "D", np.dtype("float32"): "E",
+                   np.dtype("int64"): "K", np.dtype("int32"): "J",
+                   np.dtype("int16"): "I"}[val.dtype]
+            cols.append(fits.Column(name=key, format=fmt, array=val))
+    hdu = fits.BinTableHDU.from_columns(cols, name=name)
+    return fits.HDUList([fits.PrimaryHDU(), hdu])
+
+
+def _check_output(path, overwrite):
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SimError(f"{path}: exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path):
+        if not overwrite:
+            raise SimError(f"{path}: directory is not empty; pass overwrite=True (--overwrite) "
+                           "to replace the dataset")
+        for name in list(SUBDIRS) + ["des", "plus", "minus"]:
+            sub = os.path.join(path, name)
+            if os.path.isdir(sub):
+                shutil.rmtree(sub)
+
+
+def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=False, des=False,
+                n_processes=1, params=None, overwrite=False, log=None):
+    """Render a simulated CFIS-like survey (and optionally DES-like tiles) into ``output_dir``.
+
+    Parameters
+    ----------
+    output_dir : str
+        Dataset directory (``$SP_DATA``); created if absent.
+    seed : int
+        Survey seed: same seed, same bytes.
+    full : bool
+        MegaCam-size data (40 CCDs of 2048 x 4612 per exposure, 10k x 10k tile) instead of the
+        small default.
+    shear : tuple of float
+        Constant shear (g1, g2) applied to every galaxy.
+    paired : bool
+        Write two fields, ``plus`` (+shear) and ``minus`` (-shear), with identical noise.
+    des : bool
+        Also write the DES-like 5-band tiles under ``des/``.
+    n_processes : int
+        Worker processes (one CCD per task).
+    params : shapepipe.sim.geometry.SurveyParams, optional
+        Custom layout (overrides ``full``), e.g. :func:`shapepipe.sim.tiny_params` for tests.
+    overwrite : bool
+        Replace an existing non-empty dataset.
+    log : callable, optional
+        Called with progress messages (e.g. ``print``).
+
+    Returns
+    -------
+    dict
+        The contents of ``truth/survey.json`` (of the plus field when paired).
+    """
+    global _CATALOG
+    log = log or (lambda msg: None)
+    g1, g2 = (float(shear[0]), float(shear[1]))
+    if np.hypot(g1, g2) >= 0.5:
+        raise SimError(f"shear {shear}: |g| must be < 0.5")
+    if params is None:
+        params = geo.full_params() if full else geo.small_params()
+    output_dir = os.fspath(output_dir)
+    _check_output(output_dir, overwrite)
+
+    if paired:
+        fields = [("plus", (g1, g2), os.path.join(output_dir, "plus")),
+                  ("minus", (-g1, -g2), os.path.join(output_dir, "minus"))]
+    else:
+        fields = [(None, (g1, g2), output_dir)]
+    for _, _, root in fields:
+        for sub in SUBDIRS:
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+
+    cat = make_catalog(params, seed)
+    log(f"catalogue: {int(cat['IS_STAR'].sum())} stars, {int((cat['IS_STAR'] == 0).sum())} "
+        "galaxies")
+    dx, _, _, _ = geo.ccd_layout(params)
+    n_ccd = dx.size
+    shears = [f[1] for f in fields]
+    tasks = [(params, seed, i, c, shears, True) for i in range(params.n_exp) for c in range(n_ccd)]
+    stackers = [TileStacker(geo.tile_header(params)) for _ in fields]
+    psf_star_parts = []
+
+    _CATALOG = cat
+    pool = None
+    writers = None
+    try:
+        if n_processes > 1:
+            ctx = multiprocessing.get_context("fork")
+            pool = ctx.Pool(n_processes)
+            results = pool.imap(_render_task, tasks)
+        else:
+            results = map(_render_task, tasks)
+        for (_, _, i_exp, ccd, _, _), res in zip(tasks, results):
+            exp_num = params.exposures[i_exp]
+            if ccd == 0:
+                primary = _primary_header(params, seed, i_exp, n_ccd)
+                writers = [{kind: _MEFWriter(
+                    os.path.join(root, "exposures", f"{kind}-{exp_num}.fits.fz"), primary)
+                    for kind in ("image", "weight", "flag")} for _, _, root in fields]
+            ccd_wcs = geo.make_wcs(res["header"])
+            for k, w in enumerate(writers):
+                w["image"].append(res["images"][k], res["header"], "lossy",
+                                  _dither_seed(seed, exp_num, ccd, "image"))
+                w["weight"].append(res["weight"], res["header"], "lossless")
+                w["flag"].append(res["flag"], res["header"], "int")
+                stackers[k].add(res["images"][k] - res["sky"], res["weight"], ccd_wcs)
+            psf_star_parts.append(res["psf_stars"])
+            log(f"exposure {exp_num} CCD {ccd} done")
+            del res
+            if ccd == n_ccd - 1:
+                for w in writers:
+                    for writer in w.values():
+                        writer.close()
+                writers = None
+    except BaseException:
+        for w in writers or []:
+            for writer in w.values():
+                writer.close(ok=False)
+        raise
+    finally:
+        _CATALOG = None
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    psf_stars = {k: np.concatenate([p[k] for p in psf_star_parts]) for k in psf_star_parts[0]}
+    info = None
+    for k, (name, (fg1, fg2), root) in enumerate(fields):
+        _write_tile(params, stackers[k], root)
+        stackers[k] = None
+        _write_truth(params, seed, cat, (fg1, fg2), psf_stars, root)
+        meta = {
+            "seed": int(seed),
+            "shear": [fg1, fg2],
+            "full": bool(full),
+            "paired": name if name else False,
+            "pixel_scale": geo.PIXEL_SCALE,
+            "magzp": geo.MAGZP,
+            "exposures": params.exposures,
+            "n_ccd": int(n_ccd),
+            "ccd_size": [params.ccd_nx, params.ccd_ny],
+            "tile": geo.tile_name(params.tile_number),
+            "tile_size": [params.tile_nx, params.tile_ny],
+            "n_stars": int(cat["IS_STAR"].sum()),
+            "n_galaxies": int((cat["IS_STAR"] == 0).sum()),
+            "version": __version__,
+        }
+        with atomic_path(os.path.join(root, "truth", "survey.json")) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, indent=1, sort_keys=True)
+                handle.write("\n")
+        info = info or meta
+        log(f"wrote {root}")
+    if des:
+        from shapepipe.sim.des import make_des
+
+        make_des(os.path.join(output_dir, "des"), seed=seed, log=log)
+    return info
+
+
+def _write_tile(params, stacker, root):
+    image, weight = stacker.result()
+    header = geo.tile_header(params)
+    number = geo.tile_name(params.tile_number)
+    header["OBJECT"] = f"CFIS {params.tile_number[0]:03d}.{params.tile_number[1]:03d}"
+    header["TILEID"] = f"{params.tile_number[0]:03d}.{params.tile_number[1]:03d}"
+    header["MAGZP"] = (geo.MAGZP, "mag of 1 ADU (weighted mean of the exposures)")
+    header["PHOTZP"] = (geo.MAGZP, "mag of 1 ADU (weighted mean of the exposures)")
+    header["EXPTIME"] = (geo.EXPTIME, "exposure time of one input exposure (s)")
+    header["GAIN"] = (geo.GAIN * params.n_exp, "effective gain of the mean stack (e-/ADU)")
+    header["SATURATE"] = (geo.SATURATE, "ADU")
+    header["FILTER"] = geo.FILTER
+    header["NCOMBINE"] = params.n_exp
+    header["COMMENT"] = "shapepipe.sim: bilinear resampling, inverse-variance weighted mean"
+    for exp in params.exposures:
+        header["HISTORY"] = f"input exposure {exp}p.fits.fz"
+    write_fits(fits.HDUList([fits.PrimaryHDU(image, header=header)]),
+               os.path.join(root, "tiles", f"CFIS_image-{number}.fits"))
+    header_w = header.copy()
+    header_w["COMMENT"] = "inverse variance (ADU^-2) of the tile"
+    write_fits(fits.HDUList([fits.PrimaryHDU(weight, header=header_w)]),
+               os.path.join(root, "tiles", f"CFIS_weight-{number}.fits"))
+
+
+def _write_truth(params, seed, cat, shear, psf_stars, root):
+    truth = os.path.join(root, "truth")
+    cols = dict(cat)
+    gal = cat["IS_STAR"] == 0
+    cols["G1"] = np.where(gal, shear[0], 0.0).astype(np.float32)
+    cols["G2"] = np.where(gal, shear[1], 0.0).astype(np.float32)
+    write_fits(_table(cols, "OBJECTS"), os.path.join(truth, "objects.fits"))
+
+    stars = select(cat, cat["IS_STAR"] == 1)
+    write_fits(_table({"ID": stars["ID"], "RA": stars["RA"], "DEC": stars["DEC"],
+                       "MAG": stars["MAG"]}, "REF_STARS"),
+               os.path.join(root, "star_cat", "ref_stars.fits"))
+    write_fits(_table(model_rows(params, seed), "PSF_MODEL"), os.path.join(truth, "psf_model.fits"))
+    write_fits(_table(psf_stars, "PSF_STARS"), os.path.join(truth, "psf_stars.fits"))
+
+    dx, dy, _, _ = geo.ccd_layout(params)
+    rows = {k: [] for k in ("EXP_NUM", "CCD", "RA_PNT", "DEC_PNT", "NX", "NY", "CRPIX1",
+                            "CRPIX2", "DX", "DY", "SKYLEVEL", "SKYSIGMA", "MJD_OBS", "AIRMASS")}
+    for i_exp, exp in enumerate(params.exposures):
+        cond = exposure_conditions(seed, exp)
+        ra, dec = geo.pointing(params, i_exp)
+        for ccd in range(dx.size):
+            h = geo.ccd_header(params, i_exp, ccd)
+            sky = sky_model(params, cond, ccd, (params.ccd_ny, params.ccd_nx))
+            var = np.mean(sky * geo.GAIN + geo.RDNOISE**2)
+            vals = (exp, ccd, ra, dec, params.ccd_nx, params.ccd_ny, h["CRPIX1"], h["CRPIX2"],
+                    dx[ccd], dy[ccd], float(np.mean(sky)), np.sqrt(var) / geo.GAIN, cond["mjd"],
+                    cond["airmass"])
+            for key, val in zip(rows, vals):
+                rows[key].append(val)
+    table = {k: np.asarray(v) for k, v in rows.items()}
+    table["EXP_NUM"] = table["EXP_NUM"].astype(np.int32)
+    table["CCD"] = table["CCD"].astype(np.int16)
+    table["NX"] = table["NX"].astype(np.int32)
+    table["NY"] = table["NY"].astype(np.int32)
+    write_fits(_table(table, "EXPOSURES"), os.path.join(truth, "exposures.fits"))
