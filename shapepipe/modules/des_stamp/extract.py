@@ -114,6 +114,8 @@ def _float_text(value):
 def _card(key, value, comment=""):
     """One 80-character FITS card (or astropy's CONTINUE cards for long strings)."""
     if isinstance(value, str):
+        # FITS headers are ASCII: escape anything else rather than fail on an exotic label.
+        value = value.encode("ascii", "backslashreplace").decode("ascii")
         text = value.replace("'", "''")
         if len(text) > 60:
             return str(fits.Card(key, value, comment))

@@ -216,7 +216,9 @@ def extract_fits(path, out_dir, ids=None):
                 for b, band in enumerate(bands):
                     header = fits.Header.fromstring(headers[b].decode("utf-8"))
                     hdu = fits.PrimaryHDU(data[:, :, b], header=header)
-                    name = os.path.join(out_dir, f"{cat[row]}_{band}.fits")
+                    # An id is a label, not a path: keep it inside out_dir.
+                    safe = cat[row].replace(os.sep, "_").lstrip(".") or "_"
+                    name = os.path.join(out_dir, f"{safe}_{band}.fits")
                     write_fits(fits.HDUList([hdu]), name)
                     written.append(name)
                 found.add(cat[row])
