@@ -87,7 +87,7 @@ def test_psf_samp_resampled_to_pixel_grid(samp):
     truth = _gaussian_grid(21, 1.0, sigma, 0.3, -0.2)
     truth /= truth.sum()
     np.testing.assert_allclose(stamps[0].sum(), 1.0, rtol=1e-12)
-    assert np.abs(stamps[0] - truth).max() < 3e-4 * truth.max()
+    assert np.abs(stamps[0] - truth).max() < 1.5e-3 * truth.max()
 
 
 def test_lanczos_rows_preserve_constants():

@@ -26,6 +26,10 @@ from astropy.io import fits
 from shapepipe.modules.psfex.resample import lanczos_matrix
 from shapepipe.utils.atomic import write_fits
 
+#: Lanczos order of the resampling to the image grid: order 3 (PSFEx's) is off by 0.35% of
+#: the peak for a 2.2-pixel-sigma PSF shifted by 0.3 pixel; order 7 by 0.08%.
+INTERP_ORDER = 7
+
 #: Failure codes of a model that cannot be used, as in ShapePipe's psfex_interp.
 NOT_ENOUGH_STARS = "Fail_stars"
 BAD_CHI2 = "Fail_chi2"
@@ -200,8 +204,8 @@ class PSFModel:
             out = np.arange(size) - size // 2
             x_src = (out[None, :] - offsets[:, :1]) / self.samp + nx // 2
             y_src = (out[None, :] - offsets[:, 1:]) / self.samp + ny // 2
-            mx = lanczos_matrix(x_src, nx)  # (n, size, nx)
-            my = lanczos_matrix(y_src, ny)  # (n, size, ny)
+            mx = lanczos_matrix(x_src, nx, INTERP_ORDER)  # (n, size, nx)
+            my = lanczos_matrix(y_src, ny, INTERP_ORDER)  # (n, size, ny)
             images = np.matmul(np.matmul(my, images), mx.transpose(0, 2, 1))
         if normalise:
             total = images.sum(axis=(1, 2), keepdims=True)
