@@ -43,7 +43,7 @@ class SurveyParams:
     star_density: float = 6.0  # stars per arcmin^2 brighter than r = 20.5
     gal_density: float = 30.0  # galaxies per arcmin^2 brighter than r = 24.5
     gal_mag_max: float = 25.5
-    star_mag_range: tuple = (13.5, 24.0)
+    star_mag_range: tuple = (11.5, 24.0)
     cosmic_rate: float = 1.2e-5  # cosmic rays per pixel per exposure
     n_bad_columns: int = 2  # per CCD (on average)
     des_tiles: int = 3

@@ -381,7 +381,8 @@ def _psf_star_truth(cat, stars, row, exp_num, ccd, shape, flag, hsm):
     import galsim
 
     ny, nx = shape
-    on = (stars["x"] >= 0.5) & (stars["x"] < nx + 0.5) & (stars["y"] >= 0.5) & (stars["y"] < ny + 0.5)
+    sx, sy = stars["x"], stars["y"]
+    on = (sx >= 0.5) & (sx < nx + 0.5) & (sy >= 0.5) & (sy < ny + 0.5)
     idx = stars["index"][on]
     x = stars["x"][on]
     y = stars["y"][on]
