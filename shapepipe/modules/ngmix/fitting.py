@@ -330,7 +330,7 @@ def adaptive_moments(image, jacobian, weight=None, guess_T=None, maxiter=100, to
     u0 = v0 = 0.0
     flags = 0
     it = 0
-    for it in range(1, maxiter + 1):
+    for it in range(1, maxiter + 1):  # noqa: B007 (it is reported)
         det = muu * mvv - muv * muv
         if det <= 0 or muu <= 0:
             flags = FLAG_ADMOM_FAILED
@@ -432,7 +432,7 @@ def fit_psf_em(psf_image, jacobian, n_gauss=3, maxiter=500, tol=1e-9):
     loglike_old = -np.inf
     flags = FLAG_PSF_FAILED
     it = 0
-    for it in range(1, maxiter + 1):
+    for it in range(1, maxiter + 1):  # noqa: B007 (it is reported)
         det = cuu * cvv - cuv * cuv
         du = u[None, :] - mu_u[:, None]
         dv = v[None, :] - mu_v[:, None]
