@@ -35,9 +35,10 @@ def main(argv=None):
                         help="tile file name with {tile} and {band} (.fz also found)")
     parser.add_argument("--image-hdu", type=int, default=1, help="HDU of the image")
     parser.add_argument("--mask-hdu", type=int, default=2, help="HDU of the mask (-1: none)")
-    parser.add_argument("--commit-interval", type=float, default=30.0,
-                        help="seconds between catalogue rewrites (statuses are journalled "
-                             "after every tile in between)")
+    parser.add_argument("--commit-interval", type=float, default=0.0,
+                        help="minimum seconds between catalogue rewrites (default 0: after "
+                             "every tile unless rewriting takes >10%% of the time; statuses "
+                             "are journalled after every tile in between)")
     parser.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"],
                         help="HDF5 filter of the stamp pixels (gzip: portable; lzf: faster)")
     parser.add_argument("-q", "--quiet", action="store_true")
