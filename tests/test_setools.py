@@ -572,6 +572,7 @@ def test_example_file_parses_and_selects_stars(table):
 # ----------------------------------------------------------------------- runner
 
 
+@pytest.mark.slow
 def test_runner_end_to_end(sp, table):
     header = fits.Header()
     header["NAXIS1"] = 2048
@@ -600,6 +601,7 @@ def test_runner_end_to_end(sp, table):
     np.testing.assert_array_equal(first["NUMBER"], make_table(1)["NUMBER"][expected])
 
 
+@pytest.mark.slow
 def test_runner_reports_setools_errors_per_job(sp, tmp_path):
     bad = tmp_path / "bad.setools"
     bad.write_text("[MASK:a]\nNOSUCH_COLUMN > 1\n")

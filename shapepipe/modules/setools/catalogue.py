@@ -23,39 +23,31 @@ __all__ = ["Catalogue"]
 
 
 class Catalogue:
-    """An object table with the HDUs around it.
+    """An object table, and where its other HDUs come from.
 
     Parameters
     ----------
     data : numpy structured array or astropy.io.fits.FITS_rec
         The objects.
-    hdus : list of astropy.io.fits HDU, optional
-        The file's HDUs (the object table at ``objects_index`` is replaced on output).
-        Without them, outputs are a primary HDU and an ``LDAC_OBJECTS`` table.
-    objects_index : int, optional
-        Index of the object table in ``hdus``.
+    header : astropy.io.fits.Header, optional
+        Header of the object table (column units, comments, EXTNAME...).
     path : str, optional
         Where the catalogue was read from (for messages).
     source : str, optional
-        File whose other HDUs are copied verbatim into selections (instead of ``hdus``).
+        File whose other HDUs (primary, ``LDAC_IMHEAD``...) are copied verbatim into
+        selections. Without it, a selection is a primary HDU and an ``LDAC_OBJECTS``
+        table.
     """
 
-    def __init__(self, data, hdus=None, objects_index=None, path=None, source=None):
+    def __init__(self, data, header=None, path=None, source=None):
         self.data = data
+        self.header = header if header is not None else fits.Header()
         self.path = path or "<catalogue>"
         self.source = source
-        if hdus is None:
-            header = fits.Header()
-            header["EXTNAME"] = "LDAC_OBJECTS"
-            hdus = [fits.PrimaryHDU(), fits.BinTableHDU(data=np.asarray(data), header=header)]
-            objects_index = 1
-        self.hdus = hdus
-        self.objects_index = objects_index
         self._columns = {}
-        names = list(data.dtype.names or ())
-        self.names = names
+        self.names = list(data.dtype.names or ())
         self._upper = {}
-        for name in names:
+        for name in self.names:
             self._upper.setdefault(name.upper(), []).append(name)
 
     @classmethod
@@ -82,10 +74,12 @@ class Catalogue:
             if index is None:
                 raise ValueError(f"{path}: no LDAC_OBJECTS HDU and no FITS table found")
             table = hdul[index]
+            # memmap=False: the data are in memory and outlive the file handle.
             data = table.data
-            data = np.zeros(0, dtype=table.columns.dtype) if data is None else data.copy()
-            hdus = [fits.PrimaryHDU(), fits.BinTableHDU(data=data, header=table.header.copy())]
-        return cls(data, hdus=hdus, objects_index=1, path=path, source=path)
+            if data is None:
+                data = np.zeros(0, dtype=table.columns.dtype)
+            header = table.header.copy()
+        return cls(data, header=header, path=path, source=path)
 
     def __len__(self):
         return len(self.data)
@@ -123,7 +117,7 @@ class Catalogue:
         path : str
             Output file.
         """
-        template = self.hdus[self.objects_index].header
+        template = self.header
         table = fits.BinTableHDU(data=self.data[selection], header=template.copy())
         if "EXTNAME" not in table.header:
             table.header["EXTNAME"] = "LDAC_OBJECTS"
@@ -132,9 +126,7 @@ class Catalogue:
             if key in template and template.comments[key] and not table.header.comments[key]:
                 table.header.comments[key] = template.comments[key]
         if self.source is None:
-            hdus = [table if i == self.objects_index else hdu.copy()
-                    for i, hdu in enumerate(self.hdus)]
-            write_fits(fits.HDUList(hdus), path)
+            write_fits(fits.HDUList([fits.PrimaryHDU(), table]), path)
             return
         # HDUs of a file opened by astropy and never loaded are written from their raw
         # bytes: LDAC_IMHEAD stays identical to the input.
