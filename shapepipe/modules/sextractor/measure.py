@@ -189,17 +189,39 @@ def _bucket_stamps(half):
 
 
 def _stamps(array, xc, yc, half, fill):
-    """Gather (n, 2*half+1, 2*half+1) stamps centred on integer pixels, ``fill`` outside."""
+    """Gather (n, 2*half+1, 2*half+1) stamps centred on integer pixels, ``fill`` outside.
+
+    Stamps inside the image are copied through a sliding-window view (contiguous row
+    copies, ~10x faster than element-wise fancy indexing); the few that cross the border
+    go through fancy indexing.
+
+    Returns
+    -------
+    stamps : numpy.ndarray
+    inside : numpy.ndarray of bool or None
+        Which stamp pixels are in the image; None when all are.
+    """
     ny, nx = array.shape
+    size = 2 * half + 1
+    n = len(xc)
+    out = np.empty((n, size, size), dtype=array.dtype)
+    full = (xc - half >= 0) & (xc + half < nx) & (yc - half >= 0) & (yc + half < ny)
+    if size <= min(nx, ny) and full.any():
+        windows = np.lib.stride_tricks.sliding_window_view(array, (size, size))
+        out[full] = windows[yc[full] - half, xc[full] - half]
+    if full.all():
+        return out, None
+    edge = np.flatnonzero(~full)
     off = np.arange(-half, half + 1)
-    rows = yc[:, None] + off
-    cols = xc[:, None] + off
+    rows = yc[edge, None] + off
+    cols = xc[edge, None] + off
     rin = (rows >= 0) & (rows < ny)
     cin = (cols >= 0) & (cols < nx)
-    out = array[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
-    inside = rin[:, :, None] & cin[:, None, :]
-    if not inside.all():
-        out = np.where(inside, out, np.asarray(fill, dtype=out.dtype))
+    part = array[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
+    part_in = rin[:, :, None] & cin[:, None, :]
+    out[edge] = np.where(part_in, part, np.asarray(fill, dtype=array.dtype))
+    inside = np.ones((n, size, size), dtype=bool)
+    inside[edge] = part_in
     return out, inside
 
 
@@ -451,6 +473,8 @@ class Catalogue:
             xc = np.rint(self.x[j]).astype(int)
             yc = np.rint(self.y[j]).astype(int)
             pix, inside = _stamps(img.sub, xc, yc, h, 0.0)
+            if inside is None:
+                inside = np.ones(pix.shape, dtype=bool)
             segs, _ = _stamps(self.seg, xc, yc, h, 0)
             masked = (segs != 0) & (segs != self.ids[j][:, None, None])
             if img.bad is not None:
@@ -594,9 +618,10 @@ class Catalogue:
             for h, sel in _bucket_stamps(half):
                 xc = np.rint(self.x[sel]).astype(int)
                 yc = np.rint(self.y[sel]).astype(int)
-                pix, inside = _stamps(img.sub, xc, yc, h, 0.0)
+                pix, _ = _stamps(img.sub, xc, yc, h, 0.0)
                 if img.bad is not None:
-                    bad = _stamps(img.bad, xc, yc, h, True)[0] & inside
+                    # Outside pixels come back as "bad" and are treated like them.
+                    bad = _stamps(img.bad, xc, yc, h, True)[0]
                     # CORRECT-like: a bad pixel takes the value symmetric about the stamp
                     # centre (0 if that one is bad too).
                     mbad = bad[:, ::-1, ::-1]
@@ -693,17 +718,24 @@ class Catalogue:
         ix = (self.x + 0.49999).astype(int)
         iy = (self.y + 0.49999).astype(int)
         ny, nx = img.shape
-        rows = iy[:, None] + (np.arange(h) - h // 2)[None, :]
-        cols = ix[:, None] + (np.arange(w) - w // 2)[None, :]
-        rin = (rows >= 0) & (rows < ny)
-        cin = (cols >= 0) & (cols < nx)
-        rr = np.clip(rows, 0, ny - 1)[:, :, None]
-        cc = np.clip(cols, 0, nx - 1)[:, None, :]
-        out = img.sub[rr, cc]
-        invalid = ~(rin[:, :, None] & cin[:, None, :])
+        out = np.empty((self.n, h, w), dtype=np.float32)
+        y0 = iy - h // 2
+        x0 = ix - w // 2
+        full = (x0 >= 0) & (x0 + w <= nx) & (y0 >= 0) & (y0 + h <= ny)
+        src = img.sub
         if img.bad is not None:
-            invalid |= img.bad[rr, cc]
-        out[invalid] = -BIG
+            src = np.where(img.bad, np.float32(-BIG), img.sub)
+        if h <= ny and w <= nx and full.any():
+            windows = np.lib.stride_tricks.sliding_window_view(src, (h, w))
+            out[full] = windows[y0[full], x0[full]]
+        edge = np.flatnonzero(~full)
+        if edge.size:
+            rows = y0[edge, None] + np.arange(h)[None, :]
+            cols = x0[edge, None] + np.arange(w)[None, :]
+            valid = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[
+                :, None, :]
+            part = src[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
+            out[edge] = np.where(valid, part, np.float32(-BIG))
         return out
 
     # ------------------------------------------------------------- world coords
