@@ -559,6 +559,20 @@ def test_empty_selection_plots(tmp_path, table):
     assert sum(p.endswith(".png") for p in written) == 3
 
 
+def test_empty_catalogue(tmp_path):
+    path = str(tmp_path / "sexcat-0000001-0.fits")
+    write_ldac(path, fits.Header(), make_table()[:0])
+    written = run_setools(path, EXAMPLE, str(tmp_path / "o"), "-0000001-0")
+    names = sorted(os.path.relpath(p, tmp_path / "o") for p in written)
+    assert names == ["mask/star_selection-0000001-0.fits", "plot/fwhm_field-0000001-0.png",
+                     "plot/hist_mag_stars-0000001-0.png", "plot/size_mag-0000001-0.png",
+                     "stat/star_stat-0000001-0.txt"]
+    assert len(read_ldac(written[0])[0]) == 0
+    with open(written[-1]) as handle:
+        text = handle.read()
+    assert "Nb stars = 0\n" in text and "Mode fwhm used (arcsec) = nan\n" in text
+
+
 # ---------------------------------------------------------------------- example
 
 
