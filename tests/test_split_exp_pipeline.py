@@ -109,3 +109,94 @@ def test_split_merge_mask_chain(tmp_path, exposures):
     assert not (other & 64).any()
     assert other[180, 110] & 128 and not other[180, 95] & 128
     assert not (other[:170] & 128).any()
+
+
+@pytest.fixture(scope="module")
+def tiny_survey(tmp_path_factory):
+    """The tiny simulated survey (2 exposures x 2 CCDs, ~10-20 s to render)."""
+    from shapepipe.sim import make_survey, tiny_params
+
+    path = tmp_path_factory.mktemp("sim")
+    make_survey(str(path), seed=1, params=tiny_params())
+    return path
+
+
+@pytest.mark.slow
+def test_chain_on_simulated_exposures(tmp_path, tiny_survey):
+    """Saturated simulated stars get halo and spike bits, faint ones do not; the external
+    flags and the 50-px border are in every output, with the configured bits."""
+    out = tmp_path / "out"
+    config = tmp_path / "config_exp.ini"
+    config.write_text(textwrap.dedent(f"""
+        [DEFAULT]
+        RUN_NAME = sim
+        [EXECUTION]
+        MODULE = split_exp_runner, merge_headers_runner, mask_runner
+        MODE = SMP
+        [FILE]
+        INPUT_DIR = {tiny_survey / 'exposures'}
+        OUTPUT_DIR = {out}
+        [JOB]
+        SMP_BATCH_SIZE = 2
+        [SPLIT_EXP_RUNNER]
+        OUTPUT_SUFFIX = image, weight, flag
+        N_HDU = 2
+        [MASK_RUNNER]
+        MASK_CONFIG_PATH = {EXAMPLE_MASK}
+        STAR_CAT_PATH = {tiny_survey / 'star_cat' / 'ref_stars.fits'}
+        """))
+    assert main(["-c", str(config), "-q"]) == 0
+    run_dir = glob.glob(str(out / "sim_*"))[0]
+    split_dir = os.path.join(run_dir, "split_exp_runner", "output")
+    mask_dir = os.path.join(run_dir, "mask_runner", "output")
+    wcs = read_exp_wcs(os.path.join(run_dir, "merge_headers_runner", "output",
+                                    "log_exp_headers.sqlite"))
+    assert sorted(wcs) == ["2000001", "2000002"]
+
+    stars = Table.read(str(tiny_survey / "truth" / "psf_stars.fits"))
+    saturated = stars[stars["SATURATED"] == 1]
+    assert len(saturated) >= 1
+    faint = ((stars["MAG"] > 20) & (stars["X"] > 60) & (stars["X"] < 450)
+             & (stars["Y"] > 60) & (stars["Y"] < 580))
+    ref = Table.read(str(tiny_survey / "star_cat" / "ref_stars.fits"))
+    bright = ref["MAG"] < 17
+    checked_faint = 0
+    for row, is_faint in zip(stars, faint):
+        name = f"-{row['EXP_NUM']}-{row['CCD']}"
+        flag = fits.getdata(os.path.join(mask_dir, f"pipeline_flag{name}.fits"))
+        x, y = int(round(row["X"] - 1)), int(round(row["Y"] - 1))  # 1-based truth
+        if row["SATURATED"]:
+            # every saturated pixel of the star (sim flag bit 4) is inside its halo
+            ext = fits.getdata(os.path.join(split_dir, f"flag{name}.fits"))
+            sat = (ext[max(y - 15, 0) : y + 16, max(x - 15, 0) : x + 16] & 4) > 0
+            halo = (flag[max(y - 15, 0) : y + 16, max(x - 15, 0) : x + 16] & 64) > 0
+            assert sat.any() and np.all(halo[sat])
+            assert flag[y, x] & 64 and flag[y, x] & 128
+            # spikes along the pixel axes beyond the halo, not on the diagonals
+            # (towards the CCD centre, so that the tested pixels are on the CCD)
+            sx = 1 if x < flag.shape[1] / 2 else -1
+            sy = 1 if y < flag.shape[0] / 2 else -1
+            scale_h = 1 - 0.05 * (row["MAG"] - 13.8)
+            assert flag[y, x + sx * (int(80 * scale_h) + 5)] & 128
+            assert flag[y + sy * (int(80 * scale_h) + 5), x] & 128
+            assert not flag[y + sy * 70, x + sx * 70] & (64 | 128)
+        elif is_faint and checked_faint < 50:
+            # bright reference stars (mag < SPIKE_MAG_LIM = 17), on or off this CCD
+            bx, by = wcs[str(row["EXP_NUM"])][row["CCD"]].all_world2pix(
+                ref["RA"][bright], ref["DEC"][bright], 0)
+            dx, dy = np.abs(bx - x), np.abs(by - y)
+            # away from every halo (<= 88 px) and off every spike line (half-width <= 5 px)
+            if np.all((np.hypot(dx, dy) > 110) & (dx > 15) & (dy > 15)):
+                assert not (flag[y - 3 : y + 4, x - 3 : x + 4] & (64 | 128)).any()
+                checked_faint += 1
+    assert checked_faint >= 10
+    # external flags kept, border exact, only configured bits
+    for name in ("-2000001-0", "-2000002-1"):
+        flag = fits.getdata(os.path.join(mask_dir, f"pipeline_flag{name}.fits"))
+        ext = fits.getdata(os.path.join(split_dir, f"flag{name}.fits"))
+        assert np.array_equal(flag & 7, ext)
+        border = np.zeros(flag.shape, bool)
+        border[:50] = border[-50:] = True
+        border[:, :50] = border[:, -50:] = True
+        np.testing.assert_array_equal((flag & 8) > 0, border)
+        assert not (flag & ~np.int32(1 | 2 | 4 | 8 | 16 | 32 | 64 | 128)).any()
