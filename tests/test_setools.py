@@ -537,6 +537,24 @@ def test_plot_length_mismatch_is_a_clear_error(tmp_path, table):
         run_setools(_plain_fits(tmp_path, table), setools(text), str(tmp_path / "o"))
 
 
+def test_plot_keys_per_data_set():
+    section = setools("""
+        [PLOT:p]
+        TYPE = plot
+        X_1 = FWHM_IMAGE
+        Y_1 = MAG_AUTO
+        Y_2 = SNR_WIN
+        LABEL_1 = first
+        COLOR = r
+        MARKER_2 = o
+    """).plots["p"]
+    assert section.get("COLOR", "1") == section.get("COLOR", "2") == "r"
+    assert section.get("LABEL", "1") == ["first"] and section.get("LABEL", "2") is None
+    assert section.get("MARKER", "1") is None and section.get("MARKER", "2") == "o"
+    # A single indexed X is shared by every Y, as in ShapePipe.
+    assert section.get("X", "2", share_single=True) is section.get("X", "1")
+
+
 def test_empty_selection_plots(tmp_path, table):
     text = """
         [MASK:none]

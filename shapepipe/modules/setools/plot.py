@@ -75,7 +75,7 @@ def _text(section, key, index, evaluate):
 
 
 def _data(section, key, index, evaluate):
-    node = section.get(key, index)
+    node = section.get(key, index, share_single=True)
     loc = section.location_of(key, index)
     if node is None:
         raise section.location.error(f"{key}_{index} is missing (needed for data set {index})")

@@ -127,22 +127,29 @@ class PlotSection:
         self.location = location
         self.options = {}
 
-    def get(self, key, index="0", default=None):
-        """Value of ``KEY_index``; a key given once without index applies to every index."""
+    def get(self, key, index="0", default=None, share_single=False):
+        """Value of ``KEY_index``.
+
+        A key given without index (``COLOR = r``) applies to every data set. With
+        ``share_single`` (data keys X, Y, as in ShapePipe), a key given once with an
+        index also applies to every data set.
+        """
         values = self.options.get(key)
         if not values:
             return default
-        if index in values:
-            return values[index][0]
-        if len(values) == 1:
+        for candidate in (index, "0"):
+            if candidate in values:
+                return values[candidate][0]
+        if share_single and len(values) == 1:
             return next(iter(values.values()))[0]
         return default
 
     def location_of(self, key, index="0"):
         """Location of ``KEY_index`` (or of the section when absent)."""
         values = self.options.get(key, {})
-        if index in values:
-            return values[index][1]
+        for candidate in (index, "0"):
+            if candidate in values:
+                return values[candidate][1]
         if len(values) == 1:
             return next(iter(values.values()))[1]
         return self.location
