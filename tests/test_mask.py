@@ -334,7 +334,7 @@ def test_config_errors(tmp_path, image_path):
 
 def test_example_config_reads():
     config = MaskConfig(f"{EXAMPLE}/config.mask")
-    assert config.border == {"width": 50, "flag": 8}
+    assert config.border == {"width": 20, "flag": 8}
     assert config.halo["flag"] == 64 and config.spike["flag"] == 128
     assert config.messier["flag"] == 16 and config.ngc["flag"] == 32
     assert config.external_flag and config.missing_data is None

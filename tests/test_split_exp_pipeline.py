@@ -124,7 +124,7 @@ def tiny_survey(tmp_path_factory):
 @pytest.mark.slow
 def test_chain_on_simulated_exposures(tmp_path, tiny_survey):
     """Saturated simulated stars get halo and spike bits, faint ones do not; the external
-    flags and the 50-px border are in every output, with the configured bits."""
+    flags and the 20-px border are in every output, with the configured bits."""
     out = tmp_path / "out"
     config = tmp_path / "config_exp.ini"
     config.write_text(textwrap.dedent(f"""
@@ -196,7 +196,7 @@ def test_chain_on_simulated_exposures(tmp_path, tiny_survey):
         ext = fits.getdata(os.path.join(split_dir, f"flag{name}.fits"))
         assert np.array_equal(flag & 7, ext)
         border = np.zeros(flag.shape, bool)
-        border[:50] = border[-50:] = True
-        border[:, :50] = border[:, -50:] = True
+        border[:20] = border[-20:] = True   # BORDER_WIDTH = 20 in example/mask/config.mask
+        border[:, :20] = border[:, -20:] = True
         np.testing.assert_array_equal((flag & 8) > 0, border)
         assert not (flag & ~np.int32(1 | 2 | 4 | 8 | 16 | 32 | 64 | 128)).any()
