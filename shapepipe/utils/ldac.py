@@ -8,7 +8,7 @@ an ``LDAC_OBJECTS`` table with the measurements.
 import numpy as np
 from astropy.io import fits
 
-from shapepipe.utils.atomic import write_fits
+from shapepipe.utils.atomic import atomic_path
 
 CARD_COLUMN = "Field Header Card"
 
@@ -63,7 +63,34 @@ def write_ldac(path, header, table, overwrite=True):
         Whether an existing file may be replaced.
     """
     hdul = fits.HDUList([fits.PrimaryHDU(), imhead_hdu(header), objects_hdu(table)])
-    write_fits(hdul, path, overwrite=overwrite)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        hdul.writeto(tmp)
+        blank_pad_imheads(tmp)
+
+
+def blank_pad_imheads(path):
+    """Pad the header cards of every ``LDAC_IMHEAD`` HDU of a file with blanks, in place.
+
+    astropy writes the trailing blanks of string columns as NUL bytes; SExtractor pads
+    with blanks, and PSFEx 3.21 crashes (segmentation fault) on NUL-padded cards.
+
+    Parameters
+    ----------
+    path : str
+        A FITS_LDAC file (typically the temporary file before its rename).
+    """
+    with fits.open(path) as hdul:
+        spans = [
+            (hdul.fileinfo(i)["datLoc"], hdu.header["NAXIS1"] * hdu.header["NAXIS2"])
+            for i, hdu in enumerate(hdul)
+            if hdu.name == "LDAC_IMHEAD"
+        ]
+    with open(path, "r+b") as handle:
+        for start, size in spans:
+            handle.seek(start)
+            block = handle.read(size)
+            handle.seek(start)
+            handle.write(block.replace(b"\0", b" "))
 
 
 def read_imhead(hdu):
