@@ -69,9 +69,9 @@ def _sersic_profile(r, n):
 def fit_profile_mixture(n_sersic, n_gauss, r_max=None):
     """Fit a concentric Gaussian mixture to a circular Sersic profile (2-D, flux-weighted).
 
-    The fit minimises the squared difference of the two surface-brightness profiles weighted
-    by ``r dr`` (i.e. over the plane) on a logarithmic radius grid, with positive amplitudes
-    and variances (fitted in log space).
+    The fit minimises the squared relative difference of the two surface-brightness
+    profiles weighted by the flux in each annulus (``2 pi r dr I(r)``), on a logarithmic
+    radius grid, with positive amplitudes and variances (fitted in log space).
 
     Parameters
     ----------
@@ -94,9 +94,9 @@ def fit_profile_mixture(n_sersic, n_gauss, r_max=None):
     r = np.geomspace(1e-3, r_max, 400)
     prof = _sersic_profile(r, n_sersic)
     dr = np.gradient(r)
-    wts = np.sqrt(r * dr)
     norm = np.sum(prof * 2 * np.pi * r * dr)
     prof = prof / norm
+    wts = np.sqrt(2 * np.pi * r * dr * prof)
     # Start from variances spread geometrically over the profile's range.
     var0 = np.geomspace(1e-3, 2.0, n_gauss) * (1.0 if n_sersic < 2 else 3.0)
     amp0 = np.full(n_gauss, 1.0 / n_gauss)
@@ -109,7 +109,7 @@ def fit_profile_mixture(n_sersic, n_gauss, r_max=None):
                 * np.exp(-0.5 * r[:, None] ** 2 / var[None, :])).sum(axis=1)
 
     def resid(x):
-        return (model(x) - prof) * wts / prof.max()
+        return (model(x) / prof - 1.0) * wts
 
     sol = least_squares(resid, x0, method="lm", xtol=1e-12, ftol=1e-12, max_nfev=20000)
     amp = np.exp(sol.x[:n_gauss])

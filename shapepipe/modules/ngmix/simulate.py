@@ -115,11 +115,13 @@ def make_stamp_set(n_gal, seed, shear, n_epoch=1, **kwargs):
 def shear_bias(tables, stamps, shear, step=0.01):
     """Multiplicative and additive biases from the catalogues of :func:`make_stamp_set`.
 
-    For each group ``q``: ``D_q = (g(+) - g(-)) / 2`` and ``S_q = (g(+) + g(-)) / 2``
-    averaged over orientations and noise signs, and ``R_q`` the mean diagonal response.
-    Then ``1 + m = sum D / (g_true sum R)`` and ``c = sum S / sum R`` per component;
-    errors from the scatter of the groups (delta method). Objects with flags are dropped
-    with their whole group.
+    For each group ``q`` and component ``i``: ``D_q = (g_i(+) - g_i(-)) / 2`` and
+    ``S_q = (g_i(+) + g_i(-)) / 2`` averaged over orientations and noise signs, and
+    ``P_q = sum_j R_ij gamma_j`` the response to the applied shear predicted by the metacal
+    response matrix (its off-diagonal terms fluctuate per object; including them removes
+    that scatter). Then ``1 + m_i = sum D / sum P`` and ``c_i = sum S / sum R_ii``; errors
+    from the scatter of the groups (delta method). Objects with flags are dropped with
+    their whole group.
 
     Returns
     -------
@@ -135,24 +137,32 @@ def shear_bias(tables, stamps, shear, step=0.01):
     keep = ~bad
     out = {"n_used": int(keep.sum())}
     sign = stamps["sign"]
+    size = np.bincount(group, minlength=n_q)[keep] / 2.0
+
+    def per_group(values):
+        return np.bincount(group, weights=values, minlength=n_q)[keep] / (2.0 * size)
+
+    resp = {}
+    for i, ci in enumerate(("1", "2")):
+        for j, cj in enumerate(("1", "2")):
+            resp[i, j] = per_group((tables[cj + "p"]["g" + ci] - tables[cj + "m"]["g" + ci])
+                                   / (2 * step))
     for i, comp in enumerate(("1", "2")):
         g = ns["g" + comp]
-        resp = (tables[comp + "p"]["g" + comp] - tables[comp + "m"]["g" + comp]) / (2 * step)
-        size = np.bincount(group, minlength=n_q)[keep] / 2.0
-        diff = np.bincount(group, weights=sign * g / 2.0, minlength=n_q)[keep] / size
-        summ = np.bincount(group, weights=g / 2.0, minlength=n_q)[keep] / size
-        rq = np.bincount(group, weights=resp, minlength=n_q)[keep] / (2.0 * size)
+        diff = per_group(sign * g)
+        summ = per_group(g)
+        rii = resp[i, i]
         n = diff.size
-        mean_r = rq.mean()
+        mean_r = rii.mean()
         c = summ.mean() / mean_r
-        cvar = np.var(summ - c * rq, ddof=1) / n / mean_r ** 2
         out["c" + comp] = c
-        out["c" + comp + "_err"] = np.sqrt(cvar)
+        out["c" + comp + "_err"] = np.sqrt(np.var(summ - c * rii, ddof=1) / n) / mean_r
         if shear[i] != 0:
-            ratio = diff.mean() / (shear[i] * mean_r)
-            resid = diff / shear[i] - ratio * rq
+            pred = resp[i, 0] * shear[0] + resp[i, 1] * shear[1]
+            ratio = diff.mean() / pred.mean()
             out["m" + comp] = ratio - 1.0
-            out["m" + comp + "_err"] = np.sqrt(np.var(resid, ddof=1) / n) / mean_r
+            out["m" + comp + "_err"] = (np.sqrt(np.var(diff - ratio * pred, ddof=1) / n)
+                                        / abs(pred.mean()))
         else:
             out["m" + comp] = np.nan
             out["m" + comp + "_err"] = np.nan

@@ -1,0 +1,281 @@
+"""Tests of the shape-measurement package (Gaussian mixtures, fits, metacalibration)."""
+
+import os
+import subprocess
+import sys
+
+import galsim
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from shapepipe.modules.ngmix import (
+    NO_PRIORS,
+    GMix,
+    Jacobian,
+    MetacalImager,
+    Observation,
+    PixelSet,
+    adaptive_moments,
+    e_to_g,
+    fit_gmix_model,
+    fit_psf_em,
+    fit_psf_gauss,
+    g_to_e,
+    make_stamp_obs,
+    measure_object,
+    profile_mixture,
+    read_catalog,
+    rows_to_tables,
+    shear_response,
+    write_catalog,
+)
+from shapepipe.modules.ngmix.gmix import gT_to_moments, model_and_derivs
+from shapepipe.modules.ngmix.simulate import make_stamp_set, shear_bias
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALE = 0.187
+
+
+def test_shape_conversions_roundtrip():
+    rng = np.random.default_rng(1)
+    g = rng.uniform(-0.6, 0.6, (2, 100))
+    e1, e2 = g_to_e(g[0], g[1])
+    g1, g2 = e_to_g(e1, e2)
+    np.testing.assert_allclose(g1, g[0], atol=1e-12)
+    np.testing.assert_allclose(g2, g[1], atol=1e-12)
+    # A galsim shear has the same g <-> e relation.
+    s = galsim.Shear(g1=0.3, g2=-0.2)
+    np.testing.assert_allclose(g_to_e(0.3, -0.2), (s.e1, s.e2), atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["gauss", "exp"])
+def test_model_derivatives_match_finite_differences(model):
+    p, f = profile_mixture(model)
+    psf = GMix([0.7, 0.3], [0.0, 0.01], [0.0, -0.02], [0.02, 0.05], [0.025, 0.06],
+               [0.003, -0.004])
+    y, x = np.mgrid[0:21, 0:21]
+    jac = Jacobian(10.2, 9.8, [[0.19, 0.01], [-0.02, 0.18]])
+    u, v = jac.uv(x.ravel(), y.ravel())
+    pars = np.array([0.03, -0.02, 0.2, -0.15, 0.3, 12.0])
+    _, d, ok = model_and_derivs(pars, u, v, jac.det, p, f, psf)
+    assert ok
+    for i in range(6):
+        h = 1e-6 * max(abs(pars[i]), 1.0)
+        hi, lo = pars.copy(), pars.copy()
+        hi[i] += h
+        lo[i] -= h
+        num = (model_and_derivs(hi, u, v, jac.det, p, f, psf, False)[0]
+               - model_and_derivs(lo, u, v, jac.det, p, f, psf, False)[0]) / (2 * h)
+        np.testing.assert_allclose(d[i], num, rtol=1e-5, atol=1e-7 * np.abs(num).max())
+
+
+def test_profile_mixtures_match_sersic_profiles():
+    for model, n in (("exp", 1.0), ("dev", 4.0)):
+        p, f = profile_mixture(model)
+        assert np.isclose(p.sum(), 1.0) and np.isclose(np.sum(p * f), 1.0)
+        # Compare with GalSim's profile at the same half-light radius, within 3 hlr.
+        from scipy.optimize import brentq
+
+        def enclosed(T, p=p, f=f):
+            return np.sum(p * (1 - np.exp(-1.0 / (f * T)))) - 0.5
+
+        T = brentq(enclosed, 1e-3, 1e3)
+        prof = galsim.Sersic(n=n, half_light_radius=1.0)
+        r = np.linspace(0.1, 3.0, 60)
+        truth = np.array([prof.xValue(ri, 0.0) for ri in r])
+        var = 0.5 * f * T
+        mix = (p[:, None] / (2 * np.pi * var[:, None])
+               * np.exp(-0.5 * r[None, :] ** 2 / var[:, None])).sum(axis=0)
+        rel = np.abs(mix / truth - 1)
+        # The mixtures miss the cusp and the far tail, not the body.
+        assert np.median(rel) < 0.05, (model, rel)
+
+
+def _gauss_image(pars, psf_T, jac, shape):
+    """Noiseless Gaussian galaxy convolved with a round Gaussian PSF, by GalSim."""
+    u0, v0, g1, g2, T, flux = pars
+    # GalSim's shear keeps the area: T = 2 sigma^2 (1 + g^2) / (1 - g^2).
+    gsq = g1 * g1 + g2 * g2
+    sigma = np.sqrt(T / 2 * (1 - gsq) / (1 + gsq))
+    gal = galsim.Gaussian(sigma=sigma, flux=flux).shear(g1=g1, g2=g2).shift(u0, v0)
+    psf = galsim.Gaussian(sigma=np.sqrt(psf_T / 2))
+    m = jac.matrix
+    wcs = galsim.JacobianWCS(m[0, 0], m[0, 1], m[1, 0], m[1, 1])
+    img = galsim.ImageD(shape[1], shape[0], wcs=wcs)
+    # Put the Jacobian reference point at its numpy position (GalSim is 1-based).
+    galsim.Convolve(gal, psf).drawImage(
+        img, method="no_pixel",
+        offset=(jac.x0 - (shape[1] - 1) / 2.0, jac.y0 - (shape[0] - 1) / 2.0))
+    return img.array
+
+
+def test_fit_recovers_noiseless_multi_epoch_parameters():
+    truth = np.array([0.04, -0.03, 0.25, -0.12, 0.35, 50.0])
+    psf_T = 0.18
+    jacs = [Jacobian(16.0, 16.0, [[SCALE, 0], [0, SCALE]]),
+            Jacobian(15.3, 16.6, [[0.17, 0.03], [-0.02, 0.2]])]
+    obs = [Observation(_gauss_image(truth, psf_T, j, (33, 33)), np.full((33, 33), 1e6), j)
+           for j in jacs]
+    pixels = PixelSet(obs)
+    res = fit_gmix_model(pixels, GMix.round_gauss(psf_T), "gauss",
+                         guess=[0, 0, 0, 0, 0.2, 40.0], priors=NO_PRIORS)
+    assert res["flags"] == 0
+    np.testing.assert_allclose(res["pars"], truth, rtol=2e-6, atol=2e-7)
+    assert np.all(np.sqrt(np.diag(res["pars_cov"])) > 0)
+
+
+def test_adaptive_moments_and_psf_fits():
+    jac = Jacobian.from_scale(20, 20, SCALE)
+    gm = GMix(1.0, 0.0, 0.0, *gT_to_moments(0.05, -0.03, 0.3))
+    y, x = np.mgrid[0:41, 0:41]
+    u, v = jac.uv(x, y)
+    im = gm.render(u, v, jac.det)
+    am = adaptive_moments(im, jac)
+    assert am["flags"] == 0
+    np.testing.assert_allclose([am["g1"], am["g2"], am["T"]], [0.05, -0.03, 0.3], rtol=1e-6,
+                               atol=1e-7)
+    pf = fit_psf_gauss(im, jac)
+    np.testing.assert_allclose([pf["g1"], pf["g2"], pf["T"]], [0.05, -0.03, 0.3], rtol=1e-6,
+                               atol=1e-7)
+    # Two-component PSF: EM recovers the mixture's second moments.
+    gm2 = GMix([0.6, 0.4], [0.0, 0.0], [0.0, 0.0], [0.03, 0.12], [0.04, 0.1], [0.005, -0.01])
+    im2 = gm2.render(u, v, jac.det)
+    em = fit_psf_em(im2, jac, n_gauss=2)
+    assert em["flags"] == 0
+    g1, g2, T = gm2.get_gT()
+    np.testing.assert_allclose([em["g1"], em["g2"], em["T"]], [g1, g2, T], rtol=1e-3, atol=1e-4)
+    model = em["gmix"].render(u, v, jac.det)
+    assert np.abs(model - im2).max() < 2e-3 * im2.max()
+
+
+@pytest.mark.parametrize("matrix", [[[SCALE, 0.0], [0.0, SCALE]],
+                                    [[0.17, 0.03], [-0.02, 0.2]]])
+def test_metacal_images_match_galsim(matrix):
+    """Deconvolve / shear / reconvolve equals GalSim drawing the sheared truth directly."""
+    S = 51
+    m = np.array(matrix)
+    wcs = galsim.JacobianWCS(m[0, 0], m[0, 1], m[1, 0], m[1, 1])
+    gal = galsim.Exponential(half_light_radius=0.4).shear(g1=0.2, g2=-0.1).shift(0.05, -0.03)
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7).shear(g1=0.03, g2=0.02)
+    img = galsim.Convolve(gal, psf).drawImage(nx=S, ny=S, wcs=wcs, dtype=float).array
+    pim = psf.drawImage(nx=S, ny=S, wcs=wcs, dtype=float).array
+    sigma = 0.7 / 2.355 * 1.15
+    imager = MetacalImager((S, S), Jacobian((S - 1) / 2, (S - 1) / 2, m), pim / pim.sum(), sigma)
+    out = imager.make_all(img)
+    for t, (g1, g2) in {"noshear": (0, 0), "1p": (0.01, 0), "2m": (0, -0.01)}.items():
+        ref = galsim.Convolve(gal.shear(g1=g1, g2=g2), galsim.Gaussian(sigma=sigma)).drawImage(
+            nx=S, ny=S, wcs=wcs, method="no_pixel", dtype=float).array
+        # Limit: aliasing of the pixelated Moffat in the samples (6e-5 of the peak here),
+        # independent of the lattice margin and of GalSim's accuracy settings.
+        assert np.abs(out[t] - ref).max() < 1e-4 * ref.max(), t
+    # A wrong sign or axis of the shear would be caught: 1p differs from 1m by far more.
+    assert np.abs(out["1p"] - out["1m"]).max() > 30 * 1e-4 * out["1p"].max()
+
+
+def test_noiseless_metacal_shear_bias_small():
+    shear = (0.02, 0.0)
+    st = make_stamp_set(3, 5, shear, snr_range=(1e7, 1e7))
+    # Noise-free: stamps with noise sign -1 are identical; use the +n ones.
+    keep = np.flatnonzero(st["nsign"] == 1)
+    rows = [measure_object([make_stamp_obs(st["image"][k, 0], st["weight"][k, 0],
+                                           st["psf"][k, 0], SCALE)], st["id"][k], seed=1,
+                           fixnoise=False) for k in keep]
+    sub = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+    b = shear_bias(rows_to_tables(rows), sub, shear)
+    assert abs(b["m1"]) < 1e-3, b
+    assert abs(b["c1"]) < 1e-4 and abs(b["c2"]) < 1e-4, b
+
+
+@pytest.fixture(scope="module")
+def noisy_set():
+    shear = (0.02, -0.02)
+    st = make_stamp_set(8, 21, shear, snr_range=(100.0, 200.0))
+    rows = [measure_object([make_stamp_obs(st["image"][k, 0], st["weight"][k, 0],
+                                           st["psf"][k, 0], SCALE)], st["id"][k], seed=3,
+                           noise_sign=st["nsign"][k]) for k in range(len(st["id"]))]
+    return st, shear, rows_to_tables(rows)
+
+
+def test_noisy_metacal_shear_bias_small_sample(noisy_set):
+    st, shear, tables = noisy_set
+    b = shear_bias(tables, st, shear)
+    assert b["n_used"] == 8
+    assert abs(b["m1"]) < 1e-2 and abs(b["m2"]) < 1e-2, b
+    assert b["m1_err"] < 5e-3, b
+    assert abs(b["c1"]) < 1e-3 and abs(b["c2"]) < 1e-3, b
+    # Responses are per object and vary (size, shape): a constant would be a bug.
+    r = shear_response(tables)
+    assert 0.5 < r[:, 0, 0].mean() < 1.2 and r[:, 0, 0].std() > 0.02
+
+
+def test_same_id_same_noise_and_flags(noisy_set):
+    st, _, tables = noisy_set
+    ns = tables["noshear"]
+    assert np.all(ns["mcal_flags"] == 0)
+    assert np.all(ns["n_epoch_model"] == 1)
+    k = 0
+    obs = [make_stamp_obs(st["image"][k, 0], st["weight"][k, 0], st["psf"][k, 0], SCALE)]
+    again = measure_object(obs, st["id"][k], seed=3, noise_sign=st["nsign"][k])
+    assert again["noshear"]["g1"] == ns["g1"][k]
+    other = measure_object(obs, st["id"][k] + 1000, seed=3, noise_sign=st["nsign"][k])
+    assert other["noshear"]["g1"] != ns["g1"][k]
+
+
+def test_masked_pixels_are_filled():
+    st = make_stamp_set(1, 9, (0.0, 0.0), snr_range=(80.0, 80.0))
+    im, w, psf = st["image"][0, 0], st["weight"][0, 0], st["psf"][0, 0]
+    mask = np.zeros(im.shape, int)
+    mask[20:23, 5:40] = 1
+    base = measure_object([make_stamp_obs(im, w, psf, SCALE)], 1, seed=2)
+    masked = measure_object([make_stamp_obs(im, w, psf, SCALE, mask=mask)], 1, seed=2)
+    assert masked["noshear"]["flags"] == 0
+    assert abs(masked["noshear"]["g1"] - base["noshear"]["g1"]) < 3 * base["noshear"]["g1_err"]
+    assert masked["noshear"]["npix"] == base["noshear"]["npix"] - mask.sum()
+
+
+def test_catalog_roundtrip(tmp_path, noisy_set):
+    _, _, tables = noisy_set
+    path = tmp_path / "cat.fits"
+    write_catalog(str(path), tables, header={"MCSEED": 3})
+    with fits.open(path) as hdul:
+        assert [h.name for h in hdul[1:]] == ["NOSHEAR", "1P", "1M", "2P", "2M"]
+        for col in ("id", "n_epoch_model", "g1", "g2", "g1_err", "g2_err", "T", "T_err", "Tpsf",
+                    "g1_psf", "g2_psf", "flux", "flux_err", "s2n", "mag", "mag_err", "flags",
+                    "mcal_flags"):
+            assert col in hdul["NOSHEAR"].columns.names
+    back = read_catalog(str(path))
+    np.testing.assert_array_equal(back["1p"]["g1"], tables["1p"]["g1"])
+
+
+def _write_npz(path, st, n):
+    np.savez(path, image=st["image"][:n], weight=st["weight"][:n], psf=st["psf"][:n],
+             pixel_scale=SCALE, id=st["id"][:n])
+
+
+def test_measure_shapes_script_processes_identical(tmp_path):
+    st = make_stamp_set(1, 4, (0.01, 0.0), n_epoch=2, snr_range=(50.0, 50.0))
+    npz = tmp_path / "stamps.npz"
+    _write_npz(npz, st, 6)
+    script = os.path.join(ROOT, "scripts", "measure_shapes.py")
+    outs = []
+    for nproc in (1, 2):
+        out = tmp_path / f"out{nproc}.fits"
+        subprocess.run([sys.executable, script, str(npz), str(out), "--seed", "5",
+                        "--processes", str(nproc)], check=True, capture_output=True)
+        outs.append(read_catalog(str(out)))
+    for t in outs[0]:
+        np.testing.assert_array_equal(outs[0][t], outs[1][t])
+    np.testing.assert_array_equal(outs[0]["noshear"]["id"], st["id"][:6])
+    assert np.all(outs[0]["noshear"]["n_epoch_model"] == 2)
+
+
+def test_measure_shapes_script_reports_bad_input(tmp_path):
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, image=np.zeros((2, 1, 11, 11)), weight=np.ones((2, 1, 11, 11)),
+             pixel_scale=SCALE, id=np.arange(2))
+    script = os.path.join(ROOT, "scripts", "measure_shapes.py")
+    proc = subprocess.run([sys.executable, script, str(npz), str(tmp_path / "o.fits")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "missing array(s) psf" in proc.stderr
