@@ -124,16 +124,23 @@ def test_fill_polygons_matches_matplotlib_on_random_polygons():
     np.testing.assert_array_equal(fill_polygons(polys, shape), union)
 
 
-def test_fill_polygons_by_row_bands_is_identical(monkeypatch):
+def test_fill_polygons_long_and_short_intervals_agree(monkeypatch):
     from shapepipe.modules.mask import raster
 
     rng = np.random.default_rng(8)
     shape = (97, 151)
     polys = rng.uniform(-10, 160, (30, 7, 2))
-    whole = fill_polygons(polys, shape)
-    monkeypatch.setattr(raster, "_BAND_PIXELS", 1000)  # bands of 6 rows
-    np.testing.assert_array_equal(fill_polygons(polys, shape), whole)
-    assert whole.any()
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    points = np.column_stack([xx.ravel(), yy.ravel()]).astype(float)
+    union = np.zeros(shape, bool)
+    for poly in polys:
+        union |= Path(poly).contains_points(points).reshape(shape)
+    for threshold in (3, 10**9):  # slices for (nearly) every interval / for none
+        monkeypatch.setattr(raster, "_LONG_INTERVAL", threshold)
+        np.testing.assert_array_equal(fill_polygons(polys, shape), union)
+    monkeypatch.setattr(raster, "_CHUNK", 50)  # many small chunks of intervals
+    np.testing.assert_array_equal(fill_polygons(polys, shape), union)
+    assert union.any() and not union.all()
 
 
 def test_fill_polygon_rectangle_pixel_centres():

@@ -5,11 +5,11 @@ centre at 0-based coordinates ``(x, y) = (j, i)``.
 
 Polygons are filled with a scanline algorithm evaluated for all polygons at once: for every
 (polygon, image row) pair the crossings of the row centre with the polygon edges are computed
-in one array, sorted, and paired with the even-odd rule into column spans; the spans are
-accumulated as +1/-1 steps in a difference image whose cumulative sum along the rows is the
-coverage. The cost is proportional to the rows times the edges of each polygon (not to its
-area), and there is no Python loop over polygons or pixels. The difference image is built
-by bands of rows so that memory stays small on 10k x 10k tiles.
+in one array, sorted, and paired with the even-odd rule into column spans; overlapping spans
+of different polygons are merged (sorted intervals of the flattened image with a running
+maximum) and the covered pixels are set once. The cost is proportional to the rows times the
+edges of each polygon plus the number of covered pixels (never the full image), and there is
+no Python loop over polygons or pixels.
 """
 
 import numpy as np
@@ -41,27 +41,48 @@ def fill_polygons(polygons, shape):
     rows, lo, hi = (np.concatenate(parts) for parts in zip(*spans))
     if not rows.size:
         return mask
-    order = np.argsort(rows, kind="stable")
-    rows, lo, hi = rows[order], lo[order], hi[order]
-    band = max(1, _BAND_PIXELS // (nx + 1))
-    band_of = rows // band
-    starts = np.flatnonzero(np.r_[True, band_of[1:] != band_of[:-1]])
-    ends = np.r_[starts[1:], len(rows)]
-    # One iteration per band of rows holding spans (at most ny / band), not per polygon.
-    for start, end in zip(starts, ends):
-        r0 = int(band_of[start]) * band
-        height = min(band, ny - r0)
-        size = height * (nx + 1)
-        base = (rows[start:end] - r0) * (nx + 1)
-        diff = (np.bincount(base + lo[start:end], minlength=size)
-                - np.bincount(base + hi[start:end], minlength=size))
-        coverage = np.cumsum(diff.reshape(height, nx + 1)[:, :nx], axis=1)
-        mask[r0 : r0 + height] = coverage > 0
+    # Spans as half-open intervals of the flattened image; merging the overlapping ones
+    # (the union of all polygons) leaves disjoint intervals whose pixels are set once.
+    start = rows * nx + lo
+    stop = rows * nx + hi
+    order = np.argsort(start, kind="stable")
+    start, stop = start[order], stop[order]
+    reach = np.maximum.accumulate(stop)
+    first = np.r_[True, start[1:] > reach[:-1]]
+    starts = start[first]
+    stops = reach[np.r_[np.flatnonzero(first)[1:] - 1, len(start) - 1]]
+    _set_intervals(mask.reshape(-1), starts, stops)
     return mask
 
 
-# Size (pixels) of one band of the difference image (int64): ~32 MB.
-_BAND_PIXELS = 1 << 22
+# Intervals longer than this are set by slicing, shorter ones by one fancy-index assignment.
+_LONG_INTERVAL = 4096
+
+
+def _set_intervals(flat, starts, stops):
+    """Set ``flat[starts[k]:stops[k]] = True`` for disjoint intervals, vectorised."""
+    lengths = stops - starts
+    long = lengths > _LONG_INTERVAL
+    # Few long intervals (at most covered pixels / 4096): plain slices.
+    for a, b in zip(starts[long], stops[long]):
+        flat[a:b] = True
+    starts, lengths = starts[~long], lengths[~long]
+    if not lengths.size:
+        return
+    # Pixel indices of many short intervals at once (arange shifted per interval), by
+    # chunks of about _CHUNK pixels so that the index arrays stay small on large tiles.
+    ends = np.cumsum(lengths)
+    cuts = np.searchsorted(ends, np.arange(_CHUNK, int(ends[-1]), _CHUNK), side="right")
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(lengths)]):
+        if a == b:
+            continue
+        part_start, part_len = starts[a:b], lengths[a:b]
+        offsets = np.repeat(part_start - (np.cumsum(part_len) - part_len), part_len)
+        flat[offsets + np.arange(int(part_len.sum()))] = True
+
+
+# Number of pixels set per fancy-index assignment (index arrays of ~32 MB).
+_CHUNK = 1 << 22
 
 
 def _groups(polygons):
