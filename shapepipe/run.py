@@ -230,6 +230,10 @@ class Pipeline:
     def resolve_inputs(self, occ, run_log, run_dir=None):
         """Resolve an occurrence's input directories.
 
+        A module reference may name a sub-directory of the module's output
+        (``last:setools_runner/rand_split``); without one, the output directory is followed
+        by its immediate sub-directories (runners such as setools write into some).
+
         Returns
         -------
         list of str
@@ -240,42 +244,36 @@ class Pipeline:
         for spec, (section, key) in self.input_specs(occ):
             where = self.config.where(section, key, spec.removeprefix("module:"))
             if spec.startswith("module:"):
-                module = spec[len("module:"):]
-                earlier = self._earlier(occ, module)
-                if earlier is not None:
-                    dirs.append(self._module_output(earlier, run_dir))
-                    continue
-                found = run_log.last(module)
-                if not found:
-                    raise ConfigError(
-                        f"{where}: {module} did not run earlier in this run and no "
-                        f"successful run of it is recorded in {self.manifest}"
-                    )
-                dirs.append(found)
-                continue
-            kind, run, module = parse_dir_spec(spec)
+                kind, run, module = "last", None, spec[len("module:"):]
+            else:
+                kind, run, module = parse_dir_spec(spec)
             if kind == "path":
                 path = os.path.abspath(os.path.expanduser(spec))
-                earlier = None if os.path.isdir(path) else self._earlier(occ, spec)
-                if earlier is not None:
-                    dirs.append(self._module_output(earlier, run_dir))
-                elif not os.path.isdir(path):
-                    raise ConfigError(f"{where}: directory not found")
-                else:
+                if os.path.isdir(path):
                     dirs.append(path)
-                continue
-            if kind in ("last", "all"):
-                earlier = self._earlier(occ, module) if kind == "last" else None
-                if earlier is not None:
-                    dirs.append(self._module_output(earlier, run_dir))
                     continue
-            found = {"last": run_log.last, "all": run_log.all}[kind](module) if kind != "run" \
-                else run_log.in_run(run, module)
+                kind, module = "this_run", spec  # a module that runs earlier in this run?
+            module, subdir = _split_subdir(module)
+            earlier = self._earlier(occ, module) if kind in ("last", "this_run") else None
+            if earlier is not None:
+                found = [self._module_output(earlier, run_dir)]
+            elif kind == "this_run":
+                raise ConfigError(f"{where}: directory not found")
+            elif kind == "last":
+                found = [run_log.last(module)] if run_log.last(module) else []
+            elif kind == "all":
+                found = run_log.all(module)
+            else:
+                found = [run_log.in_run(run, module)] if run_log.in_run(run, module) else []
             if not found:
                 raise ConfigError(
-                    f"{where}: no successful run of {module} found in {self.manifest}"
+                    f"{where}: {module} did not run earlier in this run and no successful "
+                    f"run of it is recorded in {self.manifest}"
+                    if spec.startswith("module:")
+                    else f"{where}: no successful run of {module} found in {self.manifest}"
                 )
-            dirs.extend(found if isinstance(found, list) else [found])
+            for directory in found:
+                dirs.extend(_with_subdirs(directory, subdir))
         return dirs
 
     @staticmethod
@@ -506,6 +504,27 @@ class Pipeline:
         with atomic_path(os.path.join(run_dir, "config.ini")) as tmp:
             with open(tmp, "w", encoding="utf-8") as handle:
                 self.config.write(handle)
+
+
+def _split_subdir(module):
+    """``setools_runner/output/mask`` -> (``setools_runner``, ``mask``)."""
+    module, _, subdir = module.strip().partition("/")
+    subdir = subdir.strip("/")
+    if subdir == "output" or subdir.startswith("output/"):
+        subdir = subdir[len("output"):].strip("/")
+    return module, subdir
+
+
+def _with_subdirs(directory, subdir):
+    """A module output directory, narrowed to ``subdir`` or followed by its sub-directories."""
+    if subdir:
+        return [directory + "/" + subdir if directory.startswith("@")
+                else os.path.join(directory, subdir)]
+    if directory.startswith("@") or not os.path.isdir(directory):
+        return [directory]
+    subdirs = sorted(e.path for e in os.scandir(directory)
+                     if e.is_dir() and not e.name.startswith("."))
+    return [directory, *subdirs]
 
 
 def _now():

@@ -448,3 +448,21 @@ def test_example_config_runs(tmp_path, monkeypatch):
     assert head.read_text().startswith("The obtained value is:")
     serial = tmp_path / run_dir / "serial_example_runner" / "output" / "serial_example_output.cat"
     assert serial.read_text().count("The obtained value is:") == 6
+
+
+def test_module_reference_with_subdirectory(sp):
+    sp.make_inputs(["_1", "_2"])
+    assert sp.run(sp.config("")) == 0
+    out = os.path.join(sp.runs()[-1], "tp_copy_runner", "output")
+    os.makedirs(os.path.join(out, "sub"))
+    for number in ("_7", "_8"):
+        open(os.path.join(out, "sub", f"copy{number}.txt"), "w").write("x\n")
+    # Explicit sub-directory: only its files.
+    for spec in ("last:tp_copy_runner/sub", "last:tp_copy_runner/output/sub"):
+        assert sp.run(sp.config("", modules="tp_serial_runner", input_dir=spec)) == 0
+        listing = open(os.path.join(sp.runs()[-1], "tp_serial_runner", "output", "all.txt")).read()
+        assert listing == "copy_7.txt\ncopy_8.txt\n", spec
+    # No sub-directory named: the output dir and its sub-directories.
+    assert sp.run(sp.config("", modules="tp_serial_runner", input_dir="last:tp_copy_runner")) == 0
+    listing = open(os.path.join(sp.runs()[-1], "tp_serial_runner", "output", "all.txt")).read()
+    assert listing == "copy_1.txt\ncopy_2.txt\ncopy_7.txt\ncopy_8.txt\n"
