@@ -166,3 +166,24 @@ def test_runner_suffix_count_mismatch(tmp_path):
     with pytest.raises(ValueError, match="OUTPUT_SUFFIX has 2 entries"):
         split_exp_runner(inputs, {"output": str(tmp_path)}, "-2000001", config,
                          "SPLIT_EXP_RUNNER", logging.getLogger("test"))
+
+
+def test_scamp_tan_pv_becomes_tpv(tmp_path):
+    header = ccd_header(0)
+    header["PV1_0"], header["PV1_1"], header["PV1_4"] = 0.0, 1.0, 50.0
+    header["PV2_0"], header["PV2_1"], header["PV2_4"] = 0.0, 1.0, -30.0
+    path = str(tmp_path / "image-2000003.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros(SHAPE, np.float32),
+                                                   header=header)]).writeto(path)
+    files, _ = split_exposure(path, "image", "-2000003", str(tmp_path), 1)
+    out = fits.getheader(files[0])
+    assert out["CTYPE1"] == "RA---TPV" and out["CTYPE2"] == "DEC--TPV"
+    # the distortion is now applied: positions differ from the plain TAN ones
+    tpv = WCS(out).all_pix2world([[39.0, 59.0]], 0)
+    tan = WCS(ccd_header(0)).all_pix2world([[39.0, 59.0]], 0)
+    assert np.abs(tpv - tan).max() * 3600 > 0.01
+    # plain TAN headers are left alone
+    files, _ = split_exposure(write_exposure(str(tmp_path / "image-2000004.fits"), "image",
+                                             compress=False), "image", "-2000004",
+                              str(tmp_path), N_CCD)
+    assert fits.getheader(files[0])["CTYPE1"] == "RA---TAN"

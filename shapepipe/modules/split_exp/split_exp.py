@@ -9,7 +9,7 @@ from shapepipe.utils.atomic import atomic_path, write_fits
 
 # Cards describing the layout of an extension; a primary HDU must not carry them (EXTNAME
 # is kept: it is allowed in a primary header and names the CCD).
-_EXTENSION_CARDS = ("XTENSION", "PCOUNT", "GCOUNT", "INHERIT")
+_EXTENSION_CARDS = ("XTENSION", "PCOUNT", "GCOUNT", "INHERIT", "CHECKSUM", "DATASUM")
 # Cards of the exposure's primary HDU that describe that HDU only and must not be inherited.
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "NEXTEND", "BSCALE", "BZERO", "BLANK",
                "CHECKSUM", "DATASUM", "COMMENT", "HISTORY", "", "END"}
@@ -55,6 +55,25 @@ def _ccd_header(ccd_header, primary_header):
             continue
         header.append(card, end=True)
     return header
+
+
+def tan_pv_to_tpv(header):
+    """Relabel a SCAMP ``TAN`` + ``PVi_j`` header as ``TPV`` (in place); return whether done.
+
+    SCAMP (and CFHT's MegaPipe) write the TPV polynomial distortion as ``PV1_*``/``PV2_*``
+    cards under ``CTYPE = 'RA---TAN'``; SExtractor applies them but astropy/WCSLIB ignore
+    them unless the projection is called ``TPV``. ShapePipe converted them to SIP; the TPV
+    name lets WCSLIB evaluate the same polynomial exactly, with no fit.
+    """
+    ctype1, ctype2 = str(header.get("CTYPE1", "")), str(header.get("CTYPE2", ""))
+    if not (ctype1.endswith("-TAN") and ctype2.endswith("-TAN")):
+        return False
+    has_pv = any(f"PV{axis}_{k}" in header for axis in (1, 2) for k in range(1, 40))
+    if not has_pv:
+        return False
+    header["CTYPE1"] = ctype1[:-4] + "-TPV"
+    header["CTYPE2"] = ctype2[:-4] + "-TPV"
+    return True
 
 
 def split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None):
@@ -103,6 +122,7 @@ def split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None):
             elif data.dtype.kind == "f" and data.dtype.itemsize < 4:
                 data = data.astype(np.float32)
             header = _ccd_header(hdu.header, primary)
+            tan_pv_to_tpv(header)
             if data.dtype.kind == "f":
                 header.remove("BLANK", ignore_missing=True, remove_all=True)
             out = os.path.join(output_dir, f"{suffix}{exp_number}-{ccd}.fits")
