@@ -286,6 +286,20 @@ def test_messier_ngc_discs(tmp_path, image_path):
     assert make_mask(image_path, config, out)["ngc_objects"] == []
 
 
+def test_dso_catalogue_npy_structured(tmp_path):
+    from shapepipe.modules.mask import read_dso_catalogue
+
+    array = np.array([("M99", 184.7, 14.4, 5.4, 4.7)],
+                     dtype=[("name", "U8"), ("ra", "f8"), ("dec", "f8"), ("size_X", "f8"),
+                            ("size_Y", "f8")])
+    np.save(str(tmp_path / "m.npy"), array)
+    ra, dec, size, names = read_dso_catalogue(str(tmp_path / "m.npy"))
+    assert names == ["M99"] and size[0] == pytest.approx(5.4 / 60)
+    np.save(str(tmp_path / "p.npy"), np.array([{"ra": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        read_dso_catalogue(str(tmp_path / "p.npy"))
+
+
 def test_missing_data(tmp_path):
     data = np.ones((50, 60), np.float32)
     data[:40] = 0.0   # 80 % missing

@@ -31,6 +31,16 @@ def _read_table(path):
             if not tables:
                 raise ValueError(f"{path}: no table HDU in the catalogue")
             return Table.read(named[0] if named else tables[0])
+    if lower.endswith(".npy"):
+        # ShapePipe's Messier/NGC catalogues: structured arrays (never unpickled here).
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError:
+            raise ValueError(f"{path}: .npy catalogue holds Python objects (pickle), "
+                             "refused; convert it to a FITS or ECSV table") from None
+        if array.dtype.names is None:
+            raise ValueError(f"{path}: .npy catalogue is not a structured array with columns")
+        return Table(array)
     if lower.endswith(".ecsv"):
         return Table.read(path, format="ascii.ecsv")
     if lower.endswith(".csv"):
