@@ -99,6 +99,7 @@ class Image:
             weight = None
         self.bad = None
         rel_var = None
+        back_mask = None
         if weight is not None:
             w = _native(weight)
             if w.shape != self.shape:
@@ -119,18 +120,27 @@ class Image:
                     self.bad = ~(w < thresh)
                     rel_var = w * w
             self.bad |= ~np.isfinite(self.raw)
+            # SExtractor estimates the background from the weights as read, before the
+            # interpolation of bad pixels.
+            back_mask = self.bad.copy() if self.bad.any() else None
+            if s.interp_type != "NONE" and self.bad.any():
+                self.raw, rel_var, self.bad = interpolate_bad(
+                    self.raw, rel_var, self.bad, s.interp_maxxlag, s.interp_maxylag,
+                    s.interp_type == "ALL")
             rel_var[self.bad] = 0.0
             if not self.bad.any():
                 self.bad = None
         elif not np.all(np.isfinite(self.raw)):
             self.bad = ~np.isfinite(self.raw)
-        if self.bad is not None:
-            self.raw = np.where(self.bad, np.float32(0), self.raw)
+            back_mask = self.bad
+        if back_mask is not None:
+            self.raw = np.where(back_mask & (self.bad if self.bad is not None else False),
+                                np.float32(0), self.raw)
 
         # Background: sep's mesh/median-filter estimate is SExtractor's algorithm.
         bw, bh = s.back_size
         fw, fh = s.back_filtersize
-        self.bkg = sep.Background(self.raw, mask=self.bad, bw=bw, bh=bh, fw=fw, fh=fh,
+        self.bkg = sep.Background(self.raw, mask=back_mask, bw=bw, bh=bh, fw=fw, fh=fh,
                                   fthresh=s.back_filtthresh)
         self.backsig = float(self.bkg.globalrms)
         if s.back_type == "MANUAL":
@@ -177,6 +187,53 @@ class Image:
     def rms(self):
         """Per-pixel noise standard deviation (array or scalar)."""
         return np.sqrt(self.var)
+
+
+def interpolate_bad(data, var, bad, xlag, ylag, data_too=True):
+    """SExtractor's crude interpolation of bad (zero-weight) pixels (INTERP_TYPE).
+
+    Along each row, a bad pixel takes the value of the last good pixel on its left if that
+    one is at most ``xlag`` pixels away; otherwise the value of the pixel above (itself
+    possibly filled) if the last usable pixel above is at most ``ylag`` rows away. The
+    variance is always filled; the data only with INTERP_TYPE ALL. Filled pixels are no
+    longer bad, as in SExtractor.
+
+    Returns
+    -------
+    data, var : numpy.ndarray
+        Filled copies.
+    bad : numpy.ndarray of bool
+        Pixels still bad.
+    """
+    ny, nx = bad.shape
+    rows = np.flatnonzero(bad.any(axis=1))
+    data = data.copy() if data_too else data
+    var = var.copy()
+    b = bad[rows]
+    cols = np.arange(nx, dtype=np.int32)
+    last = np.maximum.accumulate(np.where(b, np.int32(-1), cols[None, :]), axis=1)
+    xfill = b & (last >= 0) & (cols[None, :] - last <= xlag)
+    r_idx, c_idx = np.nonzero(xfill)
+    src = last[r_idx, c_idx]
+    var[rows[r_idx], c_idx] = var[rows[r_idx], src]
+    if data_too:
+        data[rows[r_idx], c_idx] = data[rows[r_idx], src]
+    still = bad.copy()
+    still[rows[r_idx], c_idx] = False
+    if still.any():
+        # Vertical fill from the nearest usable pixel above (within ylag rows).
+        cols_b = np.flatnonzero(still.any(axis=0))
+        sb = still[:, cols_b]
+        ridx = np.arange(ny, dtype=np.int32)[:, None]
+        above = np.maximum.accumulate(np.where(sb, np.int32(-1), ridx), axis=0)
+        yfill = sb & (above >= 0) & (ridx - above <= ylag)
+        r_idx, c_idx = np.nonzero(yfill)
+        cc = cols_b[c_idx]
+        var[r_idx, cc] = var[above[r_idx, c_idx], cc]
+        if data_too:
+            data[r_idx, cc] = data[above[r_idx, c_idx], cc]
+        still[r_idx, cc] = False
+    return data, var, still
 
 
 def _bucket_stamps(half):

@@ -14,8 +14,8 @@ from shapepipe.modules.sextractor.config_files import SexConfigError, parse_sex
 IGNORED_KEYS = {
     "CATALOG_NAME", "PARAMETERS_NAME", "FILTER_NAME", "FILTER_THRESH", "MEMORY_OBJSTACK",
     "MEMORY_PIXSTACK", "MEMORY_BUFSIZE", "VERBOSE_TYPE", "HEADER_SUFFIX", "WRITE_XML",
-    "XML_NAME", "XSL_URL", "NTHREADS", "FITS_UNSIGNED", "INTERP_MAXXLAG", "INTERP_MAXYLAG",
-    "INTERP_TYPE", "ASSOC_NAME", "ASSOC_DATA", "ASSOC_PARAMS", "ASSOC_RADIUS", "ASSOC_TYPE",
+    "XML_NAME", "XSL_URL", "NTHREADS", "FITS_UNSIGNED", "ASSOC_NAME", "ASSOC_DATA",
+    "ASSOC_PARAMS", "ASSOC_RADIUS", "ASSOC_TYPE",
     "ASSOCSELEC_TYPE", "ASSOCCOORD_TYPE", "SEEING_FWHM", "STARNNW_NAME", "MAG_GAMMA",
     "PHOT_PETROPARAMS", "PSF_NAME", "PSF_NMAX", "PATTERN_TYPE", "SOM_NAME", "WEIGHT_IMAGE",
     "FLAG_IMAGE", "CHECKIMAGE_NAME", "BACKPHOTO_THICK", "WEIGHT_GAIN", "DETECT_TYPE",
@@ -97,6 +97,9 @@ class SexSettings:
     back_filtersize: tuple = (3, 3)
     back_filtthresh: float = 0.0
     backphoto_type: str = "GLOBAL"
+    interp_type: str = "ALL"
+    interp_maxxlag: int = 16
+    interp_maxylag: int = 16
     catalog_type: str = "FITS_LDAC"
     check_types: list = field(default_factory=list)
     check_names: list = field(default_factory=list)
@@ -271,4 +274,7 @@ _HANDLERS = {
     "BACK_SIZE": _set("back_size", _pair_int),
     "BACK_FILTERSIZE": _set("back_filtersize", _pair_int),
     "BACKPHOTO_TYPE": _set("backphoto_type", _backphoto),
+    "INTERP_TYPE": _set("interp_type", lambda k, t: _choice(k, t, ("NONE", "VAR_ONLY", "ALL"))),
+    "INTERP_MAXXLAG": _set("interp_maxxlag", _one_int),
+    "INTERP_MAXYLAG": _set("interp_maxylag", _one_int),
 }

@@ -44,7 +44,8 @@ def make_ccd(directory, nx=600, ny=800, n_stars=40, n_galaxies=120, seed=1, sky=
     Returns
     -------
     dict
-        Paths (``image``, ``weight``, ``flag``) and the truth arrays (``x``, ``y`` 1-based,
+        Paths (``image``, ``weight``, ``flag``) and the truth arrays (``x``, ``y`` 1-based
+        FITS pixel coordinates,
         ``flux``, ``is_star``).
     """
     os.makedirs(directory, exist_ok=True)
@@ -99,4 +100,6 @@ def make_ccd(directory, nx=600, ny=800, n_stars=40, n_galaxies=120, seed=1, sky=
     write_fits(fits.HDUList([fits.PrimaryHDU(data.astype(np.float32), header)]), paths["image"])
     write_fits(fits.HDUList([fits.PrimaryHDU(weight, header)]), paths["weight"])
     write_fits(fits.HDUList([fits.PrimaryHDU(flag, header)]), paths["flag"])
-    return {**paths, "x": x + 1.0, "y": y + 1.0, "flux": flux, "is_star": is_star}
+    # GalSim images are 1-based (first pixel centre at 1.0): x, y already follow the
+    # FITS/SExtractor convention.
+    return {**paths, "x": x, "y": y, "flux": flux, "is_star": is_star}
