@@ -279,3 +279,38 @@ def test_measure_shapes_script_reports_bad_input(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "missing array(s) psf" in proc.stderr
+
+
+def test_jacobian_from_tan_wcs():
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [100.0, 100.0]
+    # North up, east left, slightly rotated.
+    th = np.deg2rad(5.0)
+    s = SCALE / 3600.0
+    w.wcs.cd = np.array([[-s * np.cos(th), s * np.sin(th)], [s * np.sin(th), s * np.cos(th)]])
+    jac = Jacobian.from_wcs(w, 120.0, 80.0)
+    expect = SCALE * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    np.testing.assert_allclose(jac.matrix, expect, atol=2e-6)
+    assert jac.x0 == 120.0 and jac.y0 == 80.0
+
+
+def test_psf_stamp_smaller_than_image_and_selection_response(noisy_set):
+    st, _, tables = noisy_set
+    k = 3
+    full = measure_object([make_stamp_obs(st["image"][k, 0], st["weight"][k, 0],
+                                          st["psf"][k, 0], SCALE)], st["id"][k], seed=3,
+                          noise_sign=st["nsign"][k])
+    small = measure_object([make_stamp_obs(st["image"][k, 0], st["weight"][k, 0],
+                                           st["psf"][k, 0][13:38, 13:38], SCALE)],
+                           st["id"][k], seed=3, noise_sign=st["nsign"][k])
+    assert small["noshear"]["flags"] == 0
+    assert abs(small["noshear"]["g1"] - full["noshear"]["g1"]) < 0.2 * full["noshear"]["g1_err"]
+    from shapepipe.modules.ngmix import selection_response
+
+    cut = np.median(tables["noshear"]["s2n"])
+    rs = selection_response(tables, lambda t: t["s2n"] > cut)
+    assert rs.shape == (2, 2) and np.all(np.isfinite(rs))
