@@ -480,3 +480,66 @@ def test_post_process_epochs(tmp_path):
                           exposures=["2000003"])
     with pytest.raises(SexConfigError, match="WORLD_POSITION column XX_WORLD"):
         make_post_process(cat, log, ["XX_WORLD", "YWIN_WORLD"], [33, 2080, 1, 4612])
+
+
+# ----------------------------------------------------------------------------- runner
+def _pipeline_config(tmp_path, data_dir, section, patterns="image, weight, pipeline_flag"):
+    n = len([p for p in patterns.split(",") if p.strip()])
+    path = tmp_path / "config.ini"
+    path.write_text(f"""
+[DEFAULT]
+RUN_NAME = sex_test
+[EXECUTION]
+MODULE = sextractor_runner
+MODE = SMP
+[FILE]
+INPUT_DIR = {data_dir}
+OUTPUT_DIR = {tmp_path / 'out'}
+FILE_PATTERN = {patterns}
+FILE_EXT = {', '.join(['.fits'] * n)}
+NUMBERING_SCHEME = -0000000-0
+[JOB]
+SMP_BATCH_SIZE = 1
+[SEXTRACTOR_RUNNER]
+DOT_SEX_FILE = {os.path.join(EX, 'default_exp.sex')}
+DOT_PARAM_FILE = {os.path.join(EX, 'default_exp.param')}
+DOT_CONV_FILE = {os.path.join(EX, 'default.conv')}
+{section}
+""")
+    return str(path)
+
+
+def test_runner_in_the_pipeline(tmp_path, sim):
+    from shapepipe.run import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for role, name in (("image", "image"), ("weight", "weight"), ("flag", "pipeline_flag")):
+        shutil.copy(sim["ccd"][role], data / f"{name}-2000001-3.fits")
+    config = _pipeline_config(tmp_path, data, "CHECKIMAGE = BACKGROUND, segmentation\n"
+                                              "SUFFIX = none")
+    assert main(["-c", config, "-q"]) == 0
+    out = sorted((tmp_path / "out").glob("sex_test_*/sextractor_runner/output/*"))
+    assert [p.name for p in out] == ["background-2000001-3.fits",
+                                     "segmentation-2000001-3.fits", "sexcat-2000001-3.fits"]
+    data_out, _ = read_ldac(str(out[2]))
+    ref, _ = read_ldac(sim["ours"])
+    assert len(data_out) == len(ref)
+    assert np.any(data_out["IMAFLAGS_ISO"] == 1)
+
+    # Image only: WEIGHT_IMAGE and FLAG_IMAGE False, PREFIX in the names.
+    config = _pipeline_config(tmp_path, data, "WEIGHT_IMAGE = False\nFLAG_IMAGE = False\n"
+                                              "PREFIX = tile", patterns="image")
+    assert main(["-c", config, "-q"]) == 0
+    run = sorted((tmp_path / "out").glob("sex_test_*"))[-1]
+    names = sorted(p.name for p in (run / "sextractor_runner" / "output").iterdir())
+    assert names == ["tile_sexcat-2000001-3.fits"]
+
+    # Inputs inconsistent with the keys: the job fails with a message naming them.
+    config = _pipeline_config(tmp_path, data, "WEIGHT_IMAGE = True\nFLAG_IMAGE = True",
+                              patterns="image")
+    assert main(["-c", config, "-q"]) == 1
+    run = sorted((tmp_path / "out").glob("sex_test_*"))[-1]
+    log = (run / "sextractor_runner" / "logs").glob("*.log")
+    text = "".join(p.read_text() for p in log)
+    assert "expected 3 input files (image, weight, flag)" in text
