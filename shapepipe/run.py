@@ -288,6 +288,13 @@ class Pipeline:
             where = self.config.where("EXECUTION", "MODULE", occ.written)
             check_requirements(occ.runner, where)
             check_section_keys(self.config, occ.section, occ.runner.keys, self._warn)
+            if occ.runner.validate_config is not None:
+                try:
+                    occ.runner.validate_config(self.config, occ.section)
+                except ConfigError:
+                    raise
+                except Exception as exc:  # the runner's own check: report, do not crash
+                    raise ConfigError(f"{self.config.where(occ.section)}: {exc}") from None
             patterns, exts = self.patterns(occ)
             if occ.runner.run_method != "serial" or patterns:
                 if not patterns:

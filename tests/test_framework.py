@@ -466,3 +466,22 @@ def test_module_reference_with_subdirectory(sp):
     assert sp.run(sp.config("", modules="tp_serial_runner", input_dir="last:tp_copy_runner")) == 0
     listing = open(os.path.join(sp.runs()[-1], "tp_serial_runner", "output", "all.txt")).read()
     assert listing == "copy_1.txt\ncopy_2.txt\ncopy_7.txt\ncopy_8.txt\n"
+
+
+def test_runner_validate_hook_runs_before_any_job(sp, tmp_path, capsys):
+    plugin = tmp_path / "plug2"
+    plugin.mkdir()
+    (plugin / "checked_runner.py").write_text(
+        "from shapepipe.modules.module_decorator import module_runner\n"
+        "def check(config, section):\n"
+        "    if config.get(section, 'AUX', fallback='') != 'good':\n"
+        "        raise ValueError('AUX file has a bad line 3')\n"
+        "@module_runner(file_pattern='in', file_ext='.txt', numbering_scheme='_0',"
+        " validate=check)\n"
+        "def checked_runner(files, run_dirs, num, config, sec, log):\n    return None, None\n")
+    sp.make_inputs(["_1"])
+    cfg = sp.config("[CHECKED_RUNNER]\nAUX = bad\n", modules="checked_runner")
+    open(cfg, "w").write(open(cfg).read().replace("MODULE_PATH = ", f"MODULE_PATH = {plugin}, "))
+    assert main(["-c", cfg]) == 2
+    assert "[CHECKED_RUNNER]: AUX file has a bad line 3" in capsys.readouterr().out
+    assert not sp.runs()

@@ -42,6 +42,7 @@ def module_runner(
     numbering_scheme=None,
     run_method="parallel",
     keys=None,
+    validate=None,
 ):
     """Declare a function as a pipeline runner.
 
@@ -63,6 +64,10 @@ def module_runner(
         ``serial`` runners get one job with every input file.
     keys : list of Key, optional
         The keys of the runner's config section. ``None`` means undeclared (no checks).
+    validate : callable, optional
+        ``validate(config, section)``, called before any job runs, to check what the keys
+        cannot say alone (for example the contents of an auxiliary config file); it raises
+        an exception with a one-line message on a problem.
 
     Returns
     -------
@@ -82,6 +87,7 @@ def module_runner(
         func.numbering_scheme = numbering_scheme
         func.run_method = run_method
         func.keys = None if keys is None else list(keys)
+        func.validate_config = validate
         func.is_shapepipe_runner = True
         return func
 

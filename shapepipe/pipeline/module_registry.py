@@ -179,6 +179,7 @@ def _normalise(runner):
         ("numbering_scheme", None),
         ("run_method", "parallel"),
         ("keys", None),
+        ("validate_config", None),
     ):
         if not hasattr(runner, attr):
             setattr(runner, attr, default)
