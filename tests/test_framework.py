@@ -481,7 +481,8 @@ def test_runner_validate_hook_runs_before_any_job(sp, tmp_path, capsys):
         "def checked_runner(files, run_dirs, num, config, sec, log):\n    return None, None\n")
     sp.make_inputs(["_1"])
     cfg = sp.config("[CHECKED_RUNNER]\nAUX = bad\n", modules="checked_runner")
-    open(cfg, "w").write(open(cfg).read().replace("MODULE_PATH = ", f"MODULE_PATH = {plugin}, "))
+    text = open(cfg).read().replace("MODULE_PATH = ", f"MODULE_PATH = {plugin}, ")
+    open(cfg, "w").write(text)
     assert main(["-c", cfg]) == 2
     assert "[CHECKED_RUNNER]: AUX file has a bad line 3" in capsys.readouterr().out
     assert not sp.runs()
