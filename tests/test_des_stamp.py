@@ -664,6 +664,12 @@ def test_runner_config_errors(setup):
     assert pipeline_main(["-c", cfg]) == 2
     cfg = write_config(tmp_path, tile_dir, geom, inp, "COMPRESSION = bzip9\n")
     assert pipeline_main(["-c", cfg]) == 2
+    cfg = write_config(tmp_path, tile_dir, tmp_path / "no_geom.fits", inp)
+    assert pipeline_main(["-c", cfg]) == 2
+    (tmp_path / "bad_geom.csv").write_text("TILENAME,URAMIN\nA,1\n")
+    cfg = write_config(tmp_path, tile_dir, tmp_path / "bad_geom.csv", inp)
+    assert pipeline_main(["-c", cfg]) == 2
+    assert not glob.glob(str(tmp_path / "out" / "des_test*" / "des_stamp_runner"))
 
 
 # ---------------------------------------------------------------------------- simulated tiles

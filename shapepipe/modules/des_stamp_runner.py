@@ -45,6 +45,28 @@ KEYS = [
 ]
 
 
+def validate(config, section):
+    """Check the section before any job runs: sizes, bands and the geometry table."""
+    from shapepipe.modules.des_stamp.driver import parse_bands
+
+    opts = config.read_keys(section, KEYS)
+    where = f"[{section}]"
+    for key in ("DIMENSION", "TILES_PER_OUTPUT", "PROCESSES"):
+        if opts[key] < 1:
+            raise ValueError(f"{where} {key} = {opts[key]}: expected a positive integer")
+    if opts["N_OUTPUTS"] < 0:
+        raise ValueError(f"{where} N_OUTPUTS = {opts['N_OUTPUTS']}: expected >= 0 (0: all)")
+    if "{tile}" not in opts["TILE_TEMPLATE"] or "{band}" not in opts["TILE_TEMPLATE"]:
+        raise ValueError(f"{where} TILE_TEMPLATE = {opts['TILE_TEMPLATE']}: expected a file "
+                         "name containing {tile} and {band}")
+    try:
+        parse_bands(opts["BANDS"])
+        if opts["TILE_GEOMETRY"]:
+            read_geometry(opts["TILE_GEOMETRY"])
+    except ValueError as exc:
+        raise ValueError(f"{where} {exc}") from None
+
+
 @module_runner(
     version="1.0",
     file_pattern=["targets"],
@@ -54,15 +76,14 @@ KEYS = [
     numbering_scheme=r"RE:(-\d+)?",
     run_method="parallel",
     keys=KEYS,
+    validate=validate,
 )
 def des_stamp_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec,
                      w_log):
     """Cut the stamps of one target catalogue's objects into HDF5 stores."""
     opts = config.read_keys(module_config_sec, KEYS)
     where = f"[{module_config_sec}]"
-    for key in ("DIMENSION", "TILES_PER_OUTPUT", "PROCESSES"):
-        if opts[key] < 1:
-            raise ValueError(f"{where} {key} = {opts[key]}: expected a positive integer")
+    validate(config, module_config_sec)  # also when called outside shapepipe_run
     (catalog_path,) = input_file_list
     out_dir = run_dirs["output"]
     prefix = f"{opts['OUTPUT_PREFIX']}{file_number_string}"
