@@ -127,15 +127,15 @@ class Image:
                 self.raw, rel_var, self.bad = interpolate_bad(
                     self.raw, rel_var, self.bad, s.interp_maxxlag, s.interp_maxylag,
                     s.interp_type == "ALL")
-            rel_var[self.bad] = 0.0
-            if not self.bad.any():
+            if self.bad.any():
+                rel_var[self.bad] = 0.0
+            else:
                 self.bad = None
         elif not np.all(np.isfinite(self.raw)):
             self.bad = ~np.isfinite(self.raw)
             back_mask = self.bad
-        if back_mask is not None:
-            self.raw = np.where(back_mask & (self.bad if self.bad is not None else False),
-                                np.float32(0), self.raw)
+        if self.bad is not None:
+            self.raw = np.where(self.bad, np.float32(0), self.raw)
 
         # Background: sep's mesh/median-filter estimate is SExtractor's algorithm.
         bw, bh = s.back_size
@@ -162,9 +162,8 @@ class Image:
                 if good.size == 0:
                     raise SexConfigError("the weight image has no valid pixel")
                 scale = self.backsig**2 / float(np.median(good))
-                self.var = (rel_var * np.float32(scale)).astype(np.float32)
-            else:
-                self.var = rel_var.astype(np.float32)
+                rel_var *= np.float32(scale)
+            self.var = rel_var.astype(np.float32, copy=False)
             self.var_is_map = True
         elif wtype == "BACKGROUND":
             self.var = self.bkg.rms(dtype=np.float32) ** 2
@@ -206,20 +205,23 @@ def interpolate_bad(data, var, bad, xlag, ylag, data_too=True):
         Pixels still bad.
     """
     ny, nx = bad.shape
-    rows = np.flatnonzero(bad.any(axis=1))
     data = data.copy() if data_too else data
     var = var.copy()
-    b = bad[rows]
-    cols = np.arange(nx, dtype=np.int32)
-    last = np.maximum.accumulate(np.where(b, np.int32(-1), cols[None, :]), axis=1)
-    xfill = b & (last >= 0) & (cols[None, :] - last <= xlag)
-    r_idx, c_idx = np.nonzero(xfill)
-    src = last[r_idx, c_idx]
-    var[rows[r_idx], c_idx] = var[rows[r_idx], src]
+    # Runs of consecutive bad pixels along rows, from the flat indices (O(number of bad)).
+    idx = np.flatnonzero(bad)
+    col = idx % nx
+    new_run = np.ones(idx.size, dtype=bool)
+    new_run[1:] = (idx[1:] != idx[:-1] + 1) | (col[1:] == 0)
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(idx.size), 0))
+    lag = np.arange(idx.size) - run_start + 1
+    src = idx[run_start] - 1  # the good pixel left of the run
+    xfill = (col[run_start] > 0) & (lag <= xlag)
+    fill_idx = idx[xfill]
+    var.ravel()[fill_idx] = var.ravel()[src[xfill]]
     if data_too:
-        data[rows[r_idx], c_idx] = data[rows[r_idx], src]
+        data.ravel()[fill_idx] = data.ravel()[src[xfill]]
     still = bad.copy()
-    still[rows[r_idx], c_idx] = False
+    still.ravel()[fill_idx] = False
     if still.any():
         # Vertical fill from the nearest usable pixel above (within ylag rows).
         cols_b = np.flatnonzero(still.any(axis=0))
@@ -622,7 +624,7 @@ class Catalogue:
         ``rlim`` (SExtractor's limit, 6 A_IMAGE).
         """
         img = self.meas
-        small = np.minimum(rlim, (3.0 if fracs.max() <= 0.5 else 4.5) * self.a + 1.0)
+        small = np.minimum(rlim, (1.5 if fracs.max() <= 0.5 else 3.0) * self.a + 1.0)
         r, _ = sep.flux_radius(img.sub, self.x, self.y, small, fracs, normflux=norm,
                                subpix=5, **kw)
         r = r.reshape(self.n, len(fracs))
