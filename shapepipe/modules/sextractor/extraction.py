@@ -123,11 +123,11 @@ def _check_image(kind, cat, image, kernel):
     if kind == "-BACKGROUND":
         return image.sub
     if kind == "SEGMENTATION":
-        return cat.seg.astype(np.int32)
+        return cat.numbered_segmentation()
     if kind == "OBJECTS":
-        return np.where(cat.seg > 0, image.sub, np.float32(0))
+        return np.where(cat.numbered_segmentation() > 0, image.sub, np.float32(0))
     if kind == "-OBJECTS":
-        return np.where(cat.seg > 0, np.float32(0), image.sub)
+        return np.where(cat.numbered_segmentation() > 0, np.float32(0), image.sub)
     if kind == "FILTERED":
         if kernel is None:
             return image.sub

@@ -316,20 +316,16 @@ class Catalogue:
             keep &= objs["npix"] <= s.detect_maxarea
         # Objects with a degenerate second-moment ellipse cannot be measured by aperture.
         keep &= np.isfinite(objs["a"]) & np.isfinite(objs["b"]) & (objs["b"] > 0)
-        old_ids = np.flatnonzero(keep) + 1
-        if not keep.all():
-            remap = np.zeros(len(objs) + 1, dtype=np.int32)
-            remap[old_ids] = np.arange(1, len(old_ids) + 1, dtype=np.int32)
-            seg = remap[seg]
-            objs = objs[keep]
         # SExtractor numbers objects in order of completion (top of the image last);
-        # sort by the lowest row touched, then x, to be close to that order.
-        order = np.lexsort((objs["x"], objs["ymax"]))
-        if not np.array_equal(order, np.arange(len(order))):
-            remap = np.zeros(len(objs) + 1, dtype=np.int32)
-            remap[order + 1] = np.arange(1, len(order) + 1, dtype=np.int32)
-            seg = remap[seg]
-            objs = objs[order]
+        # sort by the lowest row touched, then x, to be close to that order. The
+        # segmentation map keeps sep's ids (renumbering it costs a full-image pass):
+        # ``seg_ids`` maps our order to them and ``rank`` back.
+        kept = np.flatnonzero(keep)
+        order = kept[np.lexsort((objs["x"][kept], objs["ymax"][kept]))]
+        self.seg_ids = (order + 1).astype(np.int32)
+        self.rank = np.full(len(objs) + 1, -1, dtype=np.int64)
+        self.rank[self.seg_ids] = np.arange(len(order))
+        objs = objs[order]
         self.objs = objs
         self.seg = seg
         self.n = len(objs)
@@ -346,7 +342,15 @@ class Catalogue:
         self.flags[(sflag & sep.OBJ_DOVERFLOW) != 0] |= F_DOVERFLOW
         self._mask_kwargs = {}
         if s.mask_type != "NONE":
-            self._mask_kwargs = {"segmap": self.seg, "seg_id": self.ids}
+            self._mask_kwargs = {"segmap": self.seg, "seg_id": self.seg_ids}
+
+    def numbered_segmentation(self):
+        """Segmentation map with the catalogue's NUMBER values (0: background)."""
+        lut = np.zeros(len(self.rank), dtype=np.int32)
+        good = self.rank >= 0
+        lut[good] = self.rank[good] + 1
+        lut[0] = 0
+        return lut[self.seg]
 
     # ---------------------------------------------------------------- helpers
     def _cached(self, name, func):
@@ -386,7 +390,9 @@ class Catalogue:
         def compute():
             flat = self.seg.ravel()
             idx = np.flatnonzero(flat)
-            oid = flat[idx] - 1
+            oid = self.rank[flat[idx]]
+            if (oid < 0).any():  # footprints of objects dropped after detection
+                idx, oid = idx[oid >= 0], oid[oid >= 0]
             order = np.argsort(oid, kind="stable")
             idx = idx[order]
             oid = oid[order]
@@ -535,7 +541,7 @@ class Catalogue:
             if inside is None:
                 inside = np.ones(pix.shape, dtype=bool)
             segs, _ = _stamps(self.seg, xc, yc, h, 0)
-            masked = (segs != 0) & (segs != self.ids[j][:, None, None])
+            masked = (segs != 0) & (segs != self.seg_ids[j][:, None, None])
             if img.bad is not None:
                 masked |= _stamps(img.bad, xc, yc, h, True)[0]
             masked &= inside
