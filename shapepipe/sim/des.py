@@ -17,7 +17,7 @@ BAND_FWHM = {"g": 1.10, "r": 1.00, "i": 0.95, "z": 0.90, "Y": 0.95}  # arcsec
 BAND_NOISE = {"g": 4.0, "r": 4.5, "i": 5.0, "z": 7.0, "Y": 12.0}  # ADU rms per pixel
 DES_MAGZERO = 30.0
 DES_SATURATE = 1.0e5
-UNIQUE = 0.065  # deg: side of a tile's unique area
+UNIQUE = 0.065  # deg: side of the unique area of a 1000-px tile (scaled with the size)
 ID_OFFSET = 100000000
 MASK_BAD = 1
 MASK_SAT = 2
@@ -45,7 +45,7 @@ def in_unique_area(ra, dec, row):
 def tile_geometry(tiles=DEFAULT_TILES, size=1000):
     """Rows of ``tile_geometry.fits`` as a dict of columns."""
     half_img = size / 2.0 * DES_SCALE / 3600.0
-    half_u = UNIQUE / 2.0
+    half_u = UNIQUE * size / 1000.0 / 2.0
     cols = {k: [] for k in ("TILENAME", "RA_CENT", "DEC_CENT", "URAMIN", "URAMAX", "UDECMIN",
                             "UDECMAX", "RACMIN", "RACMAX", "DECCMIN", "DECCMAX", "NAXIS1",
                             "NAXIS2", "PIXSCALE")}

@@ -88,8 +88,14 @@ class _MEFWriter:
 
     def append(self, data, header, compression, dither_seed=0):
         if compression == "lossless":
-            hdu = fits.CompImageHDU(data, header=header, compression_type="GZIP_2",
-                                    quantize_level=0.0)
+            # GZIP streams carry a time stamp (not reproducible), and a noiseless weight map
+            # makes cfitsio fall back to GZIP; so quantise with an absolute step of 1e-5 of the
+            # median weight (RICE, zeros kept exactly).
+            good = data[data > 0]
+            step = 1e-5 * float(np.median(good)) if good.size else 1e-10
+            hdu = fits.CompImageHDU(data, header=header, compression_type="RICE_1",
+                                    quantize_level=-step, quantize_method=2,
+                                    dither_seed=dither_seed)
         elif compression == "int":
             hdu = fits.CompImageHDU(data, header=header, compression_type="RICE_1")
         else:
@@ -222,7 +228,8 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
             for k, w in enumerate(writers):
                 w["image"].append(res["images"][k], res["header"], "lossy",
                                   _dither_seed(seed, exp_num, ccd, "image"))
-                w["weight"].append(res["weight"], res["header"], "lossless")
+                w["weight"].append(res["weight"], res["header"], "lossless",
+                                   _dither_seed(seed, exp_num, ccd, "weight"))
                 w["flag"].append(res["flag"], res["header"], "int")
                 stackers[k].add(res["images"][k] - res["sky"], res["weight"], ccd_wcs)
             psf_star_parts.append(res["psf_stars"])
