@@ -543,3 +543,104 @@ def test_runner_in_the_pipeline(tmp_path, sim):
     log = (run / "sextractor_runner" / "logs").glob("*.log")
     text = "".join(p.read_text() for p in log)
     assert "expected 3 input files (image, weight, flag)" in text
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_simulated_survey_exposures_and_tile_post_process(tmp_path):
+    """split_exp -> merge_headers -> sextractor on the tiny simulated survey, then the tile
+    with MAKE_POST_PROCESS: every tile object's CCD_N agrees with where the single-exposure
+    catalogues found it."""
+    from shapepipe.run import main
+    from shapepipe.sim import make_survey, tiny_params
+
+    data = tmp_path / "data"
+    make_survey(str(data), seed=5, params=tiny_params())
+    out = tmp_path / "out"
+    sex_exp = os.path.join(EX, "default_exp.sex")
+    cfg = tmp_path / "exp.ini"
+    cfg.write_text(f"""
+[DEFAULT]
+RUN_NAME = exp
+[EXECUTION]
+MODULE = split_exp_runner, merge_headers_runner, sextractor_runner
+MODE = SMP
+[FILE]
+INPUT_DIR = {data / 'exposures'}
+OUTPUT_DIR = {out}
+[JOB]
+SMP_BATCH_SIZE = 2
+[SPLIT_EXP_RUNNER]
+OUTPUT_SUFFIX = image, weight, flag
+N_HDU = 2
+[MERGE_HEADERS_RUNNER]
+[SEXTRACTOR_RUNNER]
+INPUT_MODULE = split_exp_runner
+FILE_PATTERN = image, weight, flag
+FILE_EXT = .fits, .fits, .fits
+NUMBERING_SCHEME = -0000000-0
+DOT_SEX_FILE = {sex_exp}
+DOT_PARAM_FILE = {os.path.join(EX, 'default_exp.param')}
+DOT_CONV_FILE = {os.path.join(EX, 'default.conv')}
+""")
+    assert main(["-c", str(cfg), "-q"]) == 0
+    exp_cats = sorted(out.glob("exp_*/sextractor_runner/output/sexcat-*.fits"))
+    assert len(exp_cats) == 4
+    for cat in exp_cats:
+        objects, _ = read_ldac(str(cat))
+        assert len(objects) > 20 and np.median(objects["SNR_WIN"]) > 5
+
+    tile_param = tmp_path / "tile.param"
+    tile_param.write_text(open(os.path.join(EX, "default_tile.param")).read())
+    cfg = tmp_path / "tile.ini"
+    cfg.write_text(f"""
+[DEFAULT]
+RUN_NAME = tile
+[EXECUTION]
+MODULE = sextractor_runner
+MODE = SMP
+[FILE]
+INPUT_DIR = {data / 'tiles'}
+OUTPUT_DIR = {out}
+[JOB]
+SMP_BATCH_SIZE = 1
+[SEXTRACTOR_RUNNER]
+FILE_PATTERN = CFIS_image, CFIS_weight
+FILE_EXT = .fits, .fits
+NUMBERING_SCHEME = -000-000
+DOT_SEX_FILE = {os.path.join(EX, 'default_tile.sex')}
+DOT_PARAM_FILE = {tile_param}
+DOT_CONV_FILE = {os.path.join(EX, 'default.conv')}
+WEIGHT_IMAGE = True
+FLAG_IMAGE = False
+MAKE_POST_PROCESS = True
+LOG_WCS = last:merge_headers_runner
+WORLD_POSITION = XWIN_WORLD, YWIN_WORLD
+CCD_SIZE = 0, 512, 0, 640
+""")
+    assert main(["-c", str(cfg), "-q"]) == 0
+    (tile_cat,) = out.glob("tile_*/sextractor_runner/output/sexcat-*.fits")
+    with fits.open(tile_cat) as hdul:
+        epochs = [h for h in hdul if h.name.startswith("EPOCH_")]
+        objects = hdul["LDAC_OBJECTS"].data
+        assert len(epochs) == 2
+        n_epoch = objects["N_EPOCH"]
+        assert np.mean(n_epoch >= 1) > 0.8
+        assert np.array_equal(n_epoch, sum((e.data["CCD_N"] >= 0).astype(int) for e in epochs))
+        checked = 0
+        for epoch in epochs:
+            exp = epoch.data["EXP_NAME"][0]
+            ccd_n = epoch.data["CCD_N"]
+            bright = (objects["SNR_WIN"] > 50) & (objects["FLAGS"] == 0)
+            for ccd in np.unique(ccd_n[ccd_n >= 0]):
+                single, _ = read_ldac(str(next(p for p in exp_cats
+                                               if p.name == f"sexcat-{exp}-{ccd}.fits")))
+                sel = bright & (ccd_n == ccd)
+                sky = np.c_[single["XWIN_WORLD"] * np.cos(np.radians(single["YWIN_WORLD"])),
+                            single["YWIN_WORLD"]]
+                dist, _ = cKDTree(sky).query(np.c_[
+                    objects["XWIN_WORLD"][sel] * np.cos(np.radians(objects["YWIN_WORLD"][sel])),
+                    objects["YWIN_WORLD"][sel]])
+                assert np.mean(dist * 3600 < 0.5) > 0.9
+                checked += sel.sum()
+        assert checked > 20

@@ -334,7 +334,8 @@ class Catalogue:
         self.y = objs["y"].astype(np.float64)
         self.a = objs["a"].astype(np.float64)
         self.b = objs["b"].astype(np.float64)
-        self.theta = objs["theta"].astype(np.float64)
+        # float32 pi/2 is above float64 pi/2: sep's aperture checks want [-pi/2, pi/2].
+        self.theta = np.clip(objs["theta"].astype(np.float64), -np.pi / 2, np.pi / 2)
         self.flags = np.zeros(self.n, dtype=np.int16)
         sflag = objs["flag"]
         self.flags[(sflag & sep.OBJ_MERGED) != 0] |= F_MERGED
@@ -428,11 +429,13 @@ class Catalogue:
             peak = np.maximum.reduceat(pix, safe) if idx.size else np.zeros(n)
             peak[empty] = 0.0
             minthr = np.minimum.reduceat(thr, safe) if idx.size else np.zeros(n)
+            # THRESHOLD is the detection threshold: same scaling with DETECT_THRESH.
+            detthr = minthr * (self.s.detect_thresh / self.s.analysis_thresh)
             rawmax = np.maximum.reduceat(raw, safe) if idx.size else np.zeros(n)
             satur = (rawmax >= img.satur) & ~empty
             self.flags[satur] |= F_SATUR
             return {"area": area, "flux": flux, "fluxerr": np.sqrt(sig2), "peak": peak,
-                    "thresh": minthr, "pix": pix, "oid": oid, "idx": idx}
+                    "thresh": minthr, "detect_thresh": detthr, "pix": pix, "oid": oid, "idx": idx}
 
         return self._cached("iso", compute)
 
@@ -938,7 +941,7 @@ def compute_columns(cat, params):
         if name == "BACKGROUND":
             return cat.background()
         if name == "THRESHOLD":
-            return cat.iso()["thresh"]
+            return cat.iso()["detect_thresh"]
         if name == "ISOAREA_IMAGE":
             return cat.iso()["area"]
         if name == "ISOAREAF_IMAGE":
