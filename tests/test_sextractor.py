@@ -644,3 +644,33 @@ CCD_SIZE = 0, 512, 0, 640
                 assert np.mean(dist * 3600 < 0.5) > 0.9
                 checked += sel.sum()
         assert checked > 20
+
+
+def test_empty_image_dual_mode_and_missing_wcs(tmp_path, sim):
+    rng = np.random.default_rng(3)
+    blank = str(tmp_path / "blank.fits")
+    fits.writeto(blank, rng.normal(100, 5, (120, 160)).astype(np.float32))
+    param = tmp_path / "p.param"
+    param.write_text("NUMBER\nX_IMAGE\nFLUX_AUTO\nFLUX_RADIUS\nSNR_WIN\nFWHM_IMAGE\nFLAGS\n"
+                     "IMAFLAGS_ISO\nVIGNET(11,11)\n")
+    out = str(tmp_path / "blank.cat")
+    info = run_sextractor(blank, out, sim["sex"], param_file=str(param), conv_file=sim["conv"],
+                          overrides={"WEIGHT_TYPE": "NONE", "DETECT_THRESH": 50,
+                                     "ANALYSIS_THRESH": 50},
+                          checkimages=[("SEGMENTATION", str(tmp_path / "seg.fits"))])
+    data, _ = read_ldac(out)
+    assert info["n_objects"] == 0 and len(data) == 0 and "VIGNET" in data.columns.names
+    assert info["rms"] == pytest.approx(5.0, rel=0.05)
+    param.write_text("NUMBER\nX_WORLD\n")
+    with pytest.raises(SexConfigError, match="no celestial WCS.*X_WORLD"):
+        run_sextractor(blank, out, sim["sex"], param_file=str(param), conv_file=sim["conv"],
+                       overrides={"WEIGHT_TYPE": "NONE"})
+    # Dual-image mode with the image itself as detection image: same catalogue.
+    dual = str(tmp_path / "dual.cat")
+    run_sextractor(sim["ccd"]["image"], dual, sim["sex"], param_file=sim["param"],
+                   conv_file=sim["conv"], weight_path=sim["ccd"]["weight"],
+                   flag_path=sim["ccd"]["flag"], detection_path=sim["ccd"]["image"])
+    a, _ = read_ldac(dual)
+    b, _ = read_ldac(sim["ours"])
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a["FLUX_AUTO"], b["FLUX_AUTO"])

@@ -229,7 +229,12 @@ def run_sextractor(
         det = Image(ddata, settings, dweight, dheader)
     else:
         det = meas
-    cat = Catalogue(meas, det, settings, kernel, flag=flag, header=header, wcs=_wcs(header))
+    wcs = _wcs(header)
+    world = [name for name, _ in params if "WORLD" in name or "J2000" in name]
+    if world and wcs is None:
+        raise SexConfigError(f"{image_path}: no celestial WCS in the header, but the parameter "
+                             f"file asks for {', '.join(world)}")
+    cat = Catalogue(meas, det, settings, kernel, flag=flag, header=header, wcs=wcs)
     columns = compute_columns(cat, params)
     write_ldac(output_path, _imhead(header, meas, settings), _table_hdu(columns))
 
