@@ -728,3 +728,36 @@ def test_simulated_des_tiles_end_to_end(sim_des, tmp_path):
     # Blends move a few centroids; the typical star is centred to a few hundredths of a pixel.
     assert np.all(np.abs(np.median(offsets, axis=0)) < 0.05), np.median(offsets, axis=0)
     assert np.mean(np.hypot(*offsets.T) < 0.2) > 0.8
+
+
+def test_killed_run_keeps_finished_tiles(tiles, tmp_path, monkeypatch):
+    """A run stopped after its first tile: that tile is stored and marked, the rest redone."""
+    from shapepipe.modules.des_stamp import driver
+
+    cat_path = str(tmp_path / "t.csv")
+    make_tiled_catalog(cat_path, tiles)
+    real_work = driver._work
+    calls = []
+
+    def work_then_die(task):
+        if calls:
+            raise KeyboardInterrupt  # the run is killed while cutting the second tile
+        calls.append(task[0])
+        return real_work(task)
+
+    monkeypatch.setattr(driver, "_work", work_then_die)
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        make_stamps(cat_path, tiles["tile_dir"], out, "k", tiles_per_output=3, dimension=8)
+    first = calls[0]
+    cat = catmod.read_catalog(cat_path, replay_journal=False)  # the CSV itself, no journal
+    t = cat.col("TILENAME")
+    assert set(cat.col("STATUS")[t == first]) == {"done"}
+    assert set(cat.col("STATUS")[(t != first) & (t != "NONE")]) == {"new"}
+    assert os.path.exists(os.path.join(out, "k_001.parts", f"{first}.hdf5"))
+    monkeypatch.setattr(driver, "_work", real_work)
+    s = make_stamps(cat_path, tiles["tile_dir"], out, "k", tiles_per_output=3, dimension=8)
+    assert first not in s["tiles"] and len(s["tiles"]) == 2
+    assert list(read_store(os.path.join(out, "k_001.hdf5"))["tiles"]) == [first]
+    assert len(read_store(os.path.join(out, "k_002.hdf5"))["tiles"]) == 2
+    assert set(catmod.read_catalog(cat_path).col("STATUS")[t != "NONE"]) == {"done"}
