@@ -203,6 +203,8 @@ def test_parse_conv_norm_and_nonorm(tmp_path):
     assert kernel[1, 1] == pytest.approx(0.25)
     path.write_text("CONV NONORM\n-1 -1 -1\n-1 8 -1\n-1 -1 -1\n")
     assert parse_conv(str(path))[1, 1] == 8
+    with pytest.raises(SexConfigError, match="NONORM kernels are not supported"):
+        parse_conv(str(path), allow_nonorm=False)
     path.write_text("1 2 1\n")
     with pytest.raises(SexConfigError, match="CONV NORM"):
         parse_conv(str(path))

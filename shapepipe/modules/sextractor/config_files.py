@@ -104,13 +104,17 @@ def parse_param(path):
     return params
 
 
-def parse_conv(path):
+def parse_conv(path, allow_nonorm=True):
     """Read a ``.conv`` filter kernel.
 
     Parameters
     ----------
     path : str
         The file.
+    allow_nonorm : bool
+        Whether a ``CONV NONORM`` kernel is accepted. The extraction refuses them: ``sep``
+        normalises every detection filter, so an unnormalised (e.g. zero-sum Mexican hat)
+        kernel would not act as it does in SExtractor.
 
     Returns
     -------
@@ -144,6 +148,9 @@ def parse_conv(path):
                 raise SexConfigError(f"{path}:{number}: non-numeric kernel row {line!r}") from None
     if norm is None or not rows:
         raise SexConfigError(f"{path}: no 'CONV' header or no kernel rows")
+    if not norm and not allow_nonorm:
+        raise SexConfigError(f"{path}: CONV NONORM kernels are not supported (sep normalises "
+                             "detection filters); use a CONV NORM kernel")
     if len({len(r) for r in rows}) != 1:
         raise SexConfigError(f"{path}: kernel rows have different lengths")
     kernel = np.array(rows, dtype=np.float32)

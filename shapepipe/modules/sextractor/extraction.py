@@ -206,7 +206,7 @@ def run_sextractor(
         conv_file = conv_file or settings.filter_name
         if not conv_file:
             raise SexConfigError(f"{sex_file}: FILTER Y but no FILTER_NAME / conv file given")
-        kernel = parse_conv(conv_file)
+        kernel = parse_conv(conv_file, allow_nonorm=False)
 
     header, data = read_image(image_path)
     weight = read_image(weight_path, "weight")[1] if weight_path else None
