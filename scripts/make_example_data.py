@@ -2,7 +2,8 @@
 """Generate the simulated CFIS-like survey used by the examples and the tests.
 
     python scripts/make_example_data.py --output DIR [--seed N] [--full] [--shear G1,G2]
-                                        [--paired] [--des] [--processes N] [--overwrite]
+                                        [--paired] [--des] [--processes N] [--no-compress]
+                                        [--overwrite]
 
 Writes DIR/exposures, DIR/tiles, DIR/star_cat, DIR/truth (and DIR/des with --des; DIR/plus and
 DIR/minus with --paired). Formats: shapepipe/sim/FORMATS.md.
@@ -38,6 +39,8 @@ def main(argv=None):
                         help="write DIR/plus (+g) and DIR/minus (-g) with identical noise")
     parser.add_argument("--des", action="store_true", help="also write DES-like tiles in DIR/des")
     parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--no-compress", action="store_true",
+                        help="write plain .fits exposures instead of tile-compressed .fits.fz")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing non-empty dataset")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -50,7 +53,7 @@ def main(argv=None):
     try:
         make_survey(args.output, seed=args.seed, full=args.full, shear=args.shear,
                     paired=args.paired, des=args.des, n_processes=args.processes,
-                    overwrite=args.overwrite, log=log)
+                    overwrite=args.overwrite, compress=not args.no_compress, log=log)
     except SimError as exc:
         print(f"make_example_data: {exc}", file=sys.stderr)
         return 2

@@ -328,3 +328,20 @@ def test_des_tiles(tmp_path):
     ids = {int(r[2]) for r in rows[1:]}
     on = {int(i) for i, n in zip(truth["COADD_OBJECT_ID"], names) if n}
     assert ids & on and ids - on  # targets on a tile and on no tile
+
+
+def test_uncompressed_exposures_match_compressed(tiny, tmp_path):
+    params = tiny_params()
+    root = tmp_path / "plain"
+    make_survey(str(root), seed=SEED, params=params, shear=(0.03, -0.02), compress=False)
+    for exp in params.exposures:
+        with fits.open(root / "exposures" / f"flag-{exp}.fits") as plain, \
+                fits.open(os.path.join(tiny, "exposures", f"flag-{exp}.fits.fz")) as packed:
+            assert not isinstance(plain[1], fits.CompImageHDU)
+            assert plain[1].header["EXTNAME"] == "ccd00"
+            assert np.array_equal(plain[1].data, packed[1].data)
+        with fits.open(root / "exposures" / f"image-{exp}.fits") as plain, \
+                fits.open(os.path.join(tiny, "exposures", f"image-{exp}.fits.fz")) as packed:
+            sigma = plain[1].header["SKYSIGMA"]
+            # Only the quantisation of the compressed file (step sigma/16) separates them.
+            assert np.abs(plain[1].data - packed[1].data).max() < sigma / 16

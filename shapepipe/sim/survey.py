@@ -87,7 +87,9 @@ class _MEFWriter:
         fits.PrimaryHDU(header=primary_header).writeto(self.tmp)
 
     def append(self, data, header, compression, dither_seed=0):
-        if compression == "lossless":
+        if compression is None:
+            hdu = fits.ImageHDU(data, header=header)
+        elif compression == "lossless":
             # GZIP streams carry a time stamp (not reproducible), and a noiseless weight map
             # makes cfitsio fall back to GZIP; so quantise with an absolute step of 1e-5 of the
             # median weight (RICE, zeros kept exactly).
@@ -146,7 +148,7 @@ def _check_output(path, overwrite):
 
 
 def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=False, des=False,
-                n_processes=1, params=None, overwrite=False, log=None):
+                n_processes=1, params=None, overwrite=False, compress=True, log=None):
     """Render a simulated CFIS-like survey (and optionally DES-like tiles) into ``output_dir``.
 
     Parameters
@@ -170,6 +172,10 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         Custom layout (overrides ``full``), e.g. :func:`shapepipe.sim.tiny_params` for tests.
     overwrite : bool
         Replace an existing non-empty dataset.
+    compress : bool
+        Tile-compress the exposures (``.fits.fz``, the default) or write plain multi-extension
+        ``.fits`` files (which Debian's SExtractor 2.25 can read directly; it cannot read
+        tile-compressed images).
     log : callable, optional
         Called with progress messages (e.g. ``print``).
 
@@ -207,6 +213,10 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
     stackers = [TileStacker(geo.tile_header(params)) for _ in fields]
     psf_star_parts = []
 
+    ext = ".fits.fz" if compress else ".fits"
+    kinds = {"image": "lossy", "weight": "lossless", "flag": "int"}
+    if not compress:
+        kinds = dict.fromkeys(kinds)
     _CATALOG = cat
     pool = None
     writers = None
@@ -222,15 +232,15 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
             if ccd == 0:
                 primary = _primary_header(params, seed, i_exp, n_ccd)
                 writers = [{kind: _MEFWriter(
-                    os.path.join(root, "exposures", f"{kind}-{exp_num}.fits.fz"), primary)
+                    os.path.join(root, "exposures", f"{kind}-{exp_num}{ext}"), primary)
                     for kind in ("image", "weight", "flag")} for _, _, root in fields]
             ccd_wcs = geo.make_wcs(res["header"])
             for k, w in enumerate(writers):
-                w["image"].append(res["images"][k], res["header"], "lossy",
+                w["image"].append(res["images"][k], res["header"], kinds["image"],
                                   _dither_seed(seed, exp_num, ccd, "image"))
-                w["weight"].append(res["weight"], res["header"], "lossless",
+                w["weight"].append(res["weight"], res["header"], kinds["weight"],
                                    _dither_seed(seed, exp_num, ccd, "weight"))
-                w["flag"].append(res["flag"], res["header"], "int")
+                w["flag"].append(res["flag"], res["header"], kinds["flag"])
                 stackers[k].add(res["images"][k] - res["sky"], res["weight"], ccd_wcs)
             psf_star_parts.append(res["psf_stars"])
             log(f"exposure {exp_num} CCD {ccd} done")
@@ -261,6 +271,7 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
             "seed": int(seed),
             "shear": [fg1, fg2],
             "full": bool(full),
+            "compressed": bool(compress),
             "paired": name if name else False,
             "pixel_scale": geo.PIXEL_SCALE,
             "magzp": geo.MAGZP,
