@@ -166,7 +166,7 @@ def render_signal(cat, wcs, psf_row, shape, shears, sky_sigma, margin=60):
                 conv = galsim.Convolve(local.profileToImage(gal), psf, gsparams=gsp)
                 stamp, x0, y0 = _draw(conv, x[i], y[i], int(ghalf[k]))
                 _add_stamp(im, stamp, x0, y0)
-    stars = {"index": s_idx, "x": x[s_idx], "y": y[s_idx]}
+    stars = {"index": s_idx, "x": x[s_idx], "y": y[s_idx], "n_drawn": int(idx.size)}
     return images, stars
 
 
@@ -289,7 +289,8 @@ def render_ccd(params, seed, i_exp, ccd, cat, shears=((0.0, 0.0),), hsm=True):
     dict
         ``images`` (list of float32 arrays, one per shear), ``weight`` (float32), ``flag``
         (int16), ``sky`` (float32 background model), ``header`` (CCD header with WCS and
-        survey keywords), ``psf_stars`` (dict of truth columns).
+        survey keywords), ``psf_stars`` (dict of truth columns), ``n_drawn`` (objects drawn,
+        each once per shear).
     """
     exp_num = params.exposures[i_exp]
     shape = (params.ccd_ny, params.ccd_nx)
@@ -347,6 +348,7 @@ def render_ccd(params, seed, i_exp, ccd, cat, shears=((0.0, 0.0),), hsm=True):
         "sky": sky.astype(np.float32),
         "header": header,
         "psf_stars": psf_stars,
+        "n_drawn": stars["n_drawn"],
     }
 
 
