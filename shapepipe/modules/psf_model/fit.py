@@ -126,7 +126,7 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
         Lanczos order of the final resampling of the stamps (3 = a single pass).
     pixel_clip : float
         Pixels further than this many sigma from the model are dropped, and stars with more
-        than 10% of such pixels in their core are rejected (0: no pixel clipping).
+        than 30% of such pixels in their core are rejected (0: no pixel clipping).
 
     Returns
     -------
@@ -247,7 +247,7 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
 
 
 def _fit_iterate(dflat, good, flux, phi, loaded, var_bkg, gain, accuracy, samp, clip_nsigma,
-                 max_iter, ncoeff, shape, pix_nsigma=5.0, core_max=0.1):
+                 max_iter, ncoeff, shape, pix_nsigma=5.0, core_max=0.3):
     """Alternate basis and flux fits, clip outlier pixels and stars until stable.
 
     Pixels more than ``pix_nsigma`` from the model (and their 4 neighbours) are dropped:
