@@ -6,7 +6,7 @@ model's at the same positions) and writes, into the output directory:
 
 - ``psf_summary.txt`` / ``psf_summary.json``: mean, median, rms of the star - model
   residuals ``de1``, ``de2`` and the relative size residual ``(sigma_star - sigma_psf) /
-  sigma_star``, for all, accepted (used in the fit) and reserved stars; with ``--truth``, the
+  sigma_star``, for all, accepted (used in the fit) and not-used stars; with ``--truth``, the
   model against the true PSF of the simulated survey too;
 - ``psf_residual_histograms.png``: histograms of the three residuals;
 - ``psf_focal_plane.png``: star, model and residual e1, e2, size maps over the focal plane
@@ -278,7 +278,7 @@ def main(argv=None):
     accepted = cat["ACCEPTED"] == 1
     samples = {}
     for label, sel in (("all", np.ones(len(accepted), bool)), ("accepted", accepted),
-                       ("reserved", ~accepted)):
+                       ("not-used", ~accepted)):
         samples[f"star-model {label}"] = {q: stats(r[sel]) for q, r in
                                           zip(("e1", "e2", "size"), res)}
     if args.truth:
