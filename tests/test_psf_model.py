@@ -182,3 +182,20 @@ def test_moffat_field_truth_is_consistent():
     assert abs(image.sum() - 1) < 0.02
     fwhm, g1, g2 = psf.params(np.array([1.0, 2048.0]), np.array([2306.0, 2306.0]))
     assert fwhm[1] > fwhm[0] and g1[1] > g1[0]
+
+
+@pytest.mark.parametrize("samp, size", [(0.5, 41), (1.5, 17)])
+def test_fit_with_psf_samp(starcat, samp, size, tmp_path):
+    # A super-resolved (0.5) or coarser (1.5) model written with PSF_SAMP and read back
+    # gives the PSF on the image grid as well as the samp = 1 model.
+    path, truth = starcat
+    psf_path = str(tmp_path / "m.psf")
+    build_psf_model(path, psf_path, None, {"PSF_SAMPLING": samp, "PSF_SIZE": [size, size]})
+    model = read_psf(psf_path)
+    assert model.samp == samp and model.shape == (size, size)
+    data, _ = read_ldac(path)
+    pos = np.stack([data["XWIN_IMAGE"], data["YWIN_IMAGE"]], axis=1)
+    assert model.pixel_stamps(pos[:1]).shape[1] == int(round(size * samp)) | 1
+    res = _residuals(model, pos, truth["psf"])
+    assert np.abs(res.mean(axis=0)[:2]).max() < 2.5e-3 and abs(res.mean(axis=0)[2]) < 3e-3
+    assert res.std(axis=0)[2] < 5e-3
