@@ -112,13 +112,16 @@ def build_psf_model(catalogue_path, psf_path, psfex_cat_path=None, options=None,
         psf_size = [psf_size[0], psf_size[0]]
     if len(data) == 0:
         raise ValueError(f"{catalogue_path}: no stars")
-    result = fit_psf(
-        vignets, centers, context, flux_guess=flux, snr=snr, psf_size=psf_size,
-        samp=float(opts["PSF_SAMPLING"]), groups=opts["PSFVAR_GROUPS"],
-        degrees=opts["PSFVAR_DEGREES"], polnames=opts["PSFVAR_KEYS"],
-        min_sn=float(opts["SAMPLE_MINSN"]), accuracy=float(opts["PSF_ACCURACY"]), gain=gain,
-        clip_nsigma=float(opts.get("CHI2_CLIP", 4.0)),
-    )
+    try:
+        result = fit_psf(
+            vignets, centers, context, flux_guess=flux, snr=snr, psf_size=psf_size,
+            samp=float(opts["PSF_SAMPLING"]), groups=opts["PSFVAR_GROUPS"],
+            degrees=opts["PSFVAR_DEGREES"], polnames=opts["PSFVAR_KEYS"],
+            min_sn=float(opts["SAMPLE_MINSN"]), accuracy=float(opts["PSF_ACCURACY"]),
+            gain=gain, clip_nsigma=float(opts.get("CHI2_CLIP", 4.0)),
+        )
+    except ValueError as err:
+        raise ValueError(f"{catalogue_path}: {err}") from None
     write_psf(psf_path, result.model, accepted=int(result.accepted.sum()),
               loaded=int(result.loaded.sum()), chi2=result.chi2_total, fwhm=result.fwhm,
               extra_header={"SOFTNAME": ("shapepipe-psf_model", "Software that made the model")})
