@@ -125,6 +125,23 @@ def test_fit_recovers_noiseless_multi_epoch_parameters():
     assert np.all(np.sqrt(np.diag(res["pars_cov"])) > 0)
 
 
+def test_fit_with_a_psf_per_epoch():
+    truth = np.array([-0.02, 0.01, -0.1, 0.2, 0.25, 30.0])
+    jacs = [Jacobian(16.0, 16.0, [[SCALE, 0], [0, SCALE]]),
+            Jacobian(16.4, 15.7, [[0.19, -0.01], [0.02, 0.18]])]
+    psf_T = [0.15, 0.24]
+    obs = [Observation(_gauss_image(truth, t, j, (33, 33)), np.full((33, 33), 1e6), j)
+           for t, j in zip(psf_T, jacs)]
+    res = fit_gmix_model(PixelSet(obs), [GMix.round_gauss(t) for t in psf_T], "gauss",
+                         guess=[0, 0, 0, 0, 0.2, 20.0], priors=NO_PRIORS)
+    assert res["flags"] == 0
+    np.testing.assert_allclose(res["pars"], truth, rtol=2e-6, atol=2e-7)
+    # One common PSF would not fit these images.
+    wrong = fit_gmix_model(PixelSet(obs), GMix.round_gauss(0.2), "gauss",
+                           guess=[0, 0, 0, 0, 0.2, 20.0], priors=NO_PRIORS)
+    assert np.abs(wrong["pars"] - truth).max() > 1e-3
+
+
 def test_adaptive_moments_and_psf_fits():
     jac = Jacobian.from_scale(20, 20, SCALE)
     gm = GMix(1.0, 0.0, 0.0, *gT_to_moments(0.05, -0.03, 0.3))

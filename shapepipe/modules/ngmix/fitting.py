@@ -207,8 +207,9 @@ def fit_gmix_model(pixels, psf, model="gauss", guess=None, priors=None, data=Non
     ----------
     pixels : PixelSet
         Pixels (sky coordinates, weights) of every epoch.
-    psf : GMix
-        PSF mixture, the same for every epoch (the metacal reconvolution PSF), in sky units.
+    psf : GMix or list of GMix
+        PSF mixture in sky units: one for every epoch (the metacal reconvolution PSF), or
+        one per epoch (fits of the original images, e.g. from :func:`fit_psf_em`).
     model : str
         ``gauss``, ``exp`` or ``dev``.
     guess : array_like
@@ -236,9 +237,27 @@ def fit_gmix_model(pixels, psf, model="gauss", guess=None, priors=None, data=Non
     wd = d * sw
     u, v, area = pixels.u, pixels.v, pixels.area
     n_prior = priors.n_rows
+    per_epoch = isinstance(psf, (list, tuple))
+    if per_epoch:
+        if len(psf) != pixels.n_epoch:
+            raise ValueError(f"{len(psf)} PSF mixtures for {pixels.n_epoch} epochs")
+        parts = [(sl, area[sl] if np.ndim(area) else area) for sl, _ in pixels.slices]
+
+    def render(x, want_derivs=True):
+        if not per_epoch:
+            return model_and_derivs(x, u, v, area, p, f, psf, want_derivs)
+        ms, ds = [], []
+        for (sl, ar), pe in zip(parts, psf):
+            m, dm, ok = model_and_derivs(x, u[sl], v[sl], ar, p, f, pe, want_derivs)
+            if not ok:
+                return None, None, False
+            ms.append(m)
+            ds.append(dm)
+        return (np.concatenate(ms), np.concatenate(ds, axis=1) if want_derivs else None,
+                True)
 
     def func(x):
-        m, dm, ok = model_and_derivs(x, u, v, area, p, f, psf)
+        m, dm, ok = render(x)
         if not ok:
             return None, None
         r = m * sw - wd
@@ -285,7 +304,7 @@ def fit_gmix_model(pixels, psf, model="gauss", guess=None, priors=None, data=Non
     else:
         out["flags"] |= FLAG_COV_FAILED
     out["pars_cov"] = cov
-    m, _, ok = model_and_derivs(x, u, v, area, p, f, psf, want_derivs=False)
+    m, _, ok = render(x, want_derivs=False)
     if ok:
         wm = pixels.weight * m
         den = np.sqrt(np.sum(wm * m))
