@@ -313,6 +313,11 @@ def test_jacobian_from_tan_wcs():
     expect = SCALE * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
     np.testing.assert_allclose(jac.matrix, expect, atol=2e-6)
     assert jac.x0 == 120.0 and jac.y0 == 80.0
+    from shapepipe.modules.ngmix import make_wcs_obs
+
+    obs = make_wcs_obs(np.zeros((21, 21)), np.ones((21, 21)), np.ones((11, 11)), w, 120.0, 80.0)
+    assert obs.jacobian.x0 == 10.0 and obs.jacobian.y0 == 10.0
+    np.testing.assert_allclose(obs.jacobian.matrix, expect, atol=2e-6)
 
 
 def test_psf_stamp_smaller_than_image_and_selection_response(noisy_set):

@@ -41,7 +41,7 @@ from .measure import (
     write_catalog,
 )
 from .metacal import METACAL_TYPES, MetacalImager, metacal_shears, shear_matrix
-from .observation import Jacobian, Observation, make_stamp_obs
+from .observation import Jacobian, Observation, make_stamp_obs, make_wcs_obs
 
 __all__ = [
     "FLAG_ADMOM_FAILED", "FLAG_COV_FAILED", "FLAG_FIT_FAILED", "FLAG_METACAL_FAILED",
@@ -51,5 +51,5 @@ __all__ = [
     "COLUMNS", "HDU_NAMES", "measure_object", "read_catalog", "rows_to_tables",
     "selection_response", "shear_response", "write_catalog", "METACAL_TYPES",
     "MetacalImager", "metacal_shears", "shear_matrix", "Jacobian", "Observation",
-    "make_stamp_obs",
+    "make_stamp_obs", "make_wcs_obs",
 ]

@@ -153,3 +153,28 @@ def make_stamp_obs(image, weight, psf, pixel_scale, mask=None):
     ny, nx = np.shape(image)
     jac = Jacobian.from_scale((nx - 1) / 2.0, (ny - 1) / 2.0, pixel_scale)
     return Observation(image, weight, jac, psf=psf, mask=mask)
+
+
+def make_wcs_obs(image, weight, psf, wcs, x_image, y_image, centre=None, mask=None):
+    """Observation of a stamp cut from an image with an astropy WCS (one epoch).
+
+    Parameters
+    ----------
+    image, weight, psf : numpy.ndarray
+        Stamp pixels, inverse variance, PSF image at the object (same pixel grid).
+    wcs : astropy.wcs.WCS
+        WCS of the full image (CCD or tile).
+    x_image, y_image : float
+        Object position in the full image, 0-based numpy coordinates (convert catalogue
+        positions with ``shapepipe.utils.pixels.fits_to_numpy``).
+    centre : (float, float), optional
+        Object position inside the stamp ``(x, y)``, 0-based (default: the stamp centre).
+    mask : numpy.ndarray, optional
+        Bad pixels (non-zero).
+    """
+    ny, nx = np.shape(image)
+    if centre is None:
+        centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    local = Jacobian.from_wcs(wcs, x_image, y_image)
+    return Observation(image, weight, Jacobian(centre[0], centre[1], local.matrix), psf=psf,
+                       mask=mask)
