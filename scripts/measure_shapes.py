@@ -58,6 +58,8 @@ def load_stamps(path):
                          f"({image.shape[0]}, {image.shape[1]}, P, P)")
     if ids.shape != (image.shape[0],):
         raise SystemExit(f"{path}: id has shape {ids.shape}; expected ({image.shape[0]},)")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise SystemExit(f"{path}: id has dtype {ids.dtype}; expected integers")
     scale = float(np.asarray(data["pixel_scale"]).ravel()[0])
     if not scale > 0:
         raise SystemExit(f"{path}: pixel_scale = {scale}; expected a positive number")
