@@ -267,3 +267,17 @@ def test_pipeline_psf_model_then_validation(products, sp):
     data, _ = read_ldac(glob.glob(os.path.join(run, "psfex_interp_runner", "output",
                                                "*.fits"))[0])
     assert data["ACCEPTED"].sum() >= 75
+
+
+def test_me_log_wcs_forms(tmp_path):
+    from shapepipe.modules.psfex_interp_runner import LOG_WCS_NAME, _log_wcs_path
+
+    out = tmp_path / "merge_headers_runner" / "output"
+    out.mkdir(parents=True)
+    (out / LOG_WCS_NAME).write_text("")
+    expected = str(out / LOG_WCS_NAME)
+    assert _log_wcs_path(expected, {}, "S", None) == expected
+    assert _log_wcs_path(str(out), {}, "S", None) == expected
+    assert _log_wcs_path("merge_headers_runner", {}, "S", lambda spec, rd: [str(out)]) == expected
+    with pytest.raises(FileNotFoundError, match="ME_LOG_WCS = nowhere"):
+        _log_wcs_path("nowhere", {}, "S", lambda spec, rd: [str(tmp_path)])
