@@ -281,3 +281,15 @@ def test_me_log_wcs_forms(tmp_path):
     assert _log_wcs_path("merge_headers_runner", {}, "S", lambda spec, rd: [str(out)]) == expected
     with pytest.raises(FileNotFoundError, match="ME_LOG_WCS = nowhere"):
         _log_wcs_path("nowhere", {}, "S", lambda spec, rd: [str(tmp_path)])
+
+
+def test_psfex_command_check_images():
+    from shapepipe.modules.psfex.caller import psfex_command
+
+    cmd = psfex_command("psfex", "/in/star_selection-1-2.fits", "a.psfex", "/out", "/out/c.cat",
+                        ["chi", "RESIDUALS"], "star_selection", "-1-2")
+    assert cmd[:4] == ["psfex", "/in/star_selection-1-2.fits", "-c", "a.psfex"]
+    i = cmd.index("-CHECKIMAGE_TYPE")
+    assert cmd[i + 1] == "CHI,RESIDUALS"
+    assert cmd[i + 3] == "/out/star_selectionchi-1-2.fits,/out/star_selectionresiduals-1-2.fits"
+    assert "NONE" in psfex_command("psfex", "x.fits", "a", "/o", "/o/c")
