@@ -85,7 +85,8 @@ def main_bench():
         per_job = wall / args.jobs
         overhead = (wall - plain / args.workers) / args.jobs
         print(f"jobs={args.jobs} workers={args.workers} repeats={args.repeats} (medians)")
-        print(f"pipeline wall time          {wall:8.3f} s   ({', '.join(f'{w:.2f}' for w in walls)})")
+        each = ", ".join(f"{w:.2f}" for w in walls)
+        print(f"pipeline wall time          {wall:8.3f} s   ({each})")
         print(f"plain loop (reference)      {plain:8.3f} s")
         print(f"wall per job                {per_job * 1e3:8.3f} ms")
         print(f"framework overhead per job  {overhead * 1e3:8.3f} ms   (target < 0.3 ms)")

@@ -103,7 +103,8 @@ def main_bench():
         for case in cases:
             mode, workers, ranks = case
             label = f"{mode} {workers} worker(s)" if mode == "SMP" else f"MPI {ranks} rank(s)"
-            print(f"  {label:22s} {median[case]:7.2f} s   (ideal {ideal / max(workers, ranks):.2f} s)")
+            best = ideal / max(workers, ranks)
+            print(f"  {label:22s} {median[case]:7.2f} s   (ideal {best:.2f} s)")
         print(f"SMP speed-up 2 vs 1 workers: {median[cases[0]] / median[cases[1]]:.2f}x "
               "(target >= 1.8x)")
         if have_mpi:
