@@ -486,3 +486,16 @@ def test_runner_validate_hook_runs_before_any_job(sp, tmp_path, capsys):
     assert main(["-c", cfg]) == 2
     assert "[CHECKED_RUNNER]: AUX file has a bad line 3" in capsys.readouterr().out
     assert not sp.runs()
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "threading"])
+def test_smp_backends_give_same_outputs(sp, backend):
+    sp.make_inputs([f"_{i}" for i in range(1, 7)])
+    cfg = sp.config(f"SMP_BACKEND = {backend}\n[TP_COPY_RUNNER]\nFAIL_ON = _3\n")
+    text = open(cfg).read().replace(f"SMP_BACKEND = {backend}\n[TP_COPY_RUNNER]",
+                                     "[TP_COPY_RUNNER]")
+    text = text.replace("SMP_BATCH_SIZE = 2\n", f"SMP_BATCH_SIZE = 2\nSMP_BACKEND = {backend}\n")
+    open(cfg, "w").write(text)
+    assert sp.run(cfg) == 1
+    assert sp.outputs() == [f"copy_{i}.txt" for i in (1, 2, 4, 5, 6)]
+    assert [f["number"] for f in sp.summary()["modules"]["tp_copy_runner"]["failed"]] == ["_3"]

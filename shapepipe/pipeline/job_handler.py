@@ -129,7 +129,9 @@ def _run_joblib(ctx, jobs, progress, workers, backend):
 
     results = {}
     size = _task_size(len(jobs), workers)
-    with Parallel(n_jobs=workers, backend=backend, return_as="generator_unordered") as parallel:
+    # joblib's multiprocessing backend can only return results in submission order.
+    order = "generator" if backend == "multiprocessing" else "generator_unordered"
+    with Parallel(n_jobs=workers, backend=backend, return_as=order) as parallel:
         tasks = (delayed(run_jobs_batch)(ctx, batch) for batch in _batches(jobs, size))
         for batch_result in parallel(tasks):
             for number, ok, error, seconds in batch_result:
