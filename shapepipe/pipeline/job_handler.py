@@ -129,8 +129,9 @@ def _run_joblib(ctx, jobs, progress, workers, backend):
 
     results = {}
     size = _task_size(len(jobs), workers)
-    # joblib's multiprocessing backend can only return results in submission order.
-    order = "generator" if backend == "multiprocessing" else "generator_unordered"
+    # joblib's multiprocessing backend can only return a list, at the end (progress is then
+    # reported when the module finishes).
+    order = "list" if backend == "multiprocessing" else "generator_unordered"
     with Parallel(n_jobs=workers, backend=backend, return_as=order) as parallel:
         tasks = (delayed(run_jobs_batch)(ctx, batch) for batch in _batches(jobs, size))
         for batch_result in parallel(tasks):
