@@ -293,3 +293,18 @@ def test_psfex_command_check_images():
     assert cmd[i + 1] == "CHI,RESIDUALS"
     assert cmd[i + 3] == "/out/star_selectionchi-1-2.fits,/out/star_selectionresiduals-1-2.fits"
     assert "NONE" in psfex_command("psfex", "x.fits", "a", "/o", "/o/c")
+
+
+def test_accepted_matches_by_position(products, tmp_path):
+    from shapepipe.modules.psfex_interp.interp import accepted_from_psfex_cat
+
+    data, _ = read_ldac(products["cat"])
+    flags = read_ldac(products["psfex_cat"])[0]["FLAGS_PSF"]
+    x, y = data["XWIN_IMAGE"], data["YWIN_IMAGE"]
+    by_pos = accepted_from_psfex_cat(products["psfex_cat"], len(x), x, y)
+    np.testing.assert_array_equal(by_pos, flags == 0)
+    np.testing.assert_array_equal(accepted_from_psfex_cat(products["psfex_cat"], len(x)),
+                                  flags == 0)
+    # Stars of another catalogue (a held-out split) were not used in the fit.
+    held_out = accepted_from_psfex_cat(products["psfex_cat"], 10, x[:10] + 0.5, y[:10])
+    assert not held_out.any()

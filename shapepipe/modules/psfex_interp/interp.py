@@ -172,16 +172,37 @@ def _shape_columns(shapes, kind):
     ]
 
 
-def accepted_from_psfex_cat(psfex_cat_path, n_stars):
-    """Which stars (rows of the star catalogue) PSFEx or psf_model used.
+def accepted_from_psfex_cat(psfex_cat_path, n_stars, x=None, y=None, tol=0.01):
+    """Which stars of a catalogue PSFEx or psf_model used in the model.
 
-    A star is accepted when its 1-based row number is a ``SOURCE_NUMBER`` of the PSFEx
-    output catalogue with ``FLAGS_PSF == 0``.
+    Stars are matched to the model's output catalogue by position (``X_IMAGE``,
+    ``Y_IMAGE`` there are the CENTER_KEYS values, e.g. XWIN_IMAGE): a star is accepted when
+    a source within ``tol`` pixels has ``FLAGS_PSF == 0``. So a star catalogue that is not
+    the one the model was fitted on (the 20% held out by a random split) gets ACCEPTED = 0,
+    as it should. Without positions, the 1-based row number is matched to ``SOURCE_NUMBER``
+    (ShapePipe's rule, right only for the fitted catalogue itself).
     """
     cat, _ = read_ldac(psfex_cat_path)
-    used = np.asarray(cat["SOURCE_NUMBER"])
+    ok = np.ones(len(cat), bool)
     if "FLAGS_PSF" in cat.dtype.names:
-        used = used[np.asarray(cat["FLAGS_PSF"]) == 0]
+        ok = np.asarray(cat["FLAGS_PSF"]) == 0
+    if x is not None and y is not None and {"X_IMAGE", "Y_IMAGE"} <= set(cat.dtype.names):
+        cx = np.asarray(cat["X_IMAGE"], dtype=float)[ok]
+        cy = np.asarray(cat["Y_IMAGE"], dtype=float)[ok]
+        if len(cx) == 0:
+            return np.zeros(n_stars, bool)
+        order = np.argsort(cx)
+        cx, cy = cx[order], cy[order]
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        accepted = np.zeros(n_stars, bool)
+        # Sorted x: each star only looks at the sources with |dx| <= tol.
+        lo = np.searchsorted(cx, x - tol, side="left")
+        hi = np.searchsorted(cx, x + tol, side="right")
+        for i in np.flatnonzero(hi > lo):
+            accepted[i] = np.any(np.abs(cy[lo[i]:hi[i]] - y[i]) <= tol)
+        return accepted
+    used = np.asarray(cat["SOURCE_NUMBER"])[ok]
     return np.isin(np.arange(1, n_stars + 1), used)
 
 
@@ -214,7 +235,8 @@ def process_validation(psf_path, starcat_path, psfex_cat_path, output_path, pos_
         psf_shapes = hsm_shapes(psfs)
     star_shapes = hsm_shapes(data["VIGNET"], masked_value=-1e29)
     if psfex_cat_path and os.path.isfile(psfex_cat_path):
-        accepted = accepted_from_psfex_cat(psfex_cat_path, n)
+        accepted = accepted_from_psfex_cat(psfex_cat_path, n, data["XWIN_IMAGE"],
+                                           data["YWIN_IMAGE"])
     else:
         accepted = np.zeros(n, bool)
 
