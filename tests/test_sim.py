@@ -345,3 +345,23 @@ def test_uncompressed_exposures_match_compressed(tiny, tmp_path):
             sigma = plain[1].header["SKYSIGMA"]
             # Only the quantisation of the compressed file (step sigma/16) separates them.
             assert np.abs(plain[1].data - packed[1].data).max() < sigma / 16
+
+
+def test_small_ccd_has_enough_bright_stars():
+    """The default layout gives every CCD >= 60 stars with S/N > 50 and a few saturated ones."""
+    import sep
+
+    from shapepipe.sim import small_params
+
+    params = small_params()
+    cat = make_catalog(params, 1)
+    res = render_ccd(params, 1, 0, 2, cat, hsm=False)
+    ps = res["psf_stars"]
+    data = (res["images"][0] - res["sky"]).astype(np.float64)
+    err = 1.0 / np.sqrt(np.maximum(res["weight"], 1e-12))
+    x = ps["X"] - 1.0
+    y = ps["Y"] - 1.0
+    flux, ferr, _ = sep.sum_circle(data, x, y, 8.0, err=err.astype(np.float64),
+                                   mask=res["flag"] != 0, gain=geo.GAIN)
+    assert np.sum(flux / ferr > 50) >= 60
+    assert 1 <= ps["SATURATED"].sum() <= 15
