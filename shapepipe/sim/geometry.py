@@ -40,7 +40,7 @@ class SurveyParams:
     tile_nx: int
     tile_ny: int
     tile_number: tuple = DEFAULT_TILE
-    star_density: float = 6.0  # stars per arcmin^2 brighter than r = 20.5
+    star_density: float = 7.0  # stars per arcmin^2 brighter than r = 20.5
     gal_density: float = 30.0  # galaxies per arcmin^2 brighter than r = 24.5
     gal_mag_max: float = 25.5
     star_mag_range: tuple = (11.5, 24.0)
