@@ -247,7 +247,7 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
 
 
 def _fit_iterate(dflat, good, flux, phi, loaded, var_bkg, gain, accuracy, samp, clip_nsigma,
-                 max_iter, ncoeff, shape, pix_nsigma=5.0, core_max=0.3):
+                 max_iter, ncoeff, shape, pix_nsigma=5.0, core_max=0.3, min_iter=3):
     """Alternate basis and flux fits, clip outlier pixels and stars until stable.
 
     Pixels more than ``pix_nsigma`` from the model (and their 4 neighbours) are dropped:
@@ -261,7 +261,7 @@ def _fit_iterate(dflat, good, flux, phi, loaded, var_bkg, gain, accuracy, samp, 
     basis = chi2 = None
     use = good.copy()
     ny, nx = shape
-    for _ in range(max_iter):
+    for iteration in range(max_iter):
         # The first basis of all weighs pixels by their own value (model is None): a bright
         # neighbour in a stamp is then down-weighted by its Poisson and accuracy terms, so
         # the first model is clean enough to find the outlier pixels.
@@ -288,7 +288,9 @@ def _fit_iterate(dflat, good, flux, phi, loaded, var_bkg, gain, accuracy, samp, 
         new_accepted = loaded & np.isfinite(chi2) & (chi2 <= limit) & ~blended
         if new_accepted.sum() < ncoeff:
             break
-        if np.array_equal(new_accepted, accepted):
+        # The clipping mask comes from the model: let it settle (a mask from the first,
+        # data-weighted model flattens the PSF variation) before trusting a stable star set.
+        if np.array_equal(new_accepted, accepted) and iteration >= min_iter - 1:
             break
         accepted = new_accepted
     return basis, flux, chi2, accepted
