@@ -390,7 +390,8 @@ def fit_psf_gauss(psf_image, jacobian):
     dict
         ``gmix`` (GMix centred at the origin), ``g1, g2, T, flags``.
     """
-    am = adaptive_moments(psf_image, jacobian)
+    # Only a starting point for the least-squares fit: a loose tolerance is enough.
+    am = adaptive_moments(psf_image, jacobian, tol=1e-5)
     obs_u, obs_v = _grid_uv(psf_image.shape, jacobian)
     data = psf_image.ravel()
     # Uniform weights: the PSF model is noiseless; the scale only sets the chi^2 units.

@@ -171,7 +171,7 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     # Guess from adaptive moments of the unsheared image of the first epoch.
     first = images["noshear"][0]
     am = adaptive_moments(first, good_obs[0].jacobian, weight=good_obs[0].weight,
-                          guess_T=4.0 * sigma_r ** 2)
+                          guess_T=4.0 * sigma_r ** 2, tol=1e-5)
     t_r = 2.0 * sigma_r ** 2
     if am["flags"] == 0 and np.isfinite(am["flux"]) and am["flux"] > 0:
         t_gal = am["T"] - t_r
