@@ -257,9 +257,10 @@ def test_catalog_roundtrip(tmp_path, noisy_set):
     write_catalog(str(path), tables, header={"MCSEED": 3})
     with fits.open(path) as hdul:
         assert [h.name for h in hdul[1:]] == ["NOSHEAR", "1P", "1M", "2P", "2M"]
-        for col in ("id", "n_epoch_model", "g1", "g2", "g1_err", "g2_err", "T", "T_err", "Tpsf",
-                    "g1_psf", "g2_psf", "flux", "flux_err", "s2n", "mag", "mag_err", "flags",
-                    "mcal_flags"):
+        for col in ("id", "n_epoch_model", "moments_fail", "ntry_fit", "g1_psfo_ngmix",
+                    "g2_psfo_ngmix", "T_psfo_ngmix", "g1", "g2", "g1_err", "g2_err", "T",
+                    "T_err", "Tpsf", "g1_psf", "g2_psf", "flux", "flux_err", "s2n", "mag",
+                    "mag_err", "flags", "mcal_flags"):
             assert col in hdul["NOSHEAR"].columns.names
     back = read_catalog(str(path))
     np.testing.assert_array_equal(back["1p"]["g1"], tables["1p"]["g1"])

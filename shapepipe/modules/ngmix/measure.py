@@ -26,15 +26,20 @@ from .metacal import METACAL_TYPES, MetacalImager, metacal_shears
 
 HDU_NAMES = {"noshear": "NOSHEAR", "1p": "1P", "1m": "1M", "2p": "2P", "2m": "2M"}
 
-# Output columns (name, numpy dtype) of every HDU, ShapePipe's names first.
+# Output columns (name, numpy dtype) of every HDU: ShapePipe's ngmix catalogue columns
+# in ShapePipe's order (``*_psfo_ngmix`` = original PSF, Gaussian fit averaged over epochs,
+# noiseless so its errors are 0; ``Tpsf``, ``g1_psf``, ``g2_psf`` = the round reconvolution
+# PSF of the metacal images), then extras.
 COLUMNS = [
-    ("id", "i8"), ("n_epoch_model", "i4"),
-    ("g1", "f8"), ("g2", "f8"), ("g1_err", "f8"), ("g2_err", "f8"), ("g1g2_cov", "f8"),
+    ("id", "i8"), ("n_epoch_model", "i4"), ("moments_fail", "i4"), ("ntry_fit", "i2"),
+    ("g1_psfo_ngmix", "f8"), ("g2_psfo_ngmix", "f8"), ("T_psfo_ngmix", "f8"),
+    ("g1_err_psfo_ngmix", "f8"), ("g2_err_psfo_ngmix", "f8"), ("T_err_psfo_ngmix", "f8"),
+    ("g1", "f8"), ("g1_err", "f8"), ("g2", "f8"), ("g2_err", "f8"),
     ("T", "f8"), ("T_err", "f8"), ("Tpsf", "f8"), ("g1_psf", "f8"), ("g2_psf", "f8"),
-    ("Tpsfo", "f8"), ("g1_psfo", "f8"), ("g2_psfo", "f8"),
     ("flux", "f8"), ("flux_err", "f8"), ("s2n", "f8"), ("mag", "f8"), ("mag_err", "f8"),
-    ("u0", "f8"), ("v0", "f8"), ("chi2", "f8"), ("npix", "i4"),
-    ("flags", "i4"), ("mcal_flags", "i4"), ("ntry_fit", "i2"), ("nfev", "i2"),
+    ("flags", "i4"), ("mcal_flags", "i4"),
+    ("g1g2_cov", "f8"), ("u0", "f8"), ("v0", "f8"), ("chi2", "f8"), ("npix", "i4"),
+    ("nfev", "i2"),
 ]
 
 
@@ -205,7 +210,9 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
             "u0": x[0], "v0": x[1], "g1": x[2], "g2": x[3], "T": x[4], "flux": x[5],
             "g1_err": err[2], "g2_err": err[3], "g1g2_cov": cov[2, 3], "T_err": err[4],
             "flux_err": err[5], "Tpsf": t_r, "g1_psf": 0.0, "g2_psf": 0.0,
-            "Tpsfo": tpsfo, "g1_psfo": g1o, "g2_psfo": g2o, "s2n": res["s2n"],
+            "T_psfo_ngmix": tpsfo, "g1_psfo_ngmix": g1o, "g2_psfo_ngmix": g2o,
+            "g1_err_psfo_ngmix": 0.0, "g2_err_psfo_ngmix": 0.0, "T_err_psfo_ngmix": 0.0,
+            "moments_fail": int(am["flags"] != 0), "s2n": res["s2n"],
             "chi2": res["chi2"], "npix": pixels.data.size,
             "flags": flags | res["flags"], "mcal_flags": mcal_flags,
             "ntry_fit": res["ntry"], "nfev": res["nfev"],
