@@ -121,7 +121,7 @@ def run_smp(ctx, jobs, progress, workers, backend="loky", log=None):
 def _task_size(n_jobs, workers):
     # Several small jobs per task: inter-process cost is paid per task, not per job,
     # while there are still enough tasks to balance the load.
-    return max(1, min(64, n_jobs // (workers * 8)))
+    return max(1, min(64, n_jobs // (workers * 32)))
 
 
 def _run_joblib(ctx, jobs, progress, workers, backend):
