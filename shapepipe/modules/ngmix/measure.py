@@ -118,7 +118,10 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     dict
         ``{type: row}`` for the five types; a row is a dict of :data:`COLUMNS`.
     """
-    rng = make_rng(seed, int(object_id))
+    # Separate streams: the correction noise depends only on (seed, id, epoch shapes), never
+    # on how many retries some fit needed.
+    rng = make_rng(seed, int(object_id), "fit")
+    noise_rng = make_rng(seed, int(object_id), "noise")
     rows = {t: _empty_row(object_id, 0) for t in METACAL_TYPES}
     if dilation is None:
         dilation = 1.0 + 2.0 * abs(step)
@@ -159,7 +162,7 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
                 ok = w > 0
                 fill_w = np.median(w[ok]) if ok.any() else 1.0
                 sigma = 1.0 / np.sqrt(np.where(ok, w, fill_w))
-                noise = rng.standard_normal(w.shape) * (sigma * noise_sign)
+                noise = noise_rng.standard_normal(w.shape) * (sigma * noise_sign)
             imager = MetacalImager(obs.shape, obs.jacobian, obs.psf, sigma_r, margin=margin)
             for t, im in imager.make_all(image, noise, step=step).items():
                 images[t].append(im)
