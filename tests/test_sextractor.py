@@ -477,7 +477,7 @@ def test_post_process_epochs(tmp_path):
     with fits.open(cat) as hdul:
         assert [h.name for h in hdul].count("EPOCH_0") == 1
         assert list(hdul["LDAC_OBJECTS"].data["N_EPOCH"]) == [1, 1, 1, 0, 2]
-    with pytest.raises(SexConfigError, match="2000003.*not in LOG_WCS"):
+    with pytest.raises(SexConfigError, match="2000003.*not in the headers file.*tile HISTORY"):
         make_post_process(cat, log, ["XWIN_WORLD", "YWIN_WORLD"], [33, 2080, 1, 4612],
                           exposures=["2000003"])
     with pytest.raises(SexConfigError, match="WORLD_POSITION column XX_WORLD"):

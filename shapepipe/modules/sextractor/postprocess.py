@@ -11,14 +11,11 @@ the CCD WCS, to 0-based pixel coordinates strictly inside ``CCD_SIZE`` = xmin, x
 ymax (ShapePipe's convention, e.g. ``33, 2080, 1, 4612`` to exclude the overscan).
 """
 
-import json
 import os
 import re
-import warnings
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 
 from shapepipe.modules.sextractor.config_files import SexConfigError
 from shapepipe.utils.atomic import write_fits
@@ -47,26 +44,11 @@ def exposures_from_header(header):
     return names
 
 
-def _header_from_value(value, where):
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        for key in ("header", "HEADER", "WCS", "wcs"):
-            if key in value:
-                return _header_from_value(value[key], where)
-        raise SexConfigError(f"{where}: CCD entry has no header string")
-    if isinstance(value, bytes):
-        value = value.decode("ascii")
-    if isinstance(value, str):
-        return fits.Header.fromstring(value)
-    raise SexConfigError(f"{where}: expected a FITS header string, got {type(value).__name__}")
-
-
 def read_log_wcs(path, exposures):
     """Read the CCD WCSs of the given exposures from ``log_exp_headers.sqlite``.
 
-    The file is merge_headers' output: a sqlitedict table keyed by exposure name whose values
-    are JSON lists with one FITS header string (or null) per CCD. Never unpickled.
+    The file is merge_headers' output (JSON, never unpickled); this wraps its reader so that
+    a problem is reported as a configuration error naming the file.
 
     Parameters
     ----------
@@ -80,32 +62,16 @@ def read_log_wcs(path, exposures):
     dict
         ``{exp_name: [astropy.wcs.WCS or None per CCD]}``.
     """
-    from sqlitedict import SqliteDict
+    from shapepipe.modules.merge_headers import read_exp_wcs
 
     if not os.path.isfile(path):
         raise SexConfigError(f"LOG_WCS file {path} not found")
-    out = {}
     try:
-        with SqliteDict(path, flag="r", encode=json.dumps, decode=json.loads) as store:
-            for name in exposures:
-                if name not in store:
-                    raise SexConfigError(
-                        f"{path}: exposure {name} (from the tile HISTORY) is not in LOG_WCS"
-                    )
-                value = store[name]
-                if not isinstance(value, list):
-                    raise SexConfigError(f"{path}: exposure {name}: expected a list of CCD "
-                                         "headers")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FITSFixedWarning)
-                    out[name] = [
-                        None if h is None else WCS(h).celestial
-                        for h in (_header_from_value(v, f"{path}:{name}") for v in value)
-                    ]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SexConfigError(f"{path}: values are not JSON ({type(exc).__name__}); pickled "
-                             "ShapePipe files are refused, rerun merge_headers_runner") from None
-    return out
+        return read_exp_wcs(path, exposures)
+    except KeyError as exc:
+        raise SexConfigError(f"{exc.args[0]} (exposure named in the tile HISTORY)") from None
+    except ValueError as exc:
+        raise SexConfigError(str(exc)) from None
 
 
 def epoch_table(ra, dec, ccd_wcs, ccd_size):
