@@ -8,7 +8,7 @@ bash scripts/bootstrap.sh
 export SP_DATA=${SP_DATA:-$PWD/sp_data}
 export SP_RUN=${SP_RUN:-$PWD/sp_runs}
 PY=.venv/bin/python
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
 step() { echo; echo "=== $*"; }
 
