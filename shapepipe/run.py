@@ -366,8 +366,8 @@ class Pipeline:
         os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
         os.makedirs(os.path.join(run_dir, "tmp"), exist_ok=True)
         self._attach_run_log(os.path.join(run_dir, "logs", self.log_name + ".log"))
-        for message in self.warnings:
-            self.log.warning(message)
+        for message in self.warnings:  # already on the console: into the run log too
+            self._file_log(f"WARNING {message}")
         self._save_config(run_dir)
         summary_path = os.path.join(run_dir, "summary.json")
         summary = _read_json(summary_path) if args.resume else {}
