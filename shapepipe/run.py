@@ -74,6 +74,10 @@ class Pipeline:
         self.path = config.path
         self.log = logging.getLogger("shapepipe")
         self._read_general()
+        if self.mode == "SMP" and self.workers > 1 and self.backend == "loky" \
+                and not getattr(args, "dry_run", False):
+            # Worker start-up overlaps with loading the runners and validating.
+            job_handler.warm_pool(self.workers)
         self.registry = ModuleRegistry(self.module_paths, self.path)
         self.occurrences = self._plan_modules()
         self.warnings = []
