@@ -412,3 +412,22 @@ STAR_CAT_MAG_COL = phot_g_mean_mag
     mask_runner([image_path, weight, flag_in, cat2], {"output": str(out)}, "-2000001-0",
                 config, "MASK_RUNNER", logging.getLogger("test"))
     assert fits.getdata(str(out / "flag-2000001-0.fits"))[int(BRIGHT[1]), int(BRIGHT[0])] == 130
+
+
+def test_bad_mask_config_is_a_config_error_before_any_job(tmp_path, capsys):
+    """A mistake in config.mask stops the run up front (exit 2), naming the file."""
+    from shapepipe.run import main
+
+    bad = tmp_path / "bad.mask"
+    bad.write_text("[BORDER_PARAMETERS]\nBORDER_MAKE = maybe\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    for pattern in ("image", "weight", "flag"):
+        (data / f"{pattern}-2000001-0.fits").write_text("not used")
+    cfg = tmp_path / "c.ini"
+    cfg.write_text(f"[EXECUTION]\nMODULE = mask_runner\n[FILE]\nINPUT_DIR = {data}\n"
+                   f"OUTPUT_DIR = {tmp_path / 'out'}\n[MASK_RUNNER]\nMASK_CONFIG_PATH = {bad}\n")
+    assert main(["-c", str(cfg)]) == 2
+    out = capsys.readouterr().out
+    assert "[MASK_RUNNER]" in out and "bad.mask" in out
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

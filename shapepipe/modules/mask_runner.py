@@ -41,6 +41,12 @@ def output_name(prefix, number):
     return f"flag{number}.fits"
 
 
+def _check_mask_config(config, section):
+    """Parse config.mask once before any job runs, so a mistake is one error, not N."""
+    opts = config.read_keys(section, KEYS)
+    MaskConfig(os.path.expanduser(opts["MASK_CONFIG_PATH"]))
+
+
 @module_runner(
     version="1.1",
     input_module="split_exp_runner",
@@ -51,6 +57,7 @@ def output_name(prefix, number):
     numbering_scheme="-0000000-0",
     run_method="parallel",
     keys=KEYS,
+    validate=_check_mask_config,
 )
 def mask_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec, w_log):
     """Write the flag image of one CCD or tile."""
