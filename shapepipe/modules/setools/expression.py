@@ -187,8 +187,10 @@ class Call(Node):
         return f"Call({self.name!r}, {self.args!r})"
 
 
-class BinaryOp(Node):
-    """``left op right`` with op in ``+ - * /``."""
+class _Binary(Node):
+    """``left op right``; subclasses give the table of operations."""
+
+    operations = {}
 
     def __init__(self, op, left, right):
         self.op = op
@@ -199,7 +201,7 @@ class BinaryOp(Node):
         left = self.left.evaluate(env)
         right = self.right.evaluate(env)
         _check_shapes(left, right, self.op)
-        return _ARITHMETIC[self.op](left, right)
+        return self.operations[self.op](left, right)
 
     def mask_names(self):
         return self.left.mask_names() | self.right.mask_names()
@@ -208,7 +210,13 @@ class BinaryOp(Node):
         return _combine([self.left.domain(), self.right.domain()], f"'{self.op}'")
 
     def __repr__(self):
-        return f"BinaryOp({self.op!r}, {self.left!r}, {self.right!r})"
+        return f"{type(self).__name__}({self.op!r}, {self.left!r}, {self.right!r})"
+
+
+class BinaryOp(_Binary):
+    """``left op right`` with op in ``+ - * /``."""
+
+    operations = _ARITHMETIC
 
 
 class Negate(Node):
@@ -230,28 +238,10 @@ class Negate(Node):
         return f"Negate({self.operand!r})"
 
 
-class Compare(Node):
+class Compare(_Binary):
     """``left cmp right``; the result is a boolean scalar or array."""
 
-    def __init__(self, op, left, right):
-        self.op = op
-        self.left = left
-        self.right = right
-
-    def evaluate(self, env):
-        left = self.left.evaluate(env)
-        right = self.right.evaluate(env)
-        _check_shapes(left, right, self.op)
-        return _COMPARATORS[self.op](left, right)
-
-    def mask_names(self):
-        return self.left.mask_names() | self.right.mask_names()
-
-    def domain(self):
-        return _combine([self.left.domain(), self.right.domain()], f"'{self.op}'")
-
-    def __repr__(self):
-        return f"Compare({self.op!r}, {self.left!r}, {self.right!r})"
+    operations = _COMPARATORS
 
 
 def describe_domain(domain):
