@@ -2,6 +2,8 @@
 
 import re
 
+from shapepipe.utils.astromatic import read_astromatic_config
+
 _COLUMN_RE = re.compile(r"^([A-Za-z0-9_]+)(?:\((\d+)\))?$")
 
 
@@ -23,19 +25,7 @@ def read_psfex_config(path):
     ValueError
         If a line has no key.
     """
-    values = {}
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            parts = text.split(None, 1)
-            key = parts[0].upper()
-            if not re.fullmatch(r"[A-Z0-9_]+", key):
-                raise ValueError(f"{path}, line {number}: expected 'KEY value', got {text!r}")
-            raw = parts[1] if len(parts) > 1 else ""
-            values[key] = [v for v in re.split(r"[,\s]+", raw) if v]
-    return values
+    return read_astromatic_config(path)
 
 
 def parse_column(spec):

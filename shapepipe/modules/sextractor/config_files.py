@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from shapepipe.utils.astromatic import read_astromatic_config
+
 
 class SexConfigError(ValueError):
     """A SExtractor configuration file or value that cannot be used (message names it)."""
@@ -44,19 +46,10 @@ def parse_sex(path):
     """
     if not os.path.isfile(path):
         raise SexConfigError(f"{path}: SExtractor configuration file not found")
-    values = {}
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = _strip_comment(raw)
-            if not line:
-                continue
-            parts = line.split(None, 1)
-            key = parts[0].upper()
-            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
-                raise SexConfigError(f"{path}:{number}: cannot read a key in {raw.strip()!r}")
-            text = parts[1] if len(parts) > 1 else ""
-            values[key] = [tok for tok in re.split(r"[,\s]+", text.strip()) if tok]
-    return values
+    try:
+        return read_astromatic_config(path)
+    except ValueError as exc:
+        raise SexConfigError(str(exc)) from None
 
 
 def parse_param(path):
