@@ -2,6 +2,9 @@
 
 import numpy as np
 
+from ._kernels import HAVE_KERNEL
+from ._kernels import admom_sums as kernel_admom_sums
+from ._kernels import normal_equations as kernel_normal_equations
 from .gmix import GMix, model_and_derivs, moments_to_gT, profile_mixture
 
 # Flag bits (combined with bitwise OR).
@@ -84,14 +87,23 @@ NO_PRIORS = Priors(g_sigma=None, cen_sigma=None, T_range=(-np.inf, np.inf),
                    flux_range=(-np.inf, np.inf))
 
 
-def levenberg_marquardt(func, x0, allowed=None, maxiter=200, ftol=1e-11):
-    """Minimise ``sum(r**2)`` with Levenberg-Marquardt (Marquardt's diagonal scaling).
+def levenberg_marquardt(func, x0, allowed=None, maxiter=200, ftol=1e-11, newton_after=16):
+    """Minimise ``sum(r**2)`` with Levenberg-Marquardt, finished by damped Newton steps.
+
+    Gauss-Newton steps ignore the curvature of the model times the residuals; at low S/N
+    that term is not small and, in the curved valleys of the (g, T) degeneracy of small
+    galaxies, Levenberg-Marquardt creeps at a linear rate (hundreds of steps, or no
+    convergence at all). A fit still running after ``newton_after`` evaluations switches
+    to Newton steps on the full Hessian of chi^2 (forward differences of the analytic
+    gradient ``2 J r``), which converge quadratically near the minimum.
 
     Parameters
     ----------
     func : callable
-        ``func(x) -> (r, J)`` with residuals ``r`` (m,) and Jacobian ``J`` (n_par, m), or
-        ``(None, None)`` where the model is undefined (the step is rejected).
+        ``func(x) -> (chi2, grad, A)``: ``chi2 = sum(r**2)``, ``grad = J r`` and the normal
+        matrix ``A = J J^T`` for residuals ``r`` (m,) with Jacobian ``J`` (n_par, m)
+        (:func:`normal_equations` makes them from ``r, J``), or None where the model is
+        undefined (the step is rejected).
     x0 : array_like
         Starting point.
     allowed : callable, optional
@@ -100,6 +112,8 @@ def levenberg_marquardt(func, x0, allowed=None, maxiter=200, ftol=1e-11):
         Maximum number of model evaluations.
     ftol : float
         Converged when an accepted step lowers chi^2 by less than ``ftol * chi^2``.
+    newton_after : int or None
+        Evaluations of plain Levenberg-Marquardt before the Newton phase (None: never).
 
     Returns
     -------
@@ -107,57 +121,107 @@ def levenberg_marquardt(func, x0, allowed=None, maxiter=200, ftol=1e-11):
         ``x``, ``chi2``, ``JTJ`` (normal matrix at the solution), ``nfev``, ``converged``.
     """
     x = np.array(x0, dtype=float)
-    r, J = func(x)
-    if r is None:
+    first = func(x)
+    if first is None:
         return {"x": x, "chi2": np.inf, "JTJ": None, "nfev": 1, "converged": False}
-    chi2 = float(r @ r)
-    A = J @ J.T
-    grad = J @ r
-    lam = 1e-3
-    nfev = 1
-    converged = False
-    while nfev < maxiter:
+    chi2, grad, A = first
+    state = {"x": x, "chi2": float(chi2), "grad": grad, "A": A, "nfev": 1}
+    lm_budget = maxiter if newton_after is None else min(maxiter, newton_after)
+    converged = _damped_steps(func, state, allowed, lm_budget, ftol, newton=False)
+    if not converged and newton_after is not None and state["nfev"] < maxiter:
+        converged = _damped_steps(func, state, allowed, maxiter, ftol, newton=True)
+    return {"x": state["x"], "chi2": state["chi2"], "JTJ": state["A"], "nfev": state["nfev"],
+            "converged": converged}
+
+
+def normal_equations(r, J):
+    """``(chi2, grad, A) = (r r, J r, J J^T)`` for :func:`levenberg_marquardt`."""
+    return float(r @ r), J @ r, J @ J.T
+
+
+def _full_hessian(func, state):
+    """Half the Hessian of chi^2 at ``state['x']`` from forward differences of ``J r``.
+
+    Steps are 1e-4 of each parameter's Gauss-Newton error (5e-7 absolute at least).
+    Returns None where a shifted point is undefined.
+    """
+    x, grad, A = state["x"], state["grad"], state["A"]
+    try:
+        err = np.sqrt(np.abs(np.diag(np.linalg.inv(A))))
+    except np.linalg.LinAlgError:
+        return None
+    H = np.empty_like(A)
+    for j in range(x.size):
+        h = max(1e-4 * err[j], 5e-7) if np.isfinite(err[j]) else 5e-7
+        xj = x.copy()
+        xj[j] += h
+        shifted = func(xj)
+        state["nfev"] += 1
+        if shifted is None:
+            return None
+        H[:, j] = (shifted[1] - grad) / h
+    return 0.5 * (H + H.T)
+
+
+def _damped_steps(func, state, allowed, maxiter, ftol, newton):
+    """Damped (Gauss-)Newton iterations on ``state`` until convergence or ``maxiter``.
+
+    ``newton=False``: Levenberg-Marquardt on ``J J^T``; ``newton=True``: the full Hessian,
+    recomputed after every accepted step, with the same Marquardt damping.
+    """
+    A, grad = state["A"], state["grad"]
+    lam = 1e-3 if not newton else 1e-6
+    H = None
+    while state["nfev"] < maxiter:
+        if newton and H is None:
+            H = _full_hessian(func, state)
+            if H is None:
+                return False
+        M = H if newton else A
         diag = np.diag(A).copy()
         diag[diag <= 0] = 1e-30
         try:
-            step = np.linalg.solve(A + lam * np.diag(diag), -grad)
+            step = np.linalg.solve(M + lam * np.diag(diag), -grad)
         except np.linalg.LinAlgError:
+            step = None
+        # A Newton step must go downhill (the Hessian may be indefinite far from the
+        # minimum): otherwise damp harder, which tends to a gradient step.
+        if step is None or (newton and step @ grad >= 0):
             lam *= 10.0
             if lam > 1e12:
-                break
+                return False
             continue
-        xn = x + step
+        xn = state["x"] + step
         if allowed is not None and not allowed(xn):
             lam *= 10.0
             if lam > 1e12:
-                break
+                return False
             continue
-        rn, Jn = func(xn)
-        nfev += 1
-        if rn is None:
+        new = func(xn)
+        state["nfev"] += 1
+        if new is None:
             lam *= 10.0
             if lam > 1e12:
-                break
+                return False
             continue
-        chi2n = float(rn @ rn)
+        chi2n = float(new[0])
+        chi2 = state["chi2"]
         if chi2n <= chi2:
             small = (chi2 - chi2n) <= ftol * chi2 + 1e-300
-            x, r, J, chi2 = xn, rn, Jn, chi2n
-            A = J @ J.T
-            grad = J @ r
+            grad, A = new[1], new[2]
+            state.update(x=xn, chi2=chi2n, grad=grad, A=A)
+            H = None
             lam = max(lam * 0.1, 1e-15)
             if small:
-                converged = True
-                break
+                return True
         else:
             lam *= 10.0
             if lam > 1e12:
                 # No downhill step: we are at the minimum to machine precision if the
                 # gradient is negligible.
-                converged = bool(np.all(np.abs(grad) <= 1e-8 * (np.sqrt(chi2) + 1e-30)
-                                        * np.sqrt(np.maximum(np.diag(A), 1e-300))))
-                break
-    return {"x": x, "chi2": chi2, "JTJ": A, "nfev": nfev, "converged": converged}
+                return bool(np.all(np.abs(grad) <= 1e-8 * (np.sqrt(chi2) + 1e-30)
+                                   * np.sqrt(np.maximum(np.diag(A), 1e-300))))
+    return False
 
 
 class PixelSet:
@@ -234,39 +298,35 @@ def fit_gmix_model(pixels, psf, model="gauss", guess=None, priors=None, data=Non
     p, f = profile_mixture(model)
     d = pixels.data if data is None else data
     sw = pixels.sqrtw
-    wd = d * sw
     u, v, area = pixels.u, pixels.v, pixels.area
     n_prior = priors.n_rows
     per_epoch = isinstance(psf, (list, tuple))
-    if per_epoch:
-        if len(psf) != pixels.n_epoch:
-            raise ValueError(f"{len(psf)} PSF mixtures for {pixels.n_epoch} epochs")
-        parts = [(sl, area[sl] if np.ndim(area) else area) for sl, _ in pixels.slices]
+    if per_epoch and len(psf) != pixels.n_epoch:
+        raise ValueError(f"{len(psf)} PSF mixtures for {pixels.n_epoch} epochs")
+    psfs = list(psf) if per_epoch else [psf]
+    parts = [sl for sl, _ in pixels.slices] if per_epoch else [slice(None)]
+    pixel_eqs = _pixel_equations(u, v, area, d, sw, p, f, psfs, parts)
 
-    def render(x, want_derivs=True):
+    def render(x):
         if not per_epoch:
-            return model_and_derivs(x, u, v, area, p, f, psf, want_derivs)
-        ms, ds = [], []
-        for (sl, ar), pe in zip(parts, psf):
-            m, dm, ok = model_and_derivs(x, u[sl], v[sl], ar, p, f, pe, want_derivs)
+            m, _, ok = model_and_derivs(x, u, v, area, p, f, psf, False)
+            return m, ok
+        ms = []
+        for sl, pe in zip(parts, psfs):
+            ar = area[sl] if np.ndim(area) else area
+            m, _, ok = model_and_derivs(x, u[sl], v[sl], ar, p, f, pe, False)
             if not ok:
-                return None, None, False
+                return None, False
             ms.append(m)
-            ds.append(dm)
-        return (np.concatenate(ms), np.concatenate(ds, axis=1) if want_derivs else None,
-                True)
+        return np.concatenate(ms), True
 
     def func(x):
-        m, dm, ok = render(x)
-        if not ok:
-            return None, None
-        r = m * sw - wd
-        jac = dm * sw
-        if n_prior:
-            pr, pd = priors.rows(x)
-            r = np.concatenate([r, pr])
-            jac = np.concatenate([jac, pd], axis=1)
-        return r, jac
+        eqs = pixel_eqs(x)
+        if eqs is None or not n_prior:
+            return eqs
+        chi2, grad, A = eqs
+        pr, pd = priors.rows(x)
+        return chi2 + float(pr @ pr), grad + pd @ pr, A + pd @ pd.T
 
     x0 = np.array(guess, dtype=float)
     res = None
@@ -304,7 +364,7 @@ def fit_gmix_model(pixels, psf, model="gauss", guess=None, priors=None, data=Non
     else:
         out["flags"] |= FLAG_COV_FAILED
     out["pars_cov"] = cov
-    m, _, ok = render(x, want_derivs=False)
+    m, ok = render(x)
     if ok:
         wm = pixels.weight * m
         den = np.sqrt(np.sum(wm * m))
@@ -312,6 +372,54 @@ def fit_gmix_model(pixels, psf, model="gauss", guess=None, priors=None, data=Non
     else:
         out["s2n"] = np.nan
     return out
+
+
+def _pixel_equations(u, v, area, data, sw, p, f, psfs, parts):
+    """``x -> (chi2, grad, A)`` of a PSF-convolved model over pixel subsets, or None.
+
+    ``psfs[i]`` convolves the pixels ``parts[i]`` (one part per epoch with per-epoch PSF
+    mixtures, else a single part). Uses the compiled kernel when numba is installed.
+    """
+    area = np.broadcast_to(np.asarray(area, dtype=float), u.shape)
+    chunks = []
+    for sl, pm in zip(parts, psfs):
+        ds = data[sl] * sw[sl]
+        chunks.append((np.ascontiguousarray(u[sl]), np.ascontiguousarray(v[sl]),
+                       np.ascontiguousarray(area[sl]), np.ascontiguousarray(data[sl]),
+                       np.ascontiguousarray(sw[sl]), float(ds @ ds), pm))
+    if HAVE_KERNEL:
+        def equations(x):
+            x = np.asarray(x, dtype=float)
+            chi2 = 0.0
+            grad = np.zeros(6)
+            A = np.zeros((6, 6))
+            g = np.empty(6)
+            a = np.empty((6, 6))
+            for cu, cv, car, cd, csw, sum_d2, pm in chunks:
+                c = kernel_normal_equations(x, cu, cv, car, cd, csw, sum_d2, p, f, pm.flux,
+                                            pm.u, pm.v, pm.cuu, pm.cvv, pm.cuv, g, a)
+                if c < 0:
+                    return None
+                chi2 += c
+                grad += g
+                A += a
+            return chi2, grad, A
+        return equations
+
+    def equations_numpy(x):
+        chi2 = 0.0
+        grad = np.zeros(6)
+        A = np.zeros((6, 6))
+        for cu, cv, car, cd, csw, _, pm in chunks:
+            m, dm, ok = model_and_derivs(x, cu, cv, car, p, f, pm)
+            if not ok:
+                return None
+            c, g, a = normal_equations((m - cd) * csw, dm * csw)
+            chi2 += c
+            grad += g
+            A += a
+        return chi2, grad, A
+    return equations_numpy
 
 
 def adaptive_moments(image, jacobian, weight=None, guess_T=None, maxiter=100, tol=1e-8):
@@ -349,24 +457,33 @@ def adaptive_moments(image, jacobian, weight=None, guess_T=None, maxiter=100, to
     u0 = v0 = 0.0
     flags = 0
     it = 0
+    u = np.ascontiguousarray(u, dtype=float)
+    v = np.ascontiguousarray(v, dtype=float)
+    im = np.ascontiguousarray(im, dtype=float)
+    sums = np.zeros(6)
     for it in range(1, maxiter + 1):  # noqa: B007 (it is reported)
         det = muu * mvv - muv * muv
         if det <= 0 or muu <= 0:
             flags = FLAG_ADMOM_FAILED
             break
-        du = u - u0
-        dv = v - v0
-        chi2 = (mvv * du * du - 2 * muv * du * dv + muu * dv * dv) / det
-        wi = np.exp(-0.5 * chi2) * im
-        s = wi.sum()
+        if HAVE_KERNEL:
+            kernel_admom_sums(u, v, im, u0, v0, muu, mvv, muv, sums)
+        else:
+            du = u - u0
+            dv = v - v0
+            chi2 = (mvv * du * du - 2 * muv * du * dv + muu * dv * dv) / det
+            wi = np.exp(-0.5 * chi2) * im
+            sums[:] = (wi.sum(), (wi * du).sum(), (wi * dv).sum(), (wi * du * du).sum(),
+                       (wi * dv * dv).sum(), (wi * du * dv).sum())
+        s = sums[0]
         if not np.isfinite(s) or s <= 0:
             flags = FLAG_ADMOM_FAILED
             break
-        mu = (wi * du).sum() / s
-        mv = (wi * dv).sum() / s
-        quu = (wi * du * du).sum() / s - mu * mu
-        qvv = (wi * dv * dv).sum() / s - mv * mv
-        quv = (wi * du * dv).sum() / s - mu * mv
+        mu = sums[1] / s
+        mv = sums[2] / s
+        quu = sums[3] / s - mu * mu
+        qvv = sums[4] / s - mv * mv
+        quv = sums[5] / s - mu * mv
         nuu, nvv, nuv = 2 * quu, 2 * qvv, 2 * quv
         u0 += mu
         v0 += mv
@@ -403,12 +520,8 @@ def fit_psf_gauss(psf_image, jacobian):
     else:
         guess = np.array([am["u0"], am["v0"], am["g1"], am["g2"], am["T"], data.sum()])
 
-    def func(x):
-        m, dm, ok = model_and_derivs(x, obs_u, obs_v, jacobian.det, p, f, delta)
-        if not ok:
-            return None, None
-        return (m - data) * sw, dm * sw
-
+    func = _pixel_equations(obs_u, obs_v, jacobian.det, data, sw, p, f, [delta],
+                            [slice(None)])
     res = levenberg_marquardt(func, guess, allowed=lambda x: x[2] ** 2 + x[3] ** 2 < 1
                               and x[4] > 0)
     x = res["x"]

@@ -77,9 +77,16 @@ def _fill_bad_pixels(obs, psf_fit, rng):
     return filled
 
 
+def _better_fit(new, old):
+    """True if fit ``new`` beats ``old``: unflagged first, then lower chi^2."""
+    if bool(new["flags"]) != bool(old["flags"]):
+        return not new["flags"]
+    return new["chi2"] < old["chi2"]
+
+
 def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors=None,
                    fixnoise=True, n_retry=3, zero_point=30.0, margin=8, dilation=None,
-                   noise_sign=1.0):
+                   noise_sign=1.0, noise_rotation=0, start_T_factors=(1.0, 0.4, 2.5)):
     """Metacalibration shapes of one object from its epochs.
 
     Parameters
@@ -112,6 +119,17 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
         with pixel noise ``+n`` and ``-n``) pass -1 for the second stamp so that the
         first-order noise terms of both noises cancel in the pair; any single stamp is still
         an exact draw of the method.
+    noise_rotation : int
+        Quarter turns (counter-clockwise) of the correction noise: simulations whose
+        rotated stamps are exact rotations of other stamps (noise included) pass the turns
+        so that the correction noise rotates with the image.
+    start_T_factors : sequence of float
+        The unsheared fit starts from the adaptive-moments guess with its size multiplied
+        by each factor and keeps the converged fit of lowest chi^2: at low S/N the
+        likelihood of a small galaxy often has two minima along the size-ellipticity
+        degeneracy, and a single start lands in the higher one for a few per cent of them
+        (a jump of ~0.2 in ellipticity between otherwise identical images). The sheared
+        fits start from the unsheared solution, so that all five follow the same minimum.
 
     Returns
     -------
@@ -162,7 +180,10 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
                 ok = w > 0
                 fill_w = np.median(w[ok]) if ok.any() else 1.0
                 sigma = 1.0 / np.sqrt(np.where(ok, w, fill_w))
-                noise = noise_rng.standard_normal(w.shape) * (sigma * noise_sign)
+                noise = noise_rng.standard_normal(w.shape)
+                if noise_rotation % 4:
+                    noise = np.rot90(noise, -noise_rotation)
+                noise = noise * (sigma * noise_sign)
             imager = MetacalImager(obs.shape, obs.jacobian, obs.psf, sigma_r, margin=margin)
             for t, im in imager.make_all(image, noise, step=step).items():
                 images[t].append(im)
@@ -192,9 +213,24 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     results = {}
     for t in METACAL_TYPES:
         data = pixels.data_from_images(images[t])
-        start = guess if t == "noshear" else results["noshear"]["pars"]
-        res = fit_gmix_model(pixels, reconv, model=model, guess=start, priors=priors,
-                             data=data, rng=rng, n_retry=n_retry)
+        if t == "noshear":
+            res = None
+            for factor in start_T_factors:
+                start = guess.copy()
+                start[4] *= factor
+                if not priors.allowed(start):
+                    continue
+                trial = fit_gmix_model(pixels, reconv, model=model, guess=start,
+                                       priors=priors, data=data, rng=rng, n_retry=n_retry)
+                if res is None or _better_fit(trial, res):
+                    res = trial
+            if res is None:
+                res = fit_gmix_model(pixels, reconv, model=model, guess=guess, priors=priors,
+                                     data=data, rng=rng, n_retry=n_retry)
+            results[t] = res
+            continue
+        res = fit_gmix_model(pixels, reconv, model=model, guess=results["noshear"]["pars"],
+                             priors=priors, data=data, rng=rng, n_retry=n_retry)
         if t != "noshear" and res["flags"] & FLAG_FIT_FAILED:
             res2 = fit_gmix_model(pixels, reconv, model=model, guess=guess, priors=priors,
                                   data=data, rng=rng, n_retry=n_retry)
