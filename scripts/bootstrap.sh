@@ -34,6 +34,6 @@ if command -v mpicc >/dev/null 2>&1; then
 fi
 echo "bootstrap: pip install -e .[$extras]"
 .venv/bin/python -m pip install -q -e ".[$extras]"
-.venv/bin/python -c "import shapepipe, numpy, astropy, sep, galsim, h5py, sqlitedict, joblib" \
+.venv/bin/python -c "import shapepipe, numpy, astropy, sep, galsim, h5py, sqlitedict, joblib, numba" \
     || { echo "bootstrap: the Python environment is incomplete" >&2; exit 1; }
 echo "bootstrap: ready (.venv)"

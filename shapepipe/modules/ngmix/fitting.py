@@ -173,6 +173,8 @@ def _damped_steps(func, state, allowed, maxiter, ftol, newton):
     lam = 1e-3 if not newton else 1e-6
     H = None
     while state["nfev"] < maxiter:
+        if _gradient_negligible(grad, state["chi2"], A):
+            return True
         if newton and H is None:
             H = _full_hessian(func, state)
             if H is None:
@@ -219,9 +221,14 @@ def _damped_steps(func, state, allowed, maxiter, ftol, newton):
             if lam > 1e12:
                 # No downhill step: we are at the minimum to machine precision if the
                 # gradient is negligible.
-                return bool(np.all(np.abs(grad) <= 1e-8 * (np.sqrt(chi2) + 1e-30)
-                                   * np.sqrt(np.maximum(np.diag(A), 1e-300))))
+                return _gradient_negligible(grad, chi2, A)
     return False
+
+
+def _gradient_negligible(grad, chi2, A):
+    """True when every gradient component is ~1e-8 of its natural scale (at a minimum)."""
+    return bool(np.all(np.abs(grad) <= 1e-8 * (np.sqrt(chi2) + 1e-30)
+                       * np.sqrt(np.maximum(np.diag(A), 1e-300))))
 
 
 class PixelSet:

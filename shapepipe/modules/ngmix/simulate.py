@@ -15,6 +15,36 @@ import numpy as np
 from shapepipe.utils.rng import make_rng
 
 
+def sample_snr(rng, snr_range, snr_slope=0.0, size=None):
+    """S/N drawn for a log-uniform target population, optionally importance-sampled.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    snr_range : (float, float)
+    snr_slope : float
+        ``a``: draw with density ``~ snr^-a`` in log S/N (0: log-uniform).
+    size : int, optional
+
+    Returns
+    -------
+    snr, weight
+        The weight ``p / q`` (mean 1) restores the log-uniform population in weighted means.
+    """
+    lo, hi = np.log(snr_range)
+    width = hi - lo
+    if snr_slope > 0 and width > 0:
+        # Inverse CDF of the truncated exponential density ~ exp(-a (u - lo)) on [lo, hi].
+        a = float(snr_slope)
+        tail = -np.expm1(-a * width)
+        log_snr = lo - np.log1p(-rng.uniform(size=size) * tail) / a
+        weight = tail * np.exp(a * (log_snr - lo)) / (a * width)
+    else:
+        log_snr = rng.uniform(lo, hi, size=size)
+        weight = np.ones_like(log_snr) if size is not None else 1.0
+    return np.exp(log_snr), weight
+
+
 def draw_group(index, seed, shear, n_epoch=1, stamp_size=51, pixel_scale=0.187,
                  snr_range=(10.0, 100.0), hlr_range=(0.3, 0.8), fwhm_range=(0.6, 0.8),
                  beta_range=(3.0, 4.8), psf_g_max=0.03, e_sigma=0.26, rotate_noise=False,
@@ -63,18 +93,7 @@ def draw_group(index, seed, shear, n_epoch=1, stamp_size=51, pixel_scale=0.187,
     import galsim
 
     rng = make_rng(seed, "group", int(index))
-    lo, hi = np.log(snr_range)
-    width = hi - lo
-    if snr_slope > 0 and width > 0:
-        # Inverse CDF of the truncated exponential density ~ exp(-a (u - lo)) on [lo, hi].
-        a = float(snr_slope)
-        tail = -np.expm1(-a * width)
-        log_snr = lo - np.log1p(-rng.uniform() * tail) / a
-        snr_weight = tail * np.exp(a * (log_snr - lo)) / (a * width)
-    else:
-        log_snr = rng.uniform(lo, hi)
-        snr_weight = 1.0
-    snr = np.exp(log_snr)
+    snr, snr_weight = sample_snr(rng, snr_range, snr_slope)
     hlr = rng.uniform(*hlr_range)
     # Intrinsic ellipticity: Gaussian components truncated to |e| < 0.8.
     while True:
