@@ -29,7 +29,8 @@ Long runs save their per-galaxy sums after every block (``--save DIR``); ``--res
 continues an interrupted run with the same galaxies, ``--report`` prints the saved results.
 
     python bench/bench_shear_bias.py [--quick] [--processes N] [--n-gal N] [--n-gal-c N]
-                                     [--epochs 1,3] [--save DIR [--resume]] [--report]
+                                     [--epochs 1,3] [--save DIR [--resume | --overwrite]]
+                                     [--report]
 """
 
 import argparse
@@ -154,6 +155,8 @@ def main(argv=None):
     parser.add_argument("--epochs", default="1,3", help="comma-separated epoch counts")
     parser.add_argument("--save", metavar="DIR", help="save per-galaxy sums after each block")
     parser.add_argument("--resume", action="store_true", help="continue the runs in --save")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the runs in --save again from the first galaxy")
     parser.add_argument("--report", action="store_true",
                         help="only print the results saved in --save")
     args = parser.parse_args(argv)
@@ -162,6 +165,11 @@ def main(argv=None):
     epochs = [int(x) for x in args.epochs.split(",")]
     if args.save:
         os.makedirs(args.save, exist_ok=True)
+        existing = [f for f in os.listdir(args.save) if f.startswith("groups_")]
+        if existing and not (args.resume or args.report or args.overwrite):
+            parser.error(f"{args.save} holds saved runs ({', '.join(sorted(existing))}): "
+                         "pass --resume to continue them, --report to print them or "
+                         "--overwrite to start again")
     print(f"metacal shear bias, shear {SHEAR}, S/N 10-100, exp galaxies, Moffat PSFs; "
           f"{args.processes} process(es)")
     for n_epoch in epochs:
