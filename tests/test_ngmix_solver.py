@@ -144,3 +144,10 @@ def test_weighted_bias_estimator():
     groups["D1"] = groups["D1"] + rng.normal(0, 1e-3, n)
     b = bias_from_groups(groups, (0.01, 0.01))
     assert 0 < b["m1_err"] < 0.05 and b["n_used"] == n
+
+
+def test_rotated_correction_noise_needs_square_stamps():
+    obs = [make_stamp_obs(np.zeros((21, 25)), np.ones((21, 25)), np.ones((21, 21)) / 441,
+                          SCALE)]
+    with pytest.raises(ValueError, match="square"):
+        measure_object(obs, 1, noise_rotation=1)

@@ -136,6 +136,8 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     dict
         ``{type: row}`` for the five types; a row is a dict of :data:`COLUMNS`.
     """
+    if noise_rotation % 2 and any(o.shape[0] != o.shape[1] for o in obs_list):
+        raise ValueError(f"noise_rotation={noise_rotation} needs square stamps")
     # Separate streams: the correction noise depends only on (seed, id, epoch shapes), never
     # on how many retries some fit needed.
     rng = make_rng(seed, int(object_id), "fit")
