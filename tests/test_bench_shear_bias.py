@@ -37,7 +37,7 @@ def test_cli_runs_and_reports(bench, tmp_path, capsys):
     assert bench.main(["--epochs", "1", "--n-gal", "4", "--n-gal-c", "2", "--save", save]) == 0
     out = capsys.readouterr().out
     assert "design m (target for m)" in out and "design c (target for c)" in out
-    assert "reference, first 4 galaxies" in out
+    assert "reference without noise, first 4 galaxies" in out
     assert bench.main(["--epochs", "1", "--n-gal", "4", "--n-gal-c", "2", "--save", save,
                        "--report"]) == 0
     report = capsys.readouterr().out
