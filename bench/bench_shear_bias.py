@@ -177,8 +177,8 @@ def main(argv=None):
             parser.error(f"{args.save} holds saved runs ({', '.join(sorted(existing))}): "
                          "pass --resume to continue them, --report to print them or "
                          "--overwrite to start again")
-    print(f"metacal shear bias, shear ({SHEAR[0]:.5f}, {SHEAR[1]:.5f}), S/N 10-100, exp galaxies, Moffat PSFs; "
-          f"{args.processes} process(es)")
+    print(f"metacal shear bias, shear ({SHEAR[0]:.5f}, {SHEAR[1]:.5f}), S/N 10-100, "
+          f"exp galaxies, Moffat PSFs; {args.processes} process(es)")
     for n_epoch in epochs:
         n_gal = args.n_gal or ((64 if args.quick else 2000) // n_epoch)
         n_gal_c = args.n_gal_c or max(n_gal // 8, 16)
