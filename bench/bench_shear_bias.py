@@ -149,6 +149,11 @@ def report(b, label, what=("m", "c")):
         rc = f"(|c|+3sigma)/2e-4 = {(abs(c) + 3 * ce) / 2e-4:5.2f}" if "c" in what else ""
         print(f"      m{comp} = {m:+.5f} +- {me:.5f} {rm:>27} | "
               f"c{comp} = {c:+.2e} +- {ce:.2e} {rc}")
+    if "m" in what:
+        m, me = b["m"], b["m_err"]
+        rm = f"(|m|+3sigma)/2e-3 = {(abs(m) + 3 * me) / 2e-3:5.2f}"
+        print(f"      m  = {m:+.5f} +- {me:.5f} {rm:>27}   (along the applied shear: m1 and m2 "
+              "weighed together)")
 
 
 def main(argv=None):
@@ -190,6 +195,9 @@ def main(argv=None):
                     if args.save else None)
             t0 = time.perf_counter()
             if args.report:
+                if not os.path.exists(path):
+                    print(f"    design {design}: no saved run ({path})")
+                    continue
                 with np.load(path) as saved:
                     groups = {k: saved[k] for k in GROUP_KEYS}
             else:
@@ -210,8 +218,8 @@ def main(argv=None):
                   f"m1 = {ref['m1']:+.5f} +- {ref['m1_err']:.5f}, "
                   f"m2 = {ref['m2']:+.5f} +- {ref['m2_err']:.5f}; first {n_ref_c} of "
                   f"design c: c1 = {ref_c['c1']:+.1e}, c2 = {ref_c['c2']:+.1e}")
-        report(results["m"], "m (target for m)", what=("m",))
-        report(results["c"], "c (target for c)", what=("c",))
+        for design in sorted(results, key=lambda d: d != "m"):
+            report(results[design], f"{design} (target for {design})", what=(design,))
     return 0
 
 

@@ -38,6 +38,7 @@ def test_cli_runs_and_reports(bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "design m (target for m)" in out and "design c (target for c)" in out
     assert "reference without noise, first 4 galaxies" in out
+    assert "(along the applied shear" in out
     assert bench.main(["--epochs", "1", "--n-gal", "4", "--n-gal-c", "2", "--save", save,
                        "--report"]) == 0
     report = capsys.readouterr().out
@@ -46,6 +47,9 @@ def test_cli_runs_and_reports(bench, tmp_path, capsys):
     assert line in report
     with pytest.raises(SystemExit):
         bench.main(["--report"])
+    # An epoch count never run is reported as such.
+    assert bench.main(["--epochs", "3", "--save", save, "--report"]) == 0
+    assert "design m: no saved run" in capsys.readouterr().out
     # Saved runs are not overwritten unless asked.
     with pytest.raises(SystemExit):
         bench.main(["--epochs", "1", "--n-gal", "4", "--save", save])

@@ -141,9 +141,20 @@ def test_weighted_bias_estimator():
     assert b["m1"] == pytest.approx(0.01, abs=1e-12)
     assert b["c2"] == pytest.approx(1e-3, abs=1e-15)
     assert b["m1_err"] < 1e-12
-    groups["D1"] = groups["D1"] + rng.normal(0, 1e-3, n)
+    assert b["m"] == pytest.approx(0.01, abs=1e-12)
+    noise = rng.normal(0, 1e-3, n)
+    groups["D1"] = groups["D1"] + noise
     b = bias_from_groups(groups, (0.01, 0.01))
     assert 0 < b["m1_err"] < 0.05 and b["n_used"] == n
+    # Along the shear, independent errors of m1 and m2 average down (by sqrt 2 for equal
+    # ones); errors that are the same in both components do not.
+    groups["D2"] = groups["D2"] + rng.normal(0, 1e-3, n)
+    b = bias_from_groups(groups, (0.01, 0.01))
+    assert b["m_err"] == pytest.approx(np.hypot(b["m1_err"], b["m2_err"]) / 2, rel=0.1)
+    assert b["m"] == pytest.approx((b["m1"] + b["m2"]) / 2, abs=1e-12)
+    groups["D2"] = 1.01 * P + noise
+    b = bias_from_groups(groups, (0.01, 0.01))
+    assert b["m_err"] == pytest.approx(b["m1_err"], rel=1e-9)
 
 
 def test_rotated_correction_noise_needs_square_stamps():

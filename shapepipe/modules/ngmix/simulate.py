@@ -238,13 +238,16 @@ def bias_from_groups(groups, shear):
 
     ``1 + m_i = sum w D_i / sum w P_i`` and ``c_i = sum w S_i / sum w R_ii``; 1-sigma
     errors from the scatter of the groups (delta method, ``sum w^2 (D - (1 + m) P)^2``).
+    ``m`` is the bias of the response along the applied shear ``gamma``,
+    ``1 + m = sum w D.gamma / sum w P.gamma``: with both components sheared it weighs m1
+    and m2 and its error includes their covariance from galaxy to galaxy.
 
     Returns
     -------
     dict
-        ``m1, m1_err, m2, m2_err, c1, c1_err, c2, c2_err, n_used, n_eff`` (``n_eff`` the
-        effective number of galaxies of the importance weights); ``m`` is NaN for a
-        component whose applied shear is zero.
+        ``m, m_err, m1, m1_err, m2, m2_err, c1, c1_err, c2, c2_err, n_used, n_eff``
+        (``n_eff`` the effective number of galaxies of the importance weights); ``m_i`` is
+        NaN for a component whose applied shear is zero.
     """
     keep = ~groups["flagged"]
     w = groups["weight"][keep]
@@ -266,6 +269,10 @@ def bias_from_groups(groups, shear):
             out["m" + comp], out["m" + comp + "_err"] = r - 1.0, r_err
         else:
             out["m" + comp] = out["m" + comp + "_err"] = np.nan
+    along = [(groups["D" + c][keep] * g, groups["P" + c][keep] * g)
+             for c, g in zip(("1", "2"), shear)]
+    r, r_err = ratio(along[0][0] + along[1][0], along[0][1] + along[1][1])
+    out["m"], out["m_err"] = r - 1.0, r_err
     return out
 
 
