@@ -56,6 +56,7 @@ from shapepipe.modules.ngmix.simulate import (  # noqa: E402
     bias_from_groups,
     draw_group,
     group_sums,
+    snr_from_weight,
 )
 
 STEP = 0.01  # metacal step (measure_object's default)
@@ -63,6 +64,8 @@ SHEAR = (STEP / np.sqrt(2.0), -STEP / np.sqrt(2.0))
 SEED = 2024
 SCALE = 0.187
 SNR_SLOPE = 1.45
+SNR_RANGE = (10.0, 100.0)
+SNR_BINS = (10, 13, 20, 40, 100)
 CHUNK = 10
 BLOCK = 1000
 GROUP_KEYS = ("D1", "D2", "P1", "P2", "S1", "S2", "R11", "R22", "weight", "flagged")
@@ -78,7 +81,8 @@ def run_chunk(first, count, n_epoch, design="m", noiseless=False):
     seed = SEED + n_epoch + (100 if rotate_noise else 0)
     rows, sign, group, weight = [], [], [], []
     for gi in range(first, first + count):
-        snr = {"snr_range": (1e7, 1e7)} if noiseless else {"snr_slope": SNR_SLOPE}
+        snr = ({"snr_range": (1e7, 1e7)} if noiseless
+               else {"snr_slope": SNR_SLOPE, "snr_range": SNR_RANGE})
         st = draw_group(gi, seed, SHEAR, n_epoch=n_epoch, rotate_noise=rotate_noise,
                         rotations=(0, 90) if rotate_noise else (0,), **snr)
         n_stamp = len(st["sign"])
@@ -156,6 +160,18 @@ def report(b, label, what=("m", "c")):
               "weighed together)")
 
 
+def report_by_snr(groups):
+    """Print m along the applied shear in bins of S/N (recovered from the weights)."""
+    snr = snr_from_weight(groups["weight"], SNR_RANGE, SNR_SLOPE)
+    parts = []
+    for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:]):
+        sel = (snr >= lo) & ((snr < hi) if hi < SNR_BINS[-1] else (snr <= hi))
+        if sel.sum() > 1:
+            b = bias_from_groups({k: v[sel] for k, v in groups.items()}, SHEAR)
+            parts.append(f"{lo}-{hi}: {b['m']:+.4f} +- {b['m_err']:.4f}")
+    print("      m by S/N  " + ";  ".join(parts))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sample (~1 minute)")
@@ -204,6 +220,8 @@ def main(argv=None):
                 groups = run(n, n_epoch, args.processes, design, save=path,
                              resume=args.resume)
             results[design] = bias_from_groups(groups, SHEAR)
+            if design == "m":
+                groups_m = groups
             if not args.report:
                 print(f"    design {design}: {n} galaxies x {4 if design == 'm' else 8} stamps, "
                       f"{time.perf_counter() - t0:.0f} s")
@@ -220,6 +238,8 @@ def main(argv=None):
                   f"design c: c1 = {ref_c['c1']:+.1e}, c2 = {ref_c['c2']:+.1e}")
         for design in sorted(results, key=lambda d: d != "m"):
             report(results[design], f"{design} (target for {design})", what=(design,))
+            if design == "m":
+                report_by_snr(groups_m)
     return 0
 
 

@@ -8,7 +8,12 @@ import shapepipe.modules.ngmix.fitting as fitting
 from shapepipe.modules.ngmix import GMix, make_stamp_obs, measure_object, profile_mixture
 from shapepipe.modules.ngmix._kernels import HAVE_KERNEL
 from shapepipe.modules.ngmix.fitting import levenberg_marquardt, normal_equations
-from shapepipe.modules.ngmix.simulate import bias_from_groups, draw_group, sample_snr
+from shapepipe.modules.ngmix.simulate import (
+    bias_from_groups,
+    draw_group,
+    sample_snr,
+    snr_from_weight,
+)
 
 SCALE = 0.187
 
@@ -101,6 +106,13 @@ def test_importance_weights_restore_the_log_uniform_population():
     # A group carries its draw and weight.
     g = draw_group(3, 7, (0.0, 0.0), stamp_size=9, snr_slope=1.45, rotations=(0,))
     assert g["image"].shape[0] == 4 and lo <= g["snr"] <= hi and g["snr_weight"] > 0
+
+
+def test_snr_recovered_from_the_importance_weight():
+    snr, weight = sample_snr(np.random.default_rng(3), (10, 100), 1.45, size=1000)
+    np.testing.assert_allclose(snr_from_weight(weight, (10, 100), 1.45), snr, rtol=1e-12)
+    with pytest.raises(ValueError, match="snr_slope"):
+        snr_from_weight(weight, (10, 100), 0.0)
 
 
 def test_rotated_noise_stamp_is_the_exact_rotation():

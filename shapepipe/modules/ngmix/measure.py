@@ -20,7 +20,7 @@ from .fitting import (
     fit_gmix_model,
     fit_psf_gauss,
 )
-from .gmix import GMix
+from .gmix import GMix, gT_to_moments
 from .metacal import METACAL_TYPES, MetacalImager, metacal_shears
 
 HDU_NAMES = {"noshear": "NOSHEAR", "1p": "1P", "1m": "1M", "2p": "2P", "2m": "2M"}
@@ -66,7 +66,6 @@ def _fill_bad_pixels(obs, psf_fit, rng):
     res = fit_gmix_model(pixels, psf_fit["gmix"], "gauss", guess=guess, rng=rng)
     y, x = np.nonzero(bad)
     u, v = obs.jacobian.uv(x, y)
-    from .gmix import gT_to_moments
     u0, v0, g1, g2, T, flux = res["pars"]
     cuu, cvv, cuv = gT_to_moments(g1, g2, T)
     psf = psf_fit["gmix"]

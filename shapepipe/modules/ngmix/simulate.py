@@ -45,6 +45,21 @@ def sample_snr(rng, snr_range, snr_slope=0.0, size=None):
     return np.exp(log_snr), weight
 
 
+def snr_from_weight(weight, snr_range, snr_slope):
+    """The S/N that :func:`sample_snr` drew, from its importance weight (the inverse map).
+
+    The weight grows monotonically with the S/N when ``snr_slope > 0``, so saved per-galaxy
+    sums can be split by S/N without storing it.
+    """
+    lo, hi = np.log(snr_range)
+    width = hi - lo
+    a = float(snr_slope)
+    if not (a > 0 and width > 0):
+        raise ValueError(f"snr_slope = {snr_slope}: the S/N is recoverable only for slope > 0")
+    tail = -np.expm1(-a * width)
+    return np.exp(lo + np.log(np.asarray(weight) * a * width / tail) / a)
+
+
 def draw_group(index, seed, shear, n_epoch=1, stamp_size=51, pixel_scale=0.187,
                  snr_range=(10.0, 100.0), hlr_range=(0.3, 0.8), fwhm_range=(0.6, 0.8),
                  beta_range=(3.0, 4.8), psf_g_max=0.03, e_sigma=0.26, rotate_noise=False,
