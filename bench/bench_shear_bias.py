@@ -33,7 +33,7 @@ method itself.
 
 Long runs save their per-galaxy sums after every block (``--save DIR``); ``--resume``
 continues an interrupted run with the same galaxies, ``--report`` prints the saved results.
-``bench/runs/`` holds the saved sums of the runs recorded in ``bench/RESULTS.md``, so that a
+``bench/runs/`` holds the saved sums of the 3-epoch runs in ``bench/RESULTS.md``, so that a
 long run can continue across machines (galaxy i is the same everywhere).
 
     python bench/bench_shear_bias.py [--quick] [--processes N] [--n-gal N] [--n-gal-c N]
