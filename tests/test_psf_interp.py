@@ -22,8 +22,8 @@ from shapepipe.modules.psfex_interp import (
     process_multi_epoch,
     process_validation,
 )
-from shapepipe.modules.psfex_interp.store import decode, encode, open_store
 from shapepipe.utils.ldac import read_ldac, write_ldac
+from shapepipe.utils.stamp_store import decode, encode, open_store
 
 EXAMPLE_PSFEX = os.path.join(os.path.dirname(__file__), "..", "example", "psfex",
                              "default.psfex")
@@ -270,17 +270,17 @@ def test_pipeline_psf_model_then_validation(products, sp):
 
 
 def test_me_log_wcs_forms(tmp_path):
-    from shapepipe.modules.psfex_interp_runner import LOG_WCS_NAME, _log_wcs_path
+    from shapepipe.modules.merge_headers import OUTPUT_NAME, find_log_wcs
 
     out = tmp_path / "merge_headers_runner" / "output"
     out.mkdir(parents=True)
-    (out / LOG_WCS_NAME).write_text("")
-    expected = str(out / LOG_WCS_NAME)
-    assert _log_wcs_path(expected, {}, "S", None) == expected
-    assert _log_wcs_path(str(out), {}, "S", None) == expected
-    assert _log_wcs_path("merge_headers_runner", {}, "S", lambda spec, rd: [str(out)]) == expected
+    (out / OUTPUT_NAME).write_text("")
+    expected = str(out / OUTPUT_NAME)
+    assert find_log_wcs(expected, None) == expected
+    assert find_log_wcs(str(out), None) == expected
+    assert find_log_wcs("merge_headers_runner", lambda spec: [str(out)]) == expected
     with pytest.raises(FileNotFoundError, match="ME_LOG_WCS = nowhere"):
-        _log_wcs_path("nowhere", {}, "S", lambda spec, rd: [str(tmp_path)])
+        find_log_wcs("nowhere", lambda spec: [str(tmp_path)], key="[S] ME_LOG_WCS")
 
 
 def test_psfex_command_check_images():

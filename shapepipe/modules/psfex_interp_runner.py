@@ -31,30 +31,6 @@ KEYS = [
 ]
 
 _N_INPUTS = {"CLASSIC": 2, "VALIDATION": 3, "MULTI-EPOCH": 1}
-LOG_WCS_NAME = "log_exp_headers.sqlite"
-
-
-def _log_wcs_path(spec, run_dirs, section, resolve_module_dir):
-    """ME_LOG_WCS: a file, or a module reference whose output holds log_exp_headers.sqlite."""
-    path = os.path.expanduser(spec)
-    if os.path.isfile(path):
-        return path
-    if os.path.isdir(path):
-        candidate = os.path.join(path, LOG_WCS_NAME)
-        if os.path.isfile(candidate):
-            return candidate
-    try:
-        dirs = resolve_module_dir(spec, run_dirs)
-    except Exception as err:  # the framework's ConfigError or a missing run log
-        raise FileNotFoundError(f"[{section}] ME_LOG_WCS = {spec}: not a file, and not a "
-                                f"module reference ({err})") from None
-    for directory in dirs:
-        candidate = os.path.join(directory, LOG_WCS_NAME)
-        if os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(f"[{section}] ME_LOG_WCS = {spec}: no {LOG_WCS_NAME} in {dirs}")
-
-
 @module_runner(version="1.1", input_module=["psfex_runner", "setools_runner"],
                file_pattern=["star_selection", "galaxy_selection"], file_ext=[".psf", ".fits"],
                depends=["numpy", "astropy", "galsim", "sqlitedict"], executes=[],
@@ -82,14 +58,14 @@ def psfex_interp_runner(input_file_list, run_dirs, file_number_string, config,
         out = os.path.join(out_dir, f"validation_psf{file_number_string}.fits")
         failure = process_validation(psf_path, cat_path, psfex_cat, out, pos, **common)
     else:
-        from shapepipe.modules.merge_headers.merge_headers import read_exp_wcs
+        from shapepipe.modules.merge_headers import find_log_wcs, read_exp_wcs
         from shapepipe.pipeline.run_log import resolve_module_dir
 
         if not opts["ME_LOG_WCS"]:
             raise ValueError(f"[{module_config_sec}] ME_LOG_WCS: required in MULTI-EPOCH mode "
                              "(the log_exp_headers.sqlite of merge_headers_runner)")
-        log_wcs = _log_wcs_path(opts["ME_LOG_WCS"], run_dirs, module_config_sec,
-                                resolve_module_dir)
+        log_wcs = find_log_wcs(opts["ME_LOG_WCS"], lambda ref: resolve_module_dir(ref, run_dirs),
+                               key=f"[{module_config_sec}] ME_LOG_WCS")
         dirs = resolve_module_dir(opts["ME_DOT_PSF_DIR"], run_dirs)
         cat_path = input_file_list[0]
         out = os.path.join(out_dir, f"galaxy_psf{file_number_string}.sqlite")

@@ -18,8 +18,6 @@ from shapepipe.modules.module_decorator import Key, module_runner
 from shapepipe.modules.sextractor import run_sextractor
 from shapepipe.modules.sextractor.postprocess import make_post_process
 
-LOG_WCS_NAME = "log_exp_headers.sqlite"
-
 KEYS = [
     Key("EXEC_PATH", "str", default=None,
         help="ignored (ShapePipe's SExtractor executable): detection runs in-process with sep"),
@@ -74,24 +72,6 @@ def _prefix(opts):
     if value and value.lower() != "none":
         return f"{value}_"
     return ""
-
-
-def _log_wcs_path(spec, run_dirs):
-    path = os.path.expanduser(spec)
-    if os.path.isfile(path):
-        return path
-    if os.path.isdir(path):
-        candidate = os.path.join(path, LOG_WCS_NAME)
-        if os.path.isfile(candidate):
-            return candidate
-    from shapepipe.pipeline.run_log import resolve_module_dir
-
-    for directory in resolve_module_dir(spec, run_dirs):
-        candidate = os.path.join(directory, LOG_WCS_NAME)
-        if os.path.isfile(candidate):
-            return candidate
-    raise ValueError(f"LOG_WCS = {spec!r}: no file, and no {LOG_WCS_NAME} in that module's "
-                     "output")
 
 
 @module_runner(
@@ -174,7 +154,11 @@ def sextractor_runner(input_file_list, run_dirs, file_number_string, config, mod
     if opts["MAKE_POST_PROCESS"]:
         if not opts["LOG_WCS"]:
             raise ValueError(f"[{module_config_sec}] MAKE_POST_PROCESS = True needs LOG_WCS")
-        log_wcs = _log_wcs_path(opts["LOG_WCS"], run_dirs)
+        from shapepipe.modules.merge_headers import find_log_wcs
+        from shapepipe.pipeline.run_log import resolve_module_dir
+
+        log_wcs = find_log_wcs(opts["LOG_WCS"], lambda ref: resolve_module_dir(ref, run_dirs),
+                               key=f"[{module_config_sec}] LOG_WCS")
         exposures = make_post_process(output, log_wcs, opts["WORLD_POSITION"],
                                       opts["CCD_SIZE"])
         w_log.info("post-process: %d epochs from %s", len(exposures), log_wcs)

@@ -21,16 +21,21 @@ Public functions (stable interface, imported by other modules)
     ``{exp_name: [Header of CCD 0, Header of CCD 1, ...]}``.
 ``read_exp_wcs(path, exposures=None) -> dict[str, list[astropy.wcs.WCS | None]]``
     Same, with the celestial ``WCS`` of each CCD instead of the header.
+``find_log_wcs(spec, resolve_module_dir, key="LOG_WCS") -> str``
+    Locate the file from a config value (file, directory or module reference).
 ``merge_headers(header_files, output_path) -> int``
     Write ``output_path`` atomically from ``headers-<exp>.npy`` files; returns the number
     of exposures written.
 """
 
 from shapepipe.modules.merge_headers.merge_headers import (
+    OUTPUT_NAME,
     exposure_name,
+    find_log_wcs,
     merge_headers,
     read_exp_headers,
     read_exp_wcs,
 )
 
-__all__ = ["exposure_name", "merge_headers", "read_exp_headers", "read_exp_wcs"]
+__all__ = ["OUTPUT_NAME", "exposure_name", "find_log_wcs", "merge_headers", "read_exp_headers",
+           "read_exp_wcs"]

@@ -42,6 +42,50 @@ def exposure_name(headers_file):
     return match.group(1).lstrip("-")
 
 
+def find_log_wcs(spec, resolve_module_dir, key="LOG_WCS"):
+    """Locate ``log_exp_headers.sqlite`` from a config value.
+
+    Parameters
+    ----------
+    spec : str
+        The file itself, a directory holding it, or a module reference
+        (``merge_headers_runner``, ``last:merge_headers_runner``, ``<run>:<module>``...).
+    resolve_module_dir : callable
+        ``resolve_module_dir(spec) -> list of directories``: how the caller resolves a module
+        reference (a runner passes the framework's resolver bound to its ``run_dirs``), so
+        that this package never imports the pipeline.
+    key : str
+        The config key, named in error messages.
+
+    Returns
+    -------
+    str
+        Path of the sqlite file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no such file is found; the message names the key and the value.
+    """
+    path = os.path.expanduser(spec)
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        candidate = os.path.join(path, OUTPUT_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+    try:
+        dirs = resolve_module_dir(spec)
+    except Exception as err:  # the framework's ConfigError, a missing run log...
+        raise FileNotFoundError(f"{key} = {spec}: not a file, and not a module reference "
+                                f"({err})") from None
+    for directory in dirs:
+        candidate = os.path.join(directory, OUTPUT_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"{key} = {spec}: no {OUTPUT_NAME} in {', '.join(dirs) or 'it'}")
+
+
 def load_headers_file(headers_file):
     """Read a ``headers-<exp>.npy`` file written by ``split_exp`` (no pickle).
 

@@ -19,10 +19,10 @@ from shapepipe.modules.psfex.dotpsf import (
     check_model,
     read_psf,
 )
-from shapepipe.modules.psfex_interp.store import open_store
 from shapepipe.utils.atomic import atomic_path, write_fits
 from shapepipe.utils.ldac import imhead_hdu, read_ldac
 from shapepipe.utils.pixels import numpy_to_fits
+from shapepipe.utils.stamp_store import open_store
 
 #: Bits of FLAG_PSF_MODEL: why the model was not evaluated for an object.
 MODEL_FLAGS = {NOT_ENOUGH_STARS: 1, BAD_CHI2: 2, FILE_NOT_FOUND: 4}
@@ -272,7 +272,7 @@ def process_multi_epoch(galcat_path, output_path, dot_psf_dirs, dot_psf_pattern,
     galcat_path : str
         Tile catalogue with ``EPOCH_<i>`` HDUs (``NUMBER``, ``EXP_NAME``, ``CCD_N``).
     output_path : str
-        Output sqlite store (see :mod:`shapepipe.modules.psfex_interp.store`).
+        Output sqlite store (see :mod:`shapepipe.utils.stamp_store`).
     dot_psf_dirs : list of str
         Directories searched, in order, for ``<pattern>-<exp>-<ccd>.psf``.
     dot_psf_pattern : str

@@ -1,4 +1,4 @@
-"""Multi-epoch PSF stores: ShapePipe's sqlite layout without pickle.
+"""Multi-epoch stamp stores (PSF and vignets): ShapePipe's sqlite layout without pickle.
 
 Layout (as ShapePipe's ``galaxy_psf-<tile>.sqlite``)::
 
