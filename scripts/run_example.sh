@@ -26,7 +26,7 @@ step "single exposures: split, headers, mask, sextractor, setools, PSFEx, valida
 $PY shapepipe_run.py -c example/config_exp.ini
 
 run=$(ls -td "$SP_RUN"/run_sp_exp_* | head -n 1)
-for model in psfex_interp_runner psfex_interp_runner_run_2; do
+for model in psfex_interp_runner_run_1 psfex_interp_runner_run_2; do
     step "PSF validation of $model (rho statistics, residual maps, comparison with truth)"
     $PY scripts/psf_validation.py "$run/$model/output" --truth "$SP_DATA/truth" \
         -o "$run/psf_validation_$model"

@@ -50,11 +50,16 @@ class Occurrence:
     position: int  # position in the MODULE list
     section: str
     runner: object
+    repeated: bool = False  # the runner is listed more than once in MODULE
 
     @property
     def dir_name(self):
-        """Output directory name: ``<name>`` or ``<name>_run_<N>``."""
-        return self.name if self.index == 1 else f"{self.name}_run_{self.index}"
+        """Output directory name: ``<name>``, or ``<name>_run_<N>`` for a repeated runner.
+
+        As in ShapePipe, every occurrence of a runner listed more than once is numbered,
+        the first included (``x_run_1``, ``x_run_2``); a runner listed once keeps its name.
+        """
+        return f"{self.name}_run_{self.index}" if self.repeated else self.name
 
 
 class Pipeline:
@@ -141,26 +146,31 @@ class Pipeline:
         return seconds or None
 
     def _plan_modules(self):
+        written_list = [w.strip().lower() for w in self.module_list]
+        totals = {}
+        for written in written_list:
+            totals[canonical_name(written)] = totals.get(canonical_name(written), 0) + 1
         counts = {}
         occurrences = []
-        for position, written in enumerate(self.module_list):
-            written = written.strip().lower()
+        for position, written in enumerate(written_list):
             name = canonical_name(written)
             counts[name] = counts.get(name, 0) + 1
             index = counts[name]
+            repeated = totals[name] > 1
             candidates = []
-            if index > 1:
+            if repeated:
                 candidates.append(f"{written}_run_{index}")
             if written != name:
                 candidates.append(written)
-            if index > 1 and written != name:
+            if repeated and written != name:
                 candidates.append(f"{name}_run_{index}")
             candidates.append(name)
             section = next(
                 (s.upper() for s in candidates if self.config.has_section(s)), name.upper()
             )
             runner = self.registry.load(name)
-            occurrences.append(Occurrence(written, name, index, position, section, runner))
+            occurrences.append(Occurrence(written, name, index, position, section, runner,
+                                          repeated))
         return occurrences
 
     # -- per-module properties ------------------------------------------------------------

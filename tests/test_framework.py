@@ -242,7 +242,8 @@ def test_chain_in_one_run_run_n_sections_and_serial(sp):
     # The serial runner's default input_module is the latest occurrence of tp_copy_runner.
     listing = open(os.path.join(run_dir, "tp_serial_runner", "output", "all.txt")).read()
     assert listing == "copy_1.txt\ncopy_2.txt\n"
-    assert set(sp.summary()["modules"]) == {"tp_copy_runner", "tp_copy_runner_run_2",
+    # As in ShapePipe: a repeated runner is numbered from its first occurrence on.
+    assert set(sp.summary()["modules"]) == {"tp_copy_runner_run_1", "tp_copy_runner_run_2",
                                             "tp_serial_runner"}
 
 

@@ -87,11 +87,11 @@ def test_failures_and_timeouts_are_isolated(sp):
     assert result.returncode == 1, result.stdout + result.stderr
     assert time.time() - start < 60
     summary = sp.summary()["modules"]
-    assert [f["number"] for f in summary["tp_copy_runner"]["failed"]] == ["_2"]
-    assert summary["tp_copy_runner"]["succeeded"] == 5
+    assert [f["number"] for f in summary["tp_copy_runner_run_1"]["failed"]] == ["_2"]
+    assert summary["tp_copy_runner_run_1"]["succeeded"] == 5
     errors = [f["error"] for f in summary["tp_copy_runner_run_2"]["failed"]]
     assert errors == ["timeout after 1 s"] * 3
-    assert sp.outputs() == [f"copy_{i}.txt" for i in (1, 3, 4, 5, 6)]
+    assert sp.outputs("tp_copy_runner_run_1") == [f"copy_{i}.txt" for i in (1, 3, 4, 5, 6)]
 
 
 def test_mpi_outputs_equal_smp_outputs(sp):
