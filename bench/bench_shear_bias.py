@@ -53,7 +53,14 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from shapepipe.modules.ngmix import make_stamp_obs, measure_object, rows_to_tables  # noqa: E402
+from shapepipe.modules.ngmix import (  # noqa: E402
+    Jacobian,
+    Observation,
+    make_stamp_obs,
+    measure_object,
+    rows_to_tables,
+    shear_matrix,
+)
 from shapepipe.modules.ngmix.simulate import (  # noqa: E402
     bias_from_groups,
     draw_group,
@@ -71,28 +78,56 @@ SNR_BINS = (10, 13, 20, 40, 100)
 CHUNK = 10
 BLOCK = 1000
 GROUP_KEYS = ("D1", "D2", "P1", "P2", "S1", "S2", "R11", "R22", "weight", "flagged")
+_ROT = np.deg2rad(20.0)
+#: The harder cases of issue 16 (draw_group options); "standard" is the design above.
+CASES = {
+    "standard": {},
+    # T/Tpsf ~ 0.3-0.5 (exponential half-light radius 0.15-0.21" under 0.6-0.8" Moffats).
+    "small": {"hlr_range": (0.15, 0.21)},
+    # A rotated (20 deg) and sheared (0.03, -0.02) WCS, as ngmix's own accuracy test shears it.
+    "wcs": {"jacobian": SCALE * np.array([[np.cos(_ROT), -np.sin(_ROT)],
+                                           [np.sin(_ROT), np.cos(_ROT)]])
+                        @ shear_matrix(0.03, -0.02)},
+    # 1% bad pixels and one bad column per epoch, filled by the model in the measurement.
+    "masked": {"mask_fraction": 0.01},
+    # The PSF given to metacal is a 3-Gaussian EM fit to one star at S/N 500, not the truth.
+    "psf_model": {"psf_star_snr": 500.0},
+}
 
 
-def run_chunk(first, count, n_epoch, design="m", noiseless=False):
+def _observation(st, k, e, jacobian):
+    if jacobian is None:
+        return make_stamp_obs(st["image"][k, e], st["weight"][k, e], st["psf"][k, e], SCALE,
+                              mask=st["mask"][k, e])
+    size = st["image"].shape[-1]
+    centre = (size - 1) / 2.0
+    return Observation(st["image"][k, e], st["weight"][k, e],
+                       Jacobian(centre, centre, jacobian), psf=st["psf"][k, e],
+                       mask=st["mask"][k, e])
+
+
+def run_chunk(first, count, n_epoch, design="m", noiseless=False, seed=SEED, case="standard",
+              psf_g_mean=(0.0, 0.0)):
     """Draw and measure groups ``first .. first + count - 1``: their :func:`group_sums`.
 
     ``noiseless``: the same galaxies (same random draws) with negligible noise, measured
-    without the noise correction; only the ``+n`` stamps of each group.
+    without the noise correction; only the ``+n`` stamps of each group. ``seed`` fixes
+    every draw (galaxies, noise, correction noise); ``case`` is a key of :data:`CASES`.
     """
     rotate_noise = design == "c"
-    seed = SEED + n_epoch + (100 if rotate_noise else 0)
+    draw_seed = seed + n_epoch + (100 if rotate_noise else 0)
+    options = dict(CASES[case], psf_g_mean=psf_g_mean)
     rows, sign, group, weight = [], [], [], []
     for gi in range(first, first + count):
         snr = ({"snr_range": (1e7, 1e7)} if noiseless
                else {"snr_slope": SNR_SLOPE, "snr_range": SNR_RANGE})
-        st = draw_group(gi, seed, SHEAR, n_epoch=n_epoch, rotate_noise=rotate_noise,
-                        rotations=(0, 90) if rotate_noise else (0,), **snr)
+        st = draw_group(gi, draw_seed, SHEAR, n_epoch=n_epoch, rotate_noise=rotate_noise,
+                        rotations=(0, 90) if rotate_noise else (0,), **snr, **options)
         n_stamp = len(st["sign"])
         for k in range(n_stamp // 2 if noiseless else n_stamp):
             oid = gi * 2 + (st["rot"][k] == 90 and not rotate_noise)
-            obs = [make_stamp_obs(st["image"][k, e], st["weight"][k, e], st["psf"][k, e],
-                                  SCALE) for e in range(n_epoch)]
-            rows.append(measure_object(obs, oid, seed=SEED, noise_sign=st["nsign"][k],
+            obs = [_observation(st, k, e, options.get("jacobian")) for e in range(n_epoch)]
+            rows.append(measure_object(obs, oid, seed=seed, noise_sign=st["nsign"][k],
                                        noise_rotation=st["nrot"][k], fixnoise=not noiseless))
             sign.append(st["sign"][k])
             group.append(gi - first)
@@ -112,7 +147,7 @@ def _save(path, groups, next_index):
 
 
 def run(n_gal, n_epoch, processes, design="m", noiseless=False, save=None, resume=False,
-        progress=True):
+        progress=True, seed=SEED, case="standard", psf_g_mean=(0.0, 0.0)):
     """Per-galaxy sums of ``n_gal`` groups, measured in blocks (saved after each block)."""
     done, start = [], 0
     if save and resume and os.path.exists(save):
@@ -126,7 +161,7 @@ def run(n_gal, n_epoch, processes, design="m", noiseless=False, save=None, resum
     t0 = time.perf_counter()
     for block in range(start, n_gal, BLOCK):
         stop = min(block + BLOCK, n_gal)
-        tasks = [(s, min(CHUNK, stop - s), n_epoch, design, noiseless)
+        tasks = [(s, min(CHUNK, stop - s), n_epoch, design, noiseless, seed, case, psf_g_mean)
                  for s in range(block, stop, CHUNK)]
         if processes > 1:
             parts = pool(delayed(run_chunk)(*t) for t in tasks)
@@ -144,17 +179,34 @@ def run(n_gal, n_epoch, processes, design="m", noiseless=False, save=None, resum
     return _concat(done)
 
 
-def report(b, label, what=("m", "c")):
+def populations(groups):
+    """Biases for the two S/N populations: number counts and log-uniform.
+
+    The S/N is drawn with density ~ snr^-1.45 in log S/N, the slope of the simulated survey's
+    galaxy number counts: unit weights give that population (most galaxies near the faint
+    limit, as in a real catalogue); the importance weights give the log-uniform one.
+    """
+    counts = dict(groups, weight=np.ones_like(groups["weight"]))
+    return {"number counts": bias_from_groups(counts, SHEAR),
+            "log-uniform": bias_from_groups(groups, SHEAR)}
+
+
+def report(b, label, what=("m", "c"), psf_g_mean=(0.0, 0.0)):
     """Print the biases of one design; the target ratios for the quantities in ``what``."""
-    print(f"    design {label}: {b['n_used']} galaxies without flags "
-          f"(Kish effective number of the importance weights {b['n_eff']:.0f})")
-    for comp in ("1", "2"):
+    print(f"    {label}: {b['n_used']} galaxies without flags "
+          f"(Kish effective number of the weights {b['n_eff']:.0f})")
+    for i, comp in enumerate(("1", "2")):
         m, me = b["m" + comp], b["m" + comp + "_err"]
         c, ce = b["c" + comp], b["c" + comp + "_err"]
         rm = f"(|m|+3sigma)/2e-3 = {(abs(m) + 3 * me) / 2e-3:5.2f}" if "m" in what else ""
         rc = f"(|c|+3sigma)/2e-4 = {(abs(c) + 3 * ce) / 2e-4:5.2f}" if "c" in what else ""
-        print(f"      m{comp} = {m:+.5f} +- {me:.5f} {rm:>27} | "
-              f"c{comp} = {c:+.2e} +- {ce:.2e} {rc}")
+        line = (f"      m{comp} = {m:+.5f} +- {me:.5f} {rm:>27} | "
+                f"c{comp} = {c:+.2e} +- {ce:.2e} {rc}")
+        if "c" in what and psf_g_mean[i]:
+            a, ae = c / psf_g_mean[i], ce / abs(psf_g_mean[i])
+            line += (f" | alpha{comp} = c{comp}/{psf_g_mean[i]:g} = {a:+.4f} +- {ae:.4f} "
+                     f"(|alpha|+3sigma)/5e-3 = {(abs(a) + 3 * ae) / 5e-3:5.2f}")
+        print(line)
     if "m" in what:
         m, me = b["m"], b["m_err"]
         rm = f"(|m|+3sigma)/2e-3 = {(abs(m) + 3 * me) / 2e-3:5.2f}"
@@ -178,6 +230,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sample (~1 minute)")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="seed of every draw (a figure of record uses a fresh one)")
+    parser.add_argument("--case", default="standard", choices=sorted(CASES),
+                        help="galaxies and observing conditions (see CASES)")
+    parser.add_argument("--designs", default="c,m", help="designs to run: c, m or c,m")
+    parser.add_argument("--psf-g-mean", default="0,0",
+                        help="mean PSF shear g1,g2 added to every PSF: design c then measures "
+                             "the leakage alpha = c / g (e.g. 0.03,0.03)")
     parser.add_argument("--n-gal", type=int, default=None,
                         help="galaxies of design m per epoch count (4 stamps each)")
     parser.add_argument("--n-gal-c", type=int, default=None,
@@ -193,6 +253,13 @@ def main(argv=None):
     if (args.resume or args.report) and not args.save:
         parser.error("--resume and --report need --save DIR")
     epochs = [int(x) for x in args.epochs.split(",")]
+    designs = [d.strip() for d in args.designs.split(",")]
+    if set(designs) - {"c", "m"}:
+        parser.error(f"--designs {args.designs}: expected c, m or c,m")
+    psf_g_mean = tuple(float(x) for x in args.psf_g_mean.split(","))
+    if "c" in designs and args.case in ("wcs", "masked"):
+        parser.error(f"--case {args.case} runs design m only (design c rotates stamps, which "
+                     "needs square pixels and no masks): pass --designs m")
     if args.save:
         os.makedirs(args.save, exist_ok=True)
         existing = [f for f in os.listdir(args.save) if f.startswith("groups_")]
@@ -201,7 +268,9 @@ def main(argv=None):
                          "pass --resume to continue them, --report to print them or "
                          "--overwrite to start again")
     print(f"metacal shear bias, shear ({SHEAR[0]:.5f}, {SHEAR[1]:.5f}), S/N 10-100, "
-          f"exp galaxies, Moffat PSFs; {args.processes} process(es)")
+          f"exp galaxies, Moffat PSFs; case {args.case}, seed {args.seed}, mean PSF shear "
+          f"{psf_g_mean}; {args.processes} process(es)")
+    common = dict(seed=args.seed, case=args.case, psf_g_mean=psf_g_mean)
     for n_epoch in epochs:
         n_gal = args.n_gal or ((64 if args.quick else 2000) // n_epoch)
         n_gal_c = args.n_gal_c or max(n_gal // 8, 16)
@@ -209,7 +278,10 @@ def main(argv=None):
         results = {}
         # Design c first: it is short, design m runs as long as its precision needs.
         for design, n in (("c", n_gal_c), ("m", n_gal)):
-            path = (os.path.join(args.save, f"groups_{design}_{n_epoch}ep.npz")
+            if design not in designs:
+                continue
+            tag = "" if args.case == "standard" else f"{args.case}_"
+            path = (os.path.join(args.save, f"groups_{tag}{design}_{n_epoch}ep.npz")
                     if args.save else None)
             t0 = time.perf_counter()
             if args.report:
@@ -220,28 +292,30 @@ def main(argv=None):
                     groups = {k: saved[k] for k in GROUP_KEYS}
             else:
                 groups = run(n, n_epoch, args.processes, design, save=path,
-                             resume=args.resume)
-            results[design] = bias_from_groups(groups, SHEAR)
-            if design == "m":
-                groups_m = groups
+                             resume=args.resume, **common)
+            results[design] = groups
             if not args.report:
                 print(f"    design {design}: {n} galaxies x {4 if design == 'm' else 8} stamps, "
                       f"{time.perf_counter() - t0:.0f} s")
         if not args.report:
-            n_ref = min(n_gal, 100)
-            ref = bias_from_groups(run(n_ref, n_epoch, args.processes, noiseless=True,
-                                       progress=False), SHEAR)
-            n_ref_c = min(n_gal_c, 100)
-            ref_c = bias_from_groups(run(n_ref_c, n_epoch, args.processes, design="c",
-                                         noiseless=True, progress=False), SHEAR)
-            print(f"    reference without noise, first {n_ref} galaxies of design m: "
-                  f"m1 = {ref['m1']:+.5f} +- {ref['m1_err']:.5f}, "
-                  f"m2 = {ref['m2']:+.5f} +- {ref['m2_err']:.5f}; first {n_ref_c} of "
-                  f"design c: c1 = {ref_c['c1']:+.1e}, c2 = {ref_c['c2']:+.1e}")
+            parts = []
+            for design, n in (("m", n_gal), ("c", n_gal_c)):
+                if design in designs:
+                    n_ref = min(n, 100)
+                    ref = bias_from_groups(run(n_ref, n_epoch, args.processes, design=design,
+                                               noiseless=True, progress=False, **common),
+                                           SHEAR)
+                    parts.append(f"first {n_ref} galaxies of design {design}: "
+                                 f"m1 = {ref['m1']:+.5f} +- {ref['m1_err']:.5f}, "
+                                 f"m2 = {ref['m2']:+.5f} +- {ref['m2_err']:.5f}, "
+                                 f"c1 = {ref['c1']:+.1e}, c2 = {ref['c2']:+.1e}")
+            print("    reference without noise, " + "; ".join(parts))
         for design in sorted(results, key=lambda d: d != "m"):
-            report(results[design], f"{design} (target for {design})", what=(design,))
+            for population, b in populations(results[design]).items():
+                report(b, f"design {design}, {population} S/N population", what=(design,),
+                       psf_g_mean=psf_g_mean)
             if design == "m":
-                report_by_snr(groups_m)
+                report_by_snr(results[design])
     return 0
 
 

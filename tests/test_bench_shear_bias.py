@@ -36,7 +36,10 @@ def test_cli_runs_and_reports(bench, tmp_path, capsys):
     save = str(tmp_path / "runs")
     assert bench.main(["--epochs", "1", "--n-gal", "4", "--n-gal-c", "2", "--save", save]) == 0
     out = capsys.readouterr().out
-    assert "design m (target for m)" in out and "design c (target for c)" in out
+    # Both S/N populations are reported for each design.
+    for design in "mc":
+        for population in ("number counts", "log-uniform"):
+            assert f"design {design}, {population} S/N population" in out
     assert "reference without noise, first 4 galaxies" in out
     assert "(along the applied shear" in out
     assert bench.main(["--epochs", "1", "--n-gal", "4", "--n-gal-c", "2", "--save", save,
@@ -54,3 +57,50 @@ def test_cli_runs_and_reports(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--epochs", "1", "--n-gal", "4", "--save", save])
     assert "--resume" in capsys.readouterr().err
+
+
+def test_leakage_is_reported_as_alpha(bench, capsys):
+    assert bench.main(["--epochs", "1", "--designs", "c", "--n-gal-c", "2",
+                       "--psf-g-mean", "0.03,0.03", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha1 = c1/0.03" in out and "alpha2 = c2/0.03" in out
+    assert "seed 7" in out and "design m" not in out
+
+
+@pytest.mark.parametrize("case", ["small", "wcs", "masked", "psf_model"])
+def test_harder_cases_measure(bench, case):
+    # Every case draws, measures and sums its galaxies (noiseless: the method's floor).
+    groups = bench.run(2, 1, 1, design="m", noiseless=True, progress=False, case=case, seed=3)
+    assert groups["D1"].shape == (2,) and not groups["flagged"].any()
+    b = bench.bias_from_groups(groups, bench.SHEAR)
+    # Noiseless and paired: even the harder cases stay within a few per cent of the truth.
+    assert abs(b["m"]) < 0.05
+
+
+def test_harder_case_options_change_only_what_they_say():
+    from shapepipe.modules.ngmix.simulate import draw_group
+
+    base = draw_group(4, 9, (0.01, 0.0), rotations=(0,))
+    masked = draw_group(4, 9, (0.01, 0.0), rotations=(0,), mask_fraction=0.02)
+    good = ~masked["mask"]
+    assert masked["mask"].any() and np.array_equal(base["image"][good], masked["image"][good])
+    # The +-g and +-n stamps share their masks.
+    assert all(np.array_equal(masked["mask"][0], masked["mask"][k]) for k in range(4))
+    fitted = draw_group(4, 9, (0.01, 0.0), rotations=(0,), psf_star_snr=500.0)
+    assert np.array_equal(fitted["image"], base["image"])
+    assert np.array_equal(fitted["psf_true"][0], base["psf"][0, 0])
+    assert 1e-5 < np.abs(fitted["psf"][0, 0] - base["psf"][0, 0]).max() < 0.05
+    with pytest.raises(ValueError, match="rotate_noise"):
+        draw_group(0, 1, (0.01, 0.0), rotate_noise=True, mask_fraction=0.01)
+
+
+def test_max_gain_flags_an_object():
+    from shapepipe.modules.ngmix import FLAG_MAX_GAIN, make_stamp_obs, measure_object
+    from shapepipe.modules.ngmix.simulate import draw_group
+
+    st = draw_group(1, 5, (0.0, 0.0), rotations=(0,))
+    obs = [make_stamp_obs(st["image"][0, 0], st["weight"][0, 0], st["psf"][0, 0], 0.187)]
+    rows = measure_object(obs, 1, seed=1, max_gain=1e6)
+    assert not rows["noshear"]["flags"] & FLAG_MAX_GAIN
+    rows = measure_object(obs, 1, seed=1, max_gain=0.5)
+    assert rows["noshear"]["flags"] & FLAG_MAX_GAIN and rows["noshear"]["mcal_flags"]

@@ -16,6 +16,7 @@ from .fitting import (
     FLAG_ADMOM_FAILED,
     FLAG_COV_FAILED,
     FLAG_FIT_FAILED,
+    FLAG_MAX_GAIN,
     FLAG_METACAL_FAILED,
     FLAG_NO_EPOCHS,
     FLAG_PSF_FAILED,
@@ -44,7 +45,8 @@ from .metacal import METACAL_TYPES, MetacalImager, metacal_shears, shear_matrix
 from .observation import Jacobian, Observation, make_stamp_obs, make_wcs_obs
 
 __all__ = [
-    "FLAG_ADMOM_FAILED", "FLAG_COV_FAILED", "FLAG_FIT_FAILED", "FLAG_METACAL_FAILED",
+    "FLAG_ADMOM_FAILED", "FLAG_COV_FAILED", "FLAG_FIT_FAILED", "FLAG_MAX_GAIN",
+    "FLAG_METACAL_FAILED",
     "FLAG_NO_EPOCHS", "FLAG_PSF_FAILED", "FLAG_SHAPE_RANGE", "NO_PRIORS", "PixelSet",
     "Priors", "adaptive_moments", "fit_gmix_model", "fit_psf_em", "fit_psf_gauss",
     "levenberg_marquardt", "MODELS", "GMix", "e_to_g", "g_to_e", "profile_mixture",

@@ -15,6 +15,7 @@ FLAG_FIT_FAILED = 8          # the model fit did not converge after every retry
 FLAG_SHAPE_RANGE = 16        # |g| >= 1 or T not finite at the end
 FLAG_COV_FAILED = 32         # parameter covariance singular or not positive
 FLAG_ADMOM_FAILED = 64       # adaptive moments did not converge (guess fell back)
+FLAG_MAX_GAIN = 128          # the deconvolution amplifies some frequency more than max_gain
 
 PARAM_NAMES = ("u0", "v0", "g1", "g2", "T", "flux")
 

@@ -10,6 +10,7 @@ import numpy as np
 from shapepipe.utils.rng import make_rng
 
 from .fitting import (
+    FLAG_MAX_GAIN,
     FLAG_METACAL_FAILED,
     FLAG_NO_EPOCHS,
     FLAG_PSF_FAILED,
@@ -118,7 +119,8 @@ def _better_fit(new, old):
 
 def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors=None,
                    fixnoise=True, n_retry=3, zero_point=30.0, margin=8, dilation=None,
-                   noise_sign=1.0, noise_rotation=0, start_T_factors=(1.0, 0.4, 2.5)):
+                   noise_sign=1.0, noise_rotation=0, start_T_factors=(1.0, 0.4, 2.5),
+                   max_gain=None):
     """Metacalibration shapes of one object from its epochs.
 
     Parameters
@@ -162,6 +164,12 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
         size-ellipticity degeneracy, and a single start lands in the higher one for some of
         them. The five images get the same procedure so that the response is that of one
         estimator, switches between minima included.
+    max_gain : float, optional
+        Flag the object (``FLAG_MAX_GAIN`` in ``flags`` and ``mcal_flags``) when the
+        deconvolution multiplies some frequency by more than this, ``max |G(k) / P(k)|``
+        over the frequencies the reconvolution Gaussian ``G`` keeps, for some epoch: a PSF
+        image whose transform nearly vanishes there (a noisy or badly fitted PSF model)
+        turns pixel noise into large sheared-image artefacts. None: never flag.
 
     Returns
     -------
@@ -221,6 +229,8 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
             imager = MetacalImager(obs.shape, obs.jacobian, obs.psf, sigma_r, margin=margin)
             for t, im in imager.make_all(image, noise, step=step).items():
                 images[t].append(im)
+            if max_gain is not None and imager.max_gain > max_gain:
+                flags |= FLAG_MAX_GAIN
     except (FloatingPointError, ValueError, np.linalg.LinAlgError):
         for row in rows.values():
             row["flags"] = row["mcal_flags"] = flags | FLAG_METACAL_FAILED

@@ -63,7 +63,8 @@ def snr_from_weight(weight, snr_range, snr_slope):
 def draw_group(index, seed, shear, n_epoch=1, stamp_size=51, pixel_scale=0.187,
                  snr_range=(10.0, 100.0), hlr_range=(0.3, 0.8), fwhm_range=(0.6, 0.8),
                  beta_range=(3.0, 4.8), psf_g_max=0.03, e_sigma=0.26, rotate_noise=False,
-                 snr_slope=0.0, rotations=(0, 90)):
+                 snr_slope=0.0, rotations=(0, 90), psf_g_mean=(0.0, 0.0), jacobian=None,
+                 mask_fraction=0.0, psf_star_snr=None):
     """The eight stamps of one intrinsic galaxy.
 
     Parameters
@@ -98,15 +99,35 @@ def draw_group(index, seed, shear, n_epoch=1, stamp_size=51, pixel_scale=0.187,
         and weighting them down measures the same biases with fewer galaxies (a = 1.45
         halves the variance for a given number of galaxies).
 
+    psf_g_mean : (float, float)
+        Added to every PSF's random shear: a non-zero mean PSF ellipticity, so that the
+        additive bias measures the PSF leakage ``alpha = c / psf_g_mean``.
+    jacobian : array_like (2, 2), optional
+        Pixel -> sky matrix ``[[du/dx, du/dy], [dv/dx, dv/dy]]`` (arcsec per pixel) of a
+        sheared/rotated WCS used to draw galaxy and PSF (default: ``pixel_scale`` square
+        pixels). The measurement must be given the same Jacobian.
+    mask_fraction : float
+        Fraction of each epoch's pixels flagged bad (cosmic-ray-like single pixels, plus one
+        bad column when > 0), set to a large value in the image; returned in ``mask``. The
+        +-g and +-n stamps share the masks (the noise pairs stay exact).
+    psf_star_snr : float, optional
+        When set, ``psf`` is not the true PSF but a 3-Gaussian mixture fitted by EM to one
+        noisy star image of this S/N (a fitted PSF model, with model and noise errors), and
+        the true PSF is returned in ``psf_true``.
+
     Returns
     -------
     dict
-        ``image``, ``weight``, ``psf`` (K, n_epoch, S, S), ``sign``, ``rot``, ``nsign``,
-        ``nrot`` (K,) with ``K = 4 len(rotations)``, ``snr`` (target S/N of the galaxy over
-        all epochs) and ``snr_weight`` (the importance weight, 1 without importance sampling).
+        ``image``, ``weight``, ``psf``, ``mask`` (K, n_epoch, S, S), ``sign``, ``rot``,
+        ``nsign``, ``nrot`` (K,) with ``K = 4 len(rotations)``, ``snr`` (target S/N of the
+        galaxy over all epochs) and ``snr_weight`` (the importance weight, 1 without
+        importance sampling).
     """
     import galsim
 
+    if rotate_noise and (mask_fraction > 0 or jacobian is not None):
+        raise ValueError("rotate_noise needs square pixels and no masks (the rotated stamps "
+                         "must be exact rotations)")
     rng = make_rng(seed, "group", int(index))
     snr, snr_weight = sample_snr(rng, snr_range, snr_slope)
     hlr = rng.uniform(*hlr_range)
@@ -122,15 +143,29 @@ def draw_group(index, seed, shear, n_epoch=1, stamp_size=51, pixel_scale=0.187,
     images = np.empty((2 * half, n_epoch, S, S))
     weights = np.empty_like(images)
     psfs = np.empty_like(images)
+    draw = ({"scale": pixel_scale} if jacobian is None
+            else {"wcs": galsim.JacobianWCS(*np.asarray(jacobian, float).ravel())})
     epochs = []
     for _ in range(n_epoch):
         fwhm = rng.uniform(*fwhm_range)
         beta = rng.uniform(*beta_range)
-        pg = rng.uniform(-psf_g_max, psf_g_max, 2)
+        pg = rng.uniform(-psf_g_max, psf_g_max, 2) + np.asarray(psf_g_mean, float)
         psf = galsim.Moffat(beta=beta, fwhm=fwhm).shear(g1=pg[0], g2=pg[1])
-        psf_im = psf.drawImage(nx=S, ny=S, scale=pixel_scale).array
+        psf_im = psf.drawImage(nx=S, ny=S, **draw).array
         noise = rng.standard_normal((S, S))
         epochs.append((psf, psf_im, noise))
+    # Extra draws come after the standard ones, from a stream of their own, so that the
+    # standard design's galaxies are unchanged by these options.
+    extra = make_rng(seed, "group-extra", int(index))
+    masks = np.zeros((n_epoch, S, S), bool)
+    if mask_fraction > 0:
+        for ep in range(n_epoch):
+            masks[ep] = extra.uniform(size=(S, S)) < mask_fraction
+            masks[ep][:, extra.integers(0, S)] = True
+    psf_meas = [psf_im for _, psf_im, _ in epochs]
+    if psf_star_snr is not None:
+        psf_meas = [fitted_psf_image(psf_im, psf_star_snr, extra, jacobian, pixel_scale)
+                    for _, psf_im, _ in epochs]
     base = galsim.Exponential(half_light_radius=hlr, flux=1.0).shear(shape)
     # Stamps k < half have noise +n, stamp k + half the same with -n.
     signs = np.tile([1, -1], 2 * len(rotations))
@@ -147,20 +182,62 @@ def draw_group(index, seed, shear, n_epoch=1, stamp_size=51, pixel_scale=0.187,
             for _ in range(nrots[k]):
                 shift = (-shift[1], shift[0])
         gal = gal.shear(g1=signs[k] * shear[0], g2=signs[k] * shear[1]).shift(*shift)
-        for ep, (psf, psf_im, noise) in enumerate(epochs):
+        for ep, (psf, _, noise) in enumerate(epochs):
             if nrots[k]:
                 noise = np.rot90(noise, -nrots[k])
-            im = galsim.Convolve(gal, psf).drawImage(nx=S, ny=S, scale=pixel_scale).array
+            im = galsim.Convolve(gal, psf).drawImage(nx=S, ny=S, **draw).array
             if sigma is None:
                 # Noise level giving the target optimal S/N over all epochs, fixed from the
                 # first drawn stamp so that all stamps share it.
                 sigma = np.sqrt(np.sum(im ** 2) * n_epoch) / snr
             for kk in (k, k + half):
                 images[kk, ep] = im + (nsigns[kk] * sigma) * noise
+                # Bad pixels carry junk (a cosmic-ray-like value) that must never be used.
+                images[kk, ep][masks[ep]] = 1e4 * sigma
                 weights[kk, ep] = 1.0 / sigma ** 2
-                psfs[kk, ep] = psf_im
-    return {"image": images, "weight": weights, "psf": psfs, "sign": signs, "rot": rots,
-            "nsign": nsigns, "nrot": nrots, "snr": snr, "snr_weight": snr_weight}
+                psfs[kk, ep] = psf_meas[ep]
+    mask_out = np.broadcast_to(masks, images.shape)
+    out = {"image": images, "weight": weights, "psf": psfs, "mask": mask_out, "sign": signs,
+           "rot": rots, "nsign": nsigns, "nrot": nrots, "snr": snr, "snr_weight": snr_weight}
+    if psf_star_snr is not None:
+        out["psf_true"] = np.array([psf_im for _, psf_im, _ in epochs])
+    return out
+
+
+def fitted_psf_image(psf_im, star_snr, rng, jacobian=None, pixel_scale=0.187, n_gauss=3):
+    """A PSF model as a pipeline would have it: a Gaussian mixture fitted to a noisy star.
+
+    Parameters
+    ----------
+    psf_im : numpy.ndarray
+        True PSF image (unit sum).
+    star_snr : float
+        Optimal S/N of the star the model is fitted to.
+    rng : numpy.random.Generator
+    jacobian : array_like (2, 2), optional
+        Pixel -> sky matrix (default: square pixels of ``pixel_scale``).
+    n_gauss : int
+        Gaussians of the EM mixture.
+
+    Returns
+    -------
+    numpy.ndarray
+        The fitted mixture rendered on the same grid, unit sum.
+    """
+    from shapepipe.modules.ngmix.fitting import fit_psf_em
+    from shapepipe.modules.ngmix.observation import Jacobian
+
+    ny, nx = psf_im.shape
+    matrix = (np.diag([pixel_scale, pixel_scale]) if jacobian is None
+              else np.asarray(jacobian, float))
+    jac = Jacobian((nx - 1) / 2.0, (ny - 1) / 2.0, matrix)
+    sigma = np.sqrt(np.sum(psf_im ** 2)) / star_snr
+    star = psf_im + sigma * rng.standard_normal(psf_im.shape)
+    fit = fit_psf_em(star, jac, n_gauss=n_gauss)
+    y, x = np.mgrid[0:ny, 0:nx]
+    u, v = jac.uv(x, y)
+    model = fit["gmix"].render(u, v, jac.det)
+    return model / model.sum()
 
 
 def make_stamp_set(n_gal, seed, shear, n_epoch=1, **kwargs):
