@@ -2,8 +2,8 @@
 """Generate the simulated CFIS-like survey used by the examples and the tests.
 
     python scripts/make_example_data.py --output DIR [--seed N] [--full] [--shear G1,G2]
-                                        [--paired] [--des] [--processes N] [--no-compress]
-                                        [--overwrite]
+                                        [--psf-g-offset G1,G2] [--paired] [--des]
+                                        [--processes N] [--no-compress] [--overwrite]
 
 Writes DIR/exposures, DIR/tiles, DIR/star_cat, DIR/truth (and DIR/des with --des; DIR/plus and
 DIR/minus with --paired). Formats: shapepipe/sim/FORMATS.md.
@@ -23,7 +23,7 @@ def _shear(text):
     try:
         g1, g2 = (float(v) for v in text.split(","))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--shear {text!r}: expected two numbers G1,G2") from exc
+        raise argparse.ArgumentTypeError(f"{text!r}: expected two numbers G1,G2") from exc
     return g1, g2
 
 
@@ -35,6 +35,8 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="MegaCam-size data (slow)")
     parser.add_argument("--shear", type=_shear, default=(0.02, 0.0),
                         help="constant shear G1,G2 (default 0.02,0.0)")
+    parser.add_argument("--psf-g-offset", type=_shear, default=None, metavar="G1,G2",
+                        help="mean PSF shear added over every focal plane (leakage fields)")
     parser.add_argument("--paired", action="store_true",
                         help="write DIR/plus (+g) and DIR/minus (-g) with identical noise")
     parser.add_argument("--des", action="store_true", help="also write DES-like tiles in DIR/des")
@@ -53,7 +55,8 @@ def main(argv=None):
     try:
         make_survey(args.output, seed=args.seed, full=args.full, shear=args.shear,
                     paired=args.paired, des=args.des, n_processes=args.processes,
-                    overwrite=args.overwrite, compress=not args.no_compress, log=log)
+                    overwrite=args.overwrite, compress=not args.no_compress, log=log,
+                    psf_g_offset=args.psf_g_offset)
     except SimError as exc:
         print(f"make_example_data: {exc}", file=sys.stderr)
         return 2

@@ -366,3 +366,17 @@ def test_small_ccd_has_enough_bright_stars():
                                    mask=res["flag"] != 0, gain=geo.GAIN)
     assert np.sum(flux / ferr > 50) >= 60
     assert 1 <= ps["SATURATED"].sum() <= 15
+
+
+def test_psf_g_offset_shifts_the_mean_psf_shear_only():
+    from shapepipe.sim import geometry as geo
+    from shapepipe.sim.psf import model_row
+
+    params = geo.tiny_params()
+    shifted = geo.SurveyParams(**{**params.__dict__, "psf_g_offset": (0.03, -0.02)})
+    base, off = model_row(params, 5, params.exposures[0], 1), model_row(shifted, 5,
+                                                                        params.exposures[0], 1)
+    assert off["G1_COEF"][0] - base["G1_COEF"][0] == pytest.approx(0.03)
+    assert off["G2_COEF"][0] - base["G2_COEF"][0] == pytest.approx(-0.02)
+    np.testing.assert_array_equal(off["G1_COEF"][1:], base["G1_COEF"][1:])
+    np.testing.assert_array_equal(off["FWHM_COEF"], base["FWHM_COEF"])

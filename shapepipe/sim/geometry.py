@@ -48,6 +48,7 @@ class SurveyParams:
     n_bad_columns: int = 2  # per CCD (on average)
     des_tiles: int = 3
     des_size: int = 1000
+    psf_g_offset: tuple = (0.0, 0.0)  # mean PSF shear added everywhere (leakage fields)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -17,7 +17,7 @@ FWHM_MIN = 0.6
 FWHM_MAX = 0.8
 
 
-def psf_coefficients(seed, exp_num):
+def psf_coefficients(seed, exp_num, g_offset=(0.0, 0.0)):
     """Random but smooth PSF model of one exposure.
 
     Parameters
@@ -26,6 +26,9 @@ def psf_coefficients(seed, exp_num):
         Survey seed.
     exp_num : int
         Exposure number.
+    g_offset : (float, float)
+        Added to the constant terms of g1 and g2: a mean PSF ellipticity over the focal
+        plane, for fields that measure the PSF leakage of the shear estimates.
 
     Returns
     -------
@@ -53,6 +56,8 @@ def psf_coefficients(seed, exp_num):
     g2[1:3] = rng.normal(0.0, 0.005, 2)
     g1[3], g1[5] = astig, -astig
     g2[4] = 2.0 * astig
+    g1[0] += g_offset[0]
+    g2[0] += g_offset[1]
     return {"BETA": float(beta), "FWHM_COEF": fwhm, "G1_COEF": g1, "G2_COEF": g2}
 
 
@@ -93,7 +98,7 @@ def model_rows(params, seed):
     cols = {k: [] for k in ("EXP_NUM", "CCD", "DX", "DY", "R_NORM", "BETA", "FWHM_COEF",
                             "G1_COEF", "G2_COEF")}
     for exp in params.exposures:
-        coef = psf_coefficients(seed, exp)
+        coef = psf_coefficients(seed, exp, params.psf_g_offset)
         for ccd in range(dx.size):
             cols["EXP_NUM"].append(exp)
             cols["CCD"].append(ccd)
@@ -111,7 +116,7 @@ def model_rows(params, seed):
 def model_row(params, seed, exp_num, ccd):
     """The psf_model row (dict) of one exposure-CCD, computed from the parameters."""
     dx, dy, _, _ = ccd_layout(params)
-    row = psf_coefficients(seed, exp_num)
+    row = psf_coefficients(seed, exp_num, params.psf_g_offset)
     row.update(DX=float(dx[ccd]), DY=float(dy[ccd]), R_NORM=r_norm(params))
     return row
 

@@ -1,5 +1,6 @@
 """Driver: render a whole simulated survey into a directory tree (see FORMATS.md)."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -148,7 +149,8 @@ def _check_output(path, overwrite):
 
 
 def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=False, des=False,
-                n_processes=1, params=None, overwrite=False, compress=True, log=None):
+                n_processes=1, params=None, overwrite=False, compress=True, log=None,
+                psf_g_offset=None):
     """Render a simulated CFIS-like survey (and optionally DES-like tiles) into ``output_dir``.
 
     Parameters
@@ -178,6 +180,9 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         tile-compressed images).
     log : callable, optional
         Called with progress messages (e.g. ``print``).
+    psf_g_offset : (float, float), optional
+        Mean PSF shear added over the whole focal plane of every exposure (fields that
+        measure PSF leakage); recorded in ``truth/survey.json``.
 
     Returns
     -------
@@ -191,6 +196,8 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         raise SimError(f"shear {shear}: |g| must be < 0.5")
     if params is None:
         params = geo.full_params() if full else geo.small_params()
+    if psf_g_offset is not None:
+        params = dataclasses.replace(params, psf_g_offset=tuple(float(g) for g in psf_g_offset))
     output_dir = os.fspath(output_dir)
     _check_output(output_dir, overwrite)
 
@@ -270,6 +277,7 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         meta = {
             "seed": int(seed),
             "shear": [fg1, fg2],
+            "psf_g_offset": list(params.psf_g_offset),
             "full": bool(full),
             "compressed": bool(compress),
             "paired": name if name else False,
