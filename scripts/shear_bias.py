@@ -1,0 +1,401 @@
+#!/usr/bin/env python
+"""Shear calibration of the whole pipeline: m and c of the catalogues it produces.
+
+Simulates K paired fields (shear +g and -g: same objects, intrinsic shapes and noise; a fresh
+seed per field), runs ``example/config_exp.ini`` then ``example/config_tile.ini`` on every
+half, reads the final catalogues (``final_cat-<tile>.fits``), applies the standard cuts
+(flags, S/N, T/Tpsf, SPREAD_CLASS) and measures the mean shear with the metacal shear
+response plus the selection response (cuts redone on the sheared quantities). Detection,
+blending, the PSF model, the WCS and the selection are all in the loop.
+
+Per field and component, the paired estimate of the multiplicative bias is
+``(e+ - e-) / (2 g) - 1`` and of the additive bias ``(e+ + e-) / 2`` with ``e = <R>^-1 <g>``;
+the figures combine the fields' sums and take their errors from a jackknife over fields.
+Optional leakage fields add a mean PSF shear to every focal plane; the PSF leakage is
+``alpha = (c_leak - c) / (psf_leak - psf)`` with the mean PSF shears measured on the selected
+galaxies (``NGMIX_ELL_PSFo_NOSHEAR``).
+
+Resumable: a field's data and each half's runs are kept in ``--output`` and not redone.
+
+    python scripts/shear_bias.py --output DIR [--seed N] [--fields K] [--leakage-fields L]
+        [--processes N] [--model psf_model|psfex] [--shear G] [--psf-g-offset G1,G2]
+        [--full] [--report]
+
+Writes ``DIR/shear_bias.json`` and ``DIR/shear_bias.png`` (m by S/N and by size, per-field m).
+A figure of record fixes ``--seed``, ``--fields`` and ``--leakage-fields`` before it runs
+(DESIGN.md section 12).
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import shear_validation as sv  # noqa: E402
+
+from shapepipe.utils.atomic import atomic_path, write_text  # noqa: E402
+
+HALVES = ("plus", "minus")
+SNR_BINS = (10.0, 15.0, 25.0, 50.0, 1e9)
+SIZE_BINS = (0.5, 0.8, 1.2, 2.0, 1e9)  # T / Tpsf
+
+
+def _pair(text):
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected two numbers A,B") from exc
+    return a, b
+
+
+def field_seed(seed, index):
+    """The survey seed of field ``index``: fresh for every field, fixed by ``seed``."""
+    return int(seed) * 1000 + int(index)
+
+
+def write_configs(out_dir, model, processes):
+    """Copies of the example configs with the PSF model and the worker count chosen.
+
+    Config files are data: only the two keys are replaced, by line.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
+    paths = {}
+    for name in ("config_exp.ini", "config_tile.ini"):
+        with open(os.path.join(ROOT, "example", name), encoding="utf-8") as handle:
+            text = handle.read()
+        text = re.sub(r"(?im)^SMP_BATCH_SIZE\s*=.*$", f"SMP_BATCH_SIZE = {processes}", text)
+        if name == "config_tile.ini":
+            text = re.sub(r"(?im)^ME_DOT_PSF_DIR\s*=.*$", f"ME_DOT_PSF_DIR = {psf_dir}", text)
+        path = os.path.join(out_dir, name)
+        write_text(text, path)
+        paths[name] = path
+    return paths
+
+
+def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log):
+    """Simulate one paired field and run both chains on each half (skipping what is done)."""
+    from shapepipe.sim import make_survey
+
+    data = os.path.join(field_dir, "data")
+    if not os.path.isfile(os.path.join(data, "minus", "truth", "survey.json")):
+        log(f"  simulating {data} (seed {seed})")
+        make_survey(data, seed=seed, full=full, shear=shear, paired=True,
+                    n_processes=processes, overwrite=True, psf_g_offset=psf_g_offset)
+    cats = {}
+    for half in HALVES:
+        done = os.path.join(field_dir, f"{half}.done")
+        if os.path.isfile(done):
+            with open(done, encoding="utf-8") as handle:
+                cats[half] = handle.read().split()
+            continue
+        env = dict(os.environ, SP_DATA=os.path.join(data, half),
+                   SP_RUN=os.path.join(field_dir, "runs", half))
+        for name in ("config_exp.ini", "config_tile.ini"):
+            t0 = time.time()
+            proc = subprocess.run([sys.executable, os.path.join(ROOT, "shapepipe_run.py"), "-c",
+                                   configs[name], "-q"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True)
+            log(f"  {os.path.basename(field_dir)} {half}: {name} exit {proc.returncode} "
+                f"({time.time() - t0:.0f} s)")
+            if proc.returncode == 2:
+                raise SystemExit(f"{name}: configuration error: {proc.stderr.strip()}")
+        files = sv.find_final_catalogues(os.path.join(field_dir, "runs", half))
+        if not files:
+            raise SystemExit(f"{field_dir} {half}: no final_cat-*.fits was produced "
+                             f"(see the run logs under {env['SP_RUN']})")
+        # Only the newest tile run's catalogues.
+        newest = max(os.path.dirname(f) for f in files)
+        cats[half] = [f for f in files if os.path.dirname(f) == newest]
+        write_text("\n".join(cats[half]) + "\n", done)
+    return cats
+
+
+def _restricted(select, rows):
+    """The cuts of ``select`` and, in addition, only ``rows``."""
+    return lambda tab: select(tab) & rows
+
+
+def half_sums(files, truth_dir, select, true_galaxies=False):
+    """Per-object quantities of one half after the cuts, for combination across fields.
+
+    Returns
+    -------
+    dict
+        ``g`` (n, 2) ellipticities, ``R`` (n, 2, 2) shear responses of the selected objects,
+        ``R_S`` (2, 2) selection response, ``psf`` (n, 2) PSF shears, ``snr``, ``t_ratio``.
+    """
+    cat = sv.load_catalogues(files)
+    tables = sv.metacal_tables(cat)
+    if true_galaxies:
+        truth, _ = sv.load_truth(truth_dir)
+        idx = sv.match(cat["XWIN_WORLD"], cat["YWIN_WORLD"], truth["RA"], truth["DEC"])
+        is_gal = np.zeros(len(idx), bool)
+        is_gal[idx >= 0] = truth["IS_STAR"][idx[idx >= 0]] == 0
+        select = _restricted(select, is_gal)
+    sel = select(tables["noshear"])
+    from shapepipe.modules.ngmix.measure import selection_response, shear_response
+
+    resp = shear_response(tables, step=sv.STEP)[sel]
+    ns = tables["noshear"][sel]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_ratio = ns["T"] / ns["Tpsf"]
+    return {"g": np.column_stack([ns["g1"], ns["g2"]]), "R": resp.reshape(-1, 2, 2),
+            "R_S": selection_response(tables, select, step=sv.STEP),
+            "psf": np.asarray(cat["NGMIX_ELL_PSFo_NOSHEAR"], float).reshape(-1, 2)[sel],
+            "snr": ns["snr"], "t_ratio": t_ratio}
+
+
+def _estimate(parts, rows=None):
+    """``e = (<R> + <R_S>)^-1 <g>`` of a list of halves, optionally restricted to rows."""
+    g, r, n_tot, rs = [], [], 0, np.zeros((2, 2))
+    for k, p in enumerate(parts):
+        keep = slice(None) if rows is None else rows[k]
+        g.append(p["g"][keep])
+        r.append(p["R"][keep])
+        n = len(p["g"][keep])
+        rs += n * p["R_S"]
+        n_tot += n
+    if n_tot < 2:
+        return np.full(2, np.nan), 0
+    g, r = np.concatenate(g), np.concatenate(r)
+    return np.linalg.solve(r.mean(axis=0) + rs / n_tot, g.mean(axis=0)), n_tot
+
+
+def biases(fields, shear, bins=None):
+    """m_i and c_i of paired fields; jackknife over fields for the errors.
+
+    Parameters
+    ----------
+    fields : list of dict
+        ``{"plus": half_sums, "minus": half_sums}`` per field.
+    shear : (float, float)
+        The +g field's applied shear.
+    bins : (str, lo, hi), optional
+        Restrict to objects with ``lo <= key < hi`` (``key`` a half_sums entry).
+    """
+    def rows_for(half):
+        if bins is None:
+            return None
+        key, lo, hi = bins
+        return [(f[half][key] >= lo) & (f[half][key] < hi) for f in fields]
+
+    def stats(subset):
+        sel = [fields[k] for k in subset]
+        rows = {h: (None if bins is None else [rows_for(h)[k] for k in subset]) for h in HALVES}
+        ep, n_p = _estimate([f["plus"] for f in sel], rows["plus"])
+        em, n_m = _estimate([f["minus"] for f in sel], rows["minus"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.where(np.asarray(shear) != 0, (ep - em) / (2 * np.asarray(shear)) - 1, np.nan)
+        # m along the applied shear: both components weighed by the shear.
+        gvec = np.asarray(shear)
+        m_along = float(np.dot(ep - em, gvec) / (2 * np.dot(gvec, gvec)) - 1)
+        return np.concatenate([m, [m_along], (ep + em) / 2]), n_p + n_m
+
+    full, n = stats(range(len(fields)))
+    k = len(fields)
+    if k > 1:
+        jack = np.array([stats([j for j in range(k) if j != i])[0] for i in range(k)])
+        err = np.sqrt((k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0))
+    else:
+        err = np.full(full.shape, np.nan)
+    names = ("m1", "m2", "m", "c1", "c2")
+    out = {name: float(v) for name, v in zip(names, full)}
+    out.update({f"{name}_err": float(e) for name, e in zip(names, err)})
+    out["n_objects"] = int(n)
+    return out
+
+
+def leakage(normal, leaky):
+    """alpha_i = (c_leak - c) / (psf_leak - psf), jackknife errors over both field sets."""
+    def c_and_psf(fields):
+        ep, _ = _estimate([f["plus"] for f in fields])
+        em, _ = _estimate([f["minus"] for f in fields])
+        psf = np.concatenate([f[h]["psf"] for f in fields for h in HALVES]).mean(axis=0)
+        return (ep + em) / 2, psf
+
+    def alpha(norm, leak):
+        c0, p0 = c_and_psf(norm)
+        c1, p1 = c_and_psf(leak)
+        return (c1 - c0) / (p1 - p0)
+
+    value = alpha(normal, leaky)
+    var = np.zeros(2)
+    for fields, other, first in ((normal, leaky, True), (leaky, normal, False)):
+        k = len(fields)
+        if k < 2:
+            return {"alpha1": float(value[0]), "alpha2": float(value[1]),
+                    "alpha1_err": np.nan, "alpha2_err": np.nan}
+        jack = np.array([alpha([f for j, f in enumerate(fields) if j != i], other) if first
+                         else alpha(other, [f for j, f in enumerate(fields) if j != i])
+                         for i in range(k)])
+        var += (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
+    err = np.sqrt(var)
+    return {"alpha1": float(value[0]), "alpha2": float(value[1]),
+            "alpha1_err": float(err[0]), "alpha2_err": float(err[1])}
+
+
+def plot(path, summary):
+    """m by S/N and by size bin, and per-field m."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, label in ((axes[0], "by_snr", "S/N (NGMIX_SNR)"),
+                           (axes[1], "by_size", "T / Tpsf")):
+        rows = summary[key]
+        x = np.arange(len(rows))
+        ax.errorbar(x, [r["m"] for r in rows], [r["m_err"] for r in rows], fmt="o")
+        ax.set_xticks(x, [r["bin"] for r in rows], fontsize=8)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhspan(-2e-3, 2e-3, color="g", alpha=0.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("m (along the shear)")
+    per = summary["per_field"]
+    axes[2].plot(np.arange(len(per)), [p["m"] for p in per], "o")
+    axes[2].axhline(summary["all"]["m"], color="C1", label="all fields")
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[2].set_xlabel("field")
+    axes[2].set_ylabel("m of the field")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"pipeline shear bias: {len(per)} paired fields, m = {summary['all']['m']:+.4f}"
+                 f" +- {summary['all']['m_err']:.4f}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def _label(lo, hi):
+    return f"{lo:g}-{hi:g}" if hi < 1e8 else f">{lo:g}"
+
+
+def analyse(field_info, shear, cuts, log):
+    """The summary dict from the catalogues of every field."""
+    select = sv.make_selector(cuts)
+    normal, leaky, normal_truth = [], [], []
+    for info in field_info:
+        halves = {h: half_sums(info["cats"][h], info["truth"][h], select) for h in HALVES}
+        (leaky if info["leakage"] else normal).append(halves)
+        if not info["leakage"]:
+            normal_truth.append({h: half_sums(info["cats"][h], info["truth"][h], select,
+                                              true_galaxies=True) for h in HALVES})
+    if not normal:
+        raise SystemExit("no field without PSF offset: nothing to measure m and c on")
+    summary = {"shear": list(shear), "cuts": cuts, "n_fields": len(normal),
+               "n_leakage_fields": len(leaky)}
+    summary["all"] = biases(normal, shear)
+    summary["true_galaxies_only"] = biases(normal_truth, shear)
+    summary["by_snr"] = [dict(biases(normal, shear, ("snr", lo, hi)), bin=_label(lo, hi))
+                         for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:])]
+    summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi)), bin=_label(lo, hi))
+                          for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
+    summary["per_field"] = [biases([f], shear) for f in normal]
+    if leaky:
+        summary["leakage"] = leakage(normal, leaky)
+    return summary
+
+
+def format_summary(s):
+    a = s["all"]
+    lines = [f"pipeline shear bias: {s['n_fields']} paired fields ({a['n_objects']} galaxy "
+             f"measurements after cuts), applied shear {s['shear']}",
+             f"  m  = {a['m']:+.5f} +- {a['m_err']:.5f} (along the shear)   "
+             f"(|m|+3sigma) = {abs(a['m']) + 3 * a['m_err']:.4f}",
+             f"  m1 = {a['m1']:+.5f} +- {a['m1_err']:.5f}   m2 = {a['m2']:+.5f} +- "
+             f"{a['m2_err']:.5f}",
+             f"  c1 = {a['c1']:+.2e} +- {a['c1_err']:.2e}   c2 = {a['c2']:+.2e} +- "
+             f"{a['c2_err']:.2e}"]
+    t = s["true_galaxies_only"]
+    lines.append(f"  true galaxies only: m = {t['m']:+.5f} +- {t['m_err']:.5f}")
+    for key, name in (("by_snr", "S/N"), ("by_size", "T/Tpsf")):
+        lines.append(f"  m by {name}: " + "; ".join(
+            f"{r['bin']}: {r['m']:+.4f} +- {r['m_err']:.4f} ({r['n_objects']})" for r in s[key]))
+    if "leakage" in s:
+        lk = s["leakage"]
+        lines.append(f"  alpha1 = {lk['alpha1']:+.4f} +- {lk['alpha1_err']:.4f}   "
+                     f"alpha2 = {lk['alpha2']:+.4f} +- {lk['alpha2_err']:.4f} "
+                     f"({s['n_leakage_fields']} leakage fields)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True, help="working directory (resumable)")
+    parser.add_argument("--seed", type=int, default=1, help="base seed (field k: seed*1000+k)")
+    parser.add_argument("--fields", type=int, default=4, help="paired fields for m and c")
+    parser.add_argument("--leakage-fields", type=int, default=0,
+                        help="paired fields with a mean PSF shear, for alpha")
+    parser.add_argument("--psf-g-offset", type=_pair, default=(0.03, 0.03),
+                        help="mean PSF shear of the leakage fields (default 0.03,0.03)")
+    parser.add_argument("--shear", type=_pair, default=(0.02, 0.0),
+                        help="applied shear of the + half (default 0.02,0.0)")
+    parser.add_argument("--processes", type=int, default=2, help="workers of every run")
+    parser.add_argument("--model", choices=("psf_model", "psfex"), default="psf_model",
+                        help="PSF model used by the tile chain")
+    parser.add_argument("--full", action="store_true", help="MegaCam-size fields (slow)")
+    parser.add_argument("--snr-min", type=float, default=10.0)
+    parser.add_argument("--t-ratio-min", type=float, default=0.5)
+    parser.add_argument("--report", action="store_true",
+                        help="analyse the fields already done, run nothing")
+    args = parser.parse_args(argv)
+    if args.fields < 1 or args.leakage_fields < 0 or args.processes < 1:
+        parser.error("--fields >= 1, --leakage-fields >= 0, --processes >= 1")
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    start = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - start:7.0f}s] {msg}", flush=True)
+
+    plan = {"seed": args.seed, "fields": args.fields, "leakage_fields": args.leakage_fields,
+            "psf_g_offset": list(args.psf_g_offset), "shear": list(args.shear),
+            "model": args.model, "full": args.full}
+    plan_path = os.path.join(out, "plan.json")
+    if os.path.isfile(plan_path):
+        with open(plan_path, encoding="utf-8") as handle:
+            old = json.load(handle)
+        if old != plan:
+            parser.error(f"{plan_path} records another plan ({old}); use another --output")
+    else:
+        write_text(json.dumps(plan, indent=1) + "\n", plan_path)
+    configs = write_configs(os.path.join(out, "configs"), args.model, args.processes)
+    field_info = []
+    for k in range(args.fields + args.leakage_fields):
+        leak = k >= args.fields
+        fdir = os.path.join(out, "fields", f"{'leak' if leak else 'field'}_{k:03d}")
+        if args.report:
+            done = [os.path.join(fdir, f"{h}.done") for h in HALVES]
+            if not all(os.path.isfile(d) for d in done):
+                log(f"{os.path.basename(fdir)}: not done, left out of the report")
+                continue
+        cats = run_field(fdir, field_seed(args.seed, k), args.shear,
+                         args.psf_g_offset if leak else None, configs, args.processes,
+                         args.full, log)
+        field_info.append({"cats": cats, "leakage": leak,
+                           "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
+    cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
+            "spread_class": 1}
+    summary = analyse(field_info, args.shear, cuts, log)
+    summary["plan"] = plan
+    write_text(json.dumps(summary, indent=1, default=float) + "\n",
+               os.path.join(out, "shear_bias.json"))
+    plot(os.path.join(out, "shear_bias.png"), summary)
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
