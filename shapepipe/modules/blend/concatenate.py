@@ -1,7 +1,8 @@
 """``concatenate`` and ``convert``: stacks of blends and training targets, and flux tables.
 
-The stacks are written into ``numpy.lib.format.open_memmap`` files in chunks, so memory does
-not grow with the number of blends; each is written under a temporary name and renamed.
+The stacks are written chunk by chunk (a .npy header, then each chunk's bytes appended), so
+memory does not grow with the number of blends; each is written under a temporary name and
+renamed.
 """
 
 import contextlib
@@ -25,8 +26,8 @@ from shapepipe.modules.blend.segmap import MASK_METHODS
 from shapepipe.utils.atomic import atomic_path
 
 METHODS = tuple(MASK_METHODS) + ("single_images",)
-#: Blends read per chunk (~0.2 MB each in memory).
-CHUNK = 256
+#: Blends read per chunk (~0.3 MB each in memory at most).
+CHUNK = 64
 DEFAULT_ZEROPOINT = 25.96
 
 
@@ -127,33 +128,40 @@ def concatenate(image_dir, method, delete=False, echo=print):
     return written
 
 
+def _open_stack(stack, path, shape, dtype):
+    """A file handle for a .npy of ``shape``/``dtype`` whose data is appended chunk by chunk."""
+    tmp = stack.enter_context(atomic_path(path))
+    handle = stack.enter_context(open(tmp, "wb"))
+    np.lib.format.write_array_header_1_0(handle, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": tuple(shape)})
+    return handle
+
+
 def _stack(image_dir, prefix, n, method, do_blends, do_target, blend_file, target_file):
-    """Write the missing stacks of one split chunk by chunk, each under a temporary name."""
+    """Write the missing stacks of one split chunk by chunk, each under a temporary name.
+
+    Each chunk is appended to the open files (C order, after the .npy header), so memory
+    holds one chunk whatever the number of blends (a memory map would keep the dirty pages
+    of the whole stack resident until they are written back).
+    """
     size = STAMP_SIZE
     need_img = do_blends or (do_target and method == "single_images")
     need_seg = do_target and method != "single_images"
     with contextlib.ExitStack() as stack:
         blends = target = None
         if do_blends:
-            tmp = stack.enter_context(atomic_path(blend_file))
-            blends = np.lib.format.open_memmap(tmp, mode="w+", dtype=IMG_DTYPE,
-                                               shape=(n, size, size))
+            blends = _open_stack(stack, blend_file, (n, size, size), IMG_DTYPE)
         if do_target:
-            tmp = stack.enter_context(atomic_path(target_file))
-            shape, dtype = _target_shape(method, n)
-            target = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            target = _open_stack(stack, target_file, *_target_shape(method, n))
         for start in range(0, n, CHUNK):
             stop = min(start + CHUNK, n)
             img, seg = _read_chunk(image_dir, prefix, start, stop, need_img, need_seg)
             if blends is not None:
-                blends[start:stop] = img.sum(axis=-1, dtype=IMG_DTYPE)
+                blends.write(img.sum(axis=-1, dtype=IMG_DTYPE).tobytes())
             if target is not None:
-                target[start:stop] = img if method == "single_images" else \
-                    MASK_METHODS[method](seg)
-        for array in (blends, target):
-            if array is not None:
-                array.flush()
-        del blends, target
+                out = img if method == "single_images" else MASK_METHODS[method](seg)
+                target.write(np.ascontiguousarray(out).tobytes())
 
 
 def convert(image_dir, zeropoint=DEFAULT_ZEROPOINT, echo=print):

@@ -52,6 +52,9 @@ def output_dir_name(seed, n_blends):
 class GalaxySet:
     """The galaxies of one or more input directories after the cuts.
 
+    The stamps stay memory-mapped; :meth:`stamps` and :meth:`segmaps` read the rows asked
+    for, so a set reads only the galaxies its blends use.
+
     Parameters
     ----------
     datapaths : list of str
@@ -68,8 +71,8 @@ class GalaxySet:
             raise BlendError(f"--exclude {bad[0]}: unknown galaxy type, expected one of "
                              f"{', '.join(GALAXY_TYPES)}")
         self.n_input = 0
-        img_parts, seg_parts, cat_parts = [], [], []
-        for path in datapaths:
+        self._img, self._seg, source, row, cat_parts = [], [], [], [], []
+        for number, path in enumerate(datapaths):
             img, seg, cat = load_inputs(path)
             self.n_input += img.shape[0]
             keep = (cat["mag"] > mag_low) & (cat["mag"] < mag_high)
@@ -86,18 +89,36 @@ class GalaxySet:
                 raise BlendError(f"{os.path.join(path, 'candels_cat.csv')}: ID "
                                  f"{cat['ID'][small[0]]} has radius {cat['radius'][small[0]]}, "
                                  "expected > 0 pixels")
-            # Fancy indexing a memory map reads only the rows kept.
-            img_parts.append(np.asarray(img[index], dtype=IMG_DTYPE))
-            seg_parts.append(np.asarray(seg[index]))
+            self._img.append(img)
+            self._seg.append(seg)
+            source.append(np.full(index.size, number))
+            row.append(index)
             cat_parts.append({k: v[index] for k, v in cat.items()})
-        self.img = np.concatenate(img_parts) if len(img_parts) > 1 else img_parts[0]
-        self.seg = np.concatenate(seg_parts) if len(seg_parts) > 1 else seg_parts[0]
+        self._source = np.concatenate(source)
+        self._row = np.concatenate(row)
         self.cat = {k: np.concatenate([c[k] for c in cat_parts]) for k in cat_parts[0]}
 
     @property
     def n_gal(self):
         """Galaxies left after the cuts."""
-        return self.img.shape[0]
+        return self._row.size
+
+    def _gather(self, arrays, index, dtype):
+        index = np.asarray(index)
+        out = np.empty((index.size, STAMP_SIZE, STAMP_SIZE), dtype=dtype)
+        for number, array in enumerate(arrays):
+            sel = np.flatnonzero(self._source[index] == number)
+            if sel.size:
+                out[sel] = array[self._row[index[sel]]]
+        return out
+
+    def stamps(self, index):
+        """float32 copies (K, 128, 128) of the stamps of galaxies ``index``."""
+        return self._gather(self._img, index, IMG_DTYPE)
+
+    def segmaps(self, index):
+        """int64 copies (K, 128, 128) of the segmentation maps of galaxies ``index``."""
+        return self._gather(self._seg, index, np.int64)
 
 
 def split_train_test(rng, n_gal, test_ratio):
@@ -187,10 +208,8 @@ def shift_stamp(stamp, dx, dy):
     """``stamp`` moved by dx columns and dy rows, zero-filled (no wrap-around)."""
     out = np.zeros_like(stamp)
     n_row, n_col = stamp.shape[-2:]
-    rs, rd = (slice(0, n_row - dy), slice(dy, n_row)) if dy >= 0 else \
-        (slice(-dy, n_row), slice(0, n_row + dy))
-    cs, cd = (slice(0, n_col - dx), slice(dx, n_col)) if dx >= 0 else \
-        (slice(-dx, n_col), slice(0, n_col + dx))
+    rs, rd = _shift_slices(int(dy), n_row)
+    cs, cd = _shift_slices(int(dx), n_col)
     out[..., rd, cd] = stamp[..., rs, cs]
     return out
 
@@ -205,7 +224,7 @@ class _Cleaner:
         self.sigma = np.empty(used.size)
         for start in range(0, used.size, 256):
             part = used[start:start + 256]
-            nb, sigma, _ = neighbour_regions(galaxies.img[part], galaxies.seg[part])
+            nb, sigma, _ = neighbour_regions(galaxies.stamps(part), galaxies.segmaps(part))
             self.neighbours[start:start + part.size] = nb
             self.sigma[start:start + part.size] = sigma
         bad = np.flatnonzero(~np.isfinite(self.sigma))
@@ -222,10 +241,17 @@ class _Cleaner:
         """
         slots = self.slot[index]
         sigma = self.sigma[slots].astype(IMG_DTYPE)[:, None, None]
-        noise = rng.standard_normal((2,) + img.shape, dtype=IMG_DTYPE)
-        np.copyto(img, noise[0] * sigma, where=self.neighbours[slots])
-        img += noise[1] * sigma
+        where = self.neighbours[slots]
+        # Draw only as many numbers as there are neighbour pixels.
+        img[where] = rng.standard_normal(int(where.sum()), dtype=IMG_DTYPE) * \
+            np.broadcast_to(sigma, img.shape)[where]
+        img += rng.standard_normal(img.shape, dtype=IMG_DTYPE) * sigma
         return img
+
+
+def _shift_slices(d, n):
+    """(source, destination) slices of a shift by ``d`` pixels along an axis of length n."""
+    return (slice(0, n - d), slice(d, n)) if d >= 0 else (slice(-d, n), slice(0, n + d))
 
 
 def make_set(rng, galaxies, pool, n_blends, prefix, outdir, mag_diff, rad_diff, clean):
@@ -244,19 +270,23 @@ def make_set(rng, galaxies, pool, n_blends, prefix, outdir, mag_diff, rad_diff, 
     seg_header = npy_header((2, size, size), SEG_DTYPE)
     for start in range(0, n_blends, BATCH):
         sl = slice(start, min(start + BATCH, n_blends))
-        index = np.stack([g1[sl], g2[sl]], axis=1)  # (B, 2)
-        flat = index.ravel()
-        img = galaxies.img[flat]  # copies: (2B, N, N)
+        index = np.concatenate([g1[sl], g2[sl]])
+        img = galaxies.stamps(index)
         if cleaner is not None:
-            cleaner.apply(rng, img, flat)
-        seg = central_masks(galaxies.seg[flat])
-        img = img.reshape(-1, 2, size, size)
-        seg = seg.reshape(-1, 2, size, size)
+            cleaner.apply(rng, img, index)
+        seg = central_masks(galaxies.segmaps(index))
+        k = sl.stop - sl.start
+        # Channels last for the images, first for the masks (CANDELS-blender's layouts);
+        # galaxy 2 moved by dx columns and dy rows, zero-filled.
+        cube = np.zeros((k, size, size, 2), IMG_DTYPE)
+        masks = np.zeros((k, 2, size, size), SEG_DTYPE)
+        cube[..., 0] = img[:k]
+        masks[:, 0] = seg[:k]
         for b, idx in enumerate(range(sl.start, sl.stop)):
-            img[b, 1] = shift_stamp(img[b, 1], dx[idx], dy[idx])
-            seg[b, 1] = shift_stamp(seg[b, 1], dx[idx], dy[idx])
-        cube = np.ascontiguousarray(np.moveaxis(img, 1, -1))  # (B, N, N, 2), channels last
-        for b, idx in enumerate(range(sl.start, sl.stop)):
+            rs, rd = _shift_slices(int(dy[idx]), size)
+            cs, cd = _shift_slices(int(dx[idx]), size)
+            cube[b, rd, cd, 1] = img[k + b, rs, cs]
+            masks[b, 1, rd, cd] = seg[k + b, rs, cs]
             with open(os.path.join(outdir, BLEND_TMP.format(prefix=prefix, idx=idx)),
                       "wb") as handle:
                 handle.write(img_header)
@@ -264,7 +294,7 @@ def make_set(rng, galaxies, pool, n_blends, prefix, outdir, mag_diff, rad_diff, 
             with open(os.path.join(outdir, BLEND_SEG_TMP.format(prefix=prefix, idx=idx)),
                       "wb") as handle:
                 handle.write(seg_header)
-                handle.write(seg[b].tobytes())
+                handle.write(masks[b].tobytes())
     _write_catalogue(os.path.join(outdir, f"{prefix}_catalogue.csv"), galaxies.cat, g1, g2,
                      dx, dy)
     return n_blends

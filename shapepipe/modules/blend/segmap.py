@@ -95,12 +95,15 @@ def neighbour_regions(img, seg, iterations=DILATION_ITERATIONS):
 
 
 def _masked_moments(values, mask):
+    """Count, mean and rms of the masked pixels of each stamp (float64 sums, one pass)."""
+    x = np.where(mask, values, values.dtype.type(0))
     n = mask.sum(axis=(1, 2))
+    s1 = x.sum(axis=(1, 2), dtype=np.float64)
+    s2 = np.einsum("kij,kij->k", x, x, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(mask, values, 0.0).sum(axis=(1, 2)) / n
-        dev = np.where(mask, values - mean[:, None, None], 0.0)
-        var = (dev * dev).sum(axis=(1, 2)) / (n - 1)
-    return n, mean, np.sqrt(var)
+        mean = s1 / n
+        var = (s2 - s1 * mean) / (n - 1)
+    return n, mean, np.sqrt(np.maximum(var, 0.0))
 
 
 def clipped_sigma(img, mask, clip=3.0):
@@ -116,10 +119,13 @@ def clipped_sigma(img, mask, clip=3.0):
     n : numpy.ndarray
         (K,) pixels used.
     """
-    values = np.asarray(img, dtype=np.float64)
+    values = np.asarray(img)
+    if values.dtype != np.float64:
+        values = values.astype(np.float32, copy=False)
     _, mean, sigma = _masked_moments(values, mask)
     with np.errstate(invalid="ignore"):
-        keep = mask & (np.abs(values - mean[:, None, None]) <= clip * sigma[:, None, None])
+        keep = mask & (np.abs(values - mean[:, None, None].astype(values.dtype))
+                       <= (clip * sigma)[:, None, None].astype(values.dtype))
     n, _, sigma = _masked_moments(values, keep)
     return sigma, n
 
