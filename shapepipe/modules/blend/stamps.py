@@ -63,19 +63,23 @@ def _windows(array, y0, x0, size):
 
 
 def _relabel(seg, central):
-    """Renumber each stamp: 0 background, 1 ``central`` segment, 2... others by id."""
+    """Renumber each stamp: 0 background, 1 ``central`` segment, 2... the others by id.
+
+    Only the neighbours' pixels (a small part of a stamp of an isolated galaxy) are sorted:
+    their (stamp, id) pairs are ranked once for the whole stack.
+    """
     k = seg.shape[0]
-    seg = seg.astype(np.int64)
-    code = np.where(seg == 0, 0, np.where(seg == central[:, None, None], 1, seg + 1))
-    span = int(code.max()) + 1
-    key = np.arange(k)[:, None, None] * span + code
-    uniq, inverse = np.unique(key, return_inverse=True)
-    first = np.searchsorted(uniq, np.arange(k) * span)
-    label = inverse.reshape(seg.shape) - first[:, None, None]
-    # A stamp without background pixels would start at its central segment; the edge margin
-    # rules that out, but keep the numbering honest if it ever happens.
-    has_background = uniq[first] % span == 0
-    return label + (~has_background)[:, None, None]
+    seg = np.asarray(seg, dtype=np.int64)
+    label = (seg == central[:, None, None]).astype(np.int64)
+    others = (seg != 0) & (label == 0)
+    if others.any():
+        stamp = np.broadcast_to(np.arange(k)[:, None, None], seg.shape)[others]
+        span = int(seg[others].max()) + 1
+        key = stamp * span + seg[others]
+        uniq, inverse = np.unique(key, return_inverse=True)
+        first = np.searchsorted(uniq, np.arange(k) * span)
+        label[others] = inverse.ravel() - first[stamp] + 2
+    return label
 
 
 def select_and_cut(image, weight, seg, sexcat, truth, wcs, size=STAMP_SIZE,
