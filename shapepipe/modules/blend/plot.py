@@ -75,23 +75,32 @@ def plot_blends(image_dir, output, n_show=4, prefix="train"):
     k = img.shape[0]
     if k == 0:
         raise BlendError(f"{image_dir}: no {prefix} blends to plot")
-    cols = 3 if img.shape[-1] == 2 else 1
-    fig, axes = plt.subplots(k, cols, figsize=(3.2 * cols, 3.2 * k), squeeze=False)
+    singles = img.shape[-1] == 2
+    cols = (3 if singles else 1) + (seg is not None)
+    fig, axes = plt.subplots(k, cols, figsize=(2.6 * cols, 2.7 * k + 0.4), squeeze=False)
+    colors = ((1.0, 0.55, 0.0), (0.0, 0.75, 1.0))  # galaxy 1 orange, galaxy 2 cyan
     for i in range(k):
-        blend = img[i].sum(axis=-1)
-        panels = [("blend", blend)]
-        if cols == 3:
+        panels = [("blend", img[i].sum(axis=-1))]
+        if singles:
             panels += [("galaxy 1", img[i, ..., 0]), ("galaxy 2", img[i, ..., 1])]
         for j, (title, data) in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(_asinh_limits(data), origin="lower", cmap="gray")
             if seg is not None:
-                for c, color in ((0, "tab:orange"), (1, "tab:cyan")):
+                for c in (0, 1):
                     if j in (0, c + 1) and seg[i, c].any():
-                        ax.contour(seg[i, c], levels=[0.5], colors=color, linewidths=1.0)
-            ax.set_title(f"{prefix} {i}: {title}", fontsize=9)
+                        ax.contour(seg[i, c], levels=[0.5], colors=[colors[c]],
+                                   linewidths=0.8)
+            ax.set_title(f"{prefix} {i}: {title}", fontsize=8)
+        if seg is not None:
+            rgb = np.zeros(seg.shape[2:] + (3,))
+            for c in (0, 1):
+                rgb += seg[i, c].astype(bool)[..., None] * np.array(colors[c])
+            axes[i, -1].imshow(np.clip(rgb, 0, 1), origin="lower")
+            axes[i, -1].set_title(f"{prefix} {i}: masks (overlap white)", fontsize=8)
+        for ax in axes[i]:
             ax.set_axis_off()
-    fig.suptitle("blends; outlines: galaxy 1 (orange), galaxy 2 (cyan)", fontsize=10)
+    fig.suptitle("galaxy 1 orange, galaxy 2 cyan", fontsize=9)
     fig.tight_layout()
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=80, format=os.path.splitext(output)[1].lstrip(".") or "png")
