@@ -174,3 +174,16 @@ def test_config_blend_end_to_end(tmp_path, monkeypatch):
     assert blender(["plot", "-d", target, "-o", str(tmp_path / "blends.png")]) == 0
     assert np.load(os.path.join(target, "train_blends.npy")).shape == (16, 128, 128)
     assert np.load(os.path.join(target, "test_ogg_masks.npy")).shape == (4, 128, 128, 3)
+
+
+def test_truth_without_types_is_one_clear_error(tmp_path):
+    from astropy.io import fits
+
+    from shapepipe.modules.blend.stamps import read_truth
+
+    cols = [fits.Column(name=n, format="D", array=np.zeros(3))
+            for n in ("ID", "RA", "DEC", "IS_STAR", "MAG", "HLR")]
+    path = str(tmp_path / "old_truth.fits")
+    fits.BinTableHDU.from_columns(cols).writeto(path)
+    with pytest.raises(ValueError, match=r"old_truth.fits: missing truth column\(s\) GALTYPE, Z"):
+        read_truth(path)

@@ -17,10 +17,10 @@ Output: a directory ``blend_input<number>/`` holding ``candels_img.npy`` (N, 128
 
 import os
 
-from shapepipe.modules.blend.stamps import select_and_cut, write_inputs
-from shapepipe.modules.module_decorator import Key, module_runner
+import numpy as np
 
-TRUTH_COLUMNS = ("ID", "RA", "DEC", "IS_STAR", "MAG", "HLR", "GALTYPE", "Z")
+from shapepipe.modules.blend.stamps import read_truth, select_and_cut, write_inputs
+from shapepipe.modules.module_decorator import Key, module_runner
 
 KEYS = [
     Key("TRUTH_PATH", "file",
@@ -44,28 +44,10 @@ KEYS = [
 ]
 
 
-def _read_truth(path):
-    """The truth columns blend_runner needs, as numpy arrays (one clear error if missing)."""
-    import numpy as np
-    from astropy.io import fits
-
-    with fits.open(path, memmap=False) as hdul:
-        table = next((h for h in hdul if isinstance(h, fits.BinTableHDU)), None)
-        if table is None:
-            raise ValueError(f"{path}: no table HDU (expected the truth objects)")
-        names = [n.upper() for n in table.columns.names]
-        missing = [c for c in TRUTH_COLUMNS if c not in names]
-        if missing:
-            raise ValueError(f"{path}: missing truth column(s) {', '.join(missing)}; expected "
-                             f"{', '.join(TRUTH_COLUMNS)} (GALTYPE and Z: simulated data made "
-                             "before they existed must be regenerated)")
-        return {c: np.asarray(table.data[c]) for c in TRUTH_COLUMNS}
-
-
 def _check_truth(config, section):
     """Read the truth header once before any job: a wrong file is one error, not N."""
     opts = config.read_keys(section, KEYS)
-    _read_truth(os.path.expanduser(opts["TRUTH_PATH"]))
+    read_truth(os.path.expanduser(opts["TRUTH_PATH"]))
 
 
 @module_runner(
@@ -95,7 +77,7 @@ def blend_runner(input_file_list, run_dirs, file_number_string, config, module_c
             f"segmentation); got {len(input_file_list)}: "
             f"{', '.join(os.path.basename(p) for p in input_file_list)}")
     image_path, weight_path, cat_path, seg_path = input_file_list
-    truth = _read_truth(os.path.expanduser(opts["TRUTH_PATH"]))
+    truth = read_truth(os.path.expanduser(opts["TRUTH_PATH"]))
     sexcat, _ = read_ldac(cat_path)
     need = ["NUMBER", "XWIN_IMAGE", "YWIN_IMAGE", "XWIN_WORLD", "YWIN_WORLD", "FLAGS"]
     need += ["MAG_AUTO"] if opts["MAG_SOURCE"].lower() == "measured" else []
@@ -122,7 +104,6 @@ def blend_runner(input_file_list, run_dirs, file_number_string, config, module_c
     write_inputs(out, img, segs, cat)
     w_log.info("%s: %s -> %d stamps in %s", os.path.basename(image_path),
                ", ".join(f"{k} {v}" for k, v in counts.items()), img.shape[0], out)
-    types, n_type = (list(x) for x in __import__("numpy").unique(cat["galtype"],
-                                                                 return_counts=True))
+    types, n_type = np.unique(cat["galtype"], return_counts=True)
     w_log.info("types: %s", ", ".join(f"{t} {n}" for t, n in zip(types, n_type)))
     return None, None

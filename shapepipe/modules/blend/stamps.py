@@ -28,6 +28,35 @@ from shapepipe.modules.blend.segmap import dilate
 from shapepipe.utils.pixels import fits_to_numpy, stamp_corner
 
 CHUNK = 256
+TRUTH_COLUMNS = ("ID", "RA", "DEC", "IS_STAR", "MAG", "HLR", "GALTYPE", "Z")
+
+
+def read_truth(path):
+    """The truth columns the stamps need (:data:`TRUTH_COLUMNS`), as numpy arrays.
+
+    Parameters
+    ----------
+    path : str
+        A FITS table, e.g. the simulator's ``truth/objects.fits``.
+
+    Returns
+    -------
+    dict
+        ``{column: array}``.
+    """
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as hdul:
+        table = next((h for h in hdul if isinstance(h, fits.BinTableHDU)), None)
+        if table is None:
+            raise ValueError(f"{path}: no table HDU (expected the truth objects)")
+        names = [n.upper() for n in table.columns.names]
+        missing = [c for c in TRUTH_COLUMNS if c not in names]
+        if missing:
+            raise ValueError(f"{path}: missing truth column(s) {', '.join(missing)}; expected "
+                             f"{', '.join(TRUTH_COLUMNS)} (simulated data made before GALTYPE "
+                             "and Z existed must be regenerated)")
+        return {c: np.asarray(table.data[c]) for c in TRUTH_COLUMNS}
 
 
 def match_truth(ra, dec, truth_ra, truth_dec, radius_arcsec):
