@@ -392,7 +392,9 @@ def produce(datapaths, n_blends=100, mag_low=0.0, mag_high=100.0, mag_diff=2.0, 
             make_set(rng, galaxies, pool, n, name, tmp, mag_diff, rad_diff,
                      use_clean_galaxies)
         os.chmod(tmp, 0o755)
-        os.rename(tmp, final)  # fails if a directory of that name appeared meanwhile
+        if os.path.exists(final):  # appeared meanwhile (rename would replace an empty one)
+            raise BlendError(f"{final}: exists; remove it or choose another --seed/--n_blends")
+        os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -401,7 +403,7 @@ def produce(datapaths, n_blends=100, mag_low=0.0, mag_high=100.0, mag_diff=2.0, 
 
 
 def _config_text(datapaths, n_blends, seed, excluded_types, mag_low, mag_high, mag_diff,
-                   rad_diff, test_ratio, clean, galaxies, train, test):
+                 rad_diff, test_ratio, clean, galaxies, train, test):
     """The configuration text of the log (deterministic: no time stamps)."""
     return (
         "Configuration\n=============\n"
