@@ -168,6 +168,10 @@ def draw_pairs(rng, mag, rad, pool, n_blends, mag_diff, rad_diff, size=STAMP_SIZ
     sorted_mag = mag[order]
     lo_all = np.searchsorted(sorted_mag, sorted_mag - mag_diff, side="right")
     hi_all = np.searchsorted(sorted_mag, sorted_mag + mag_diff, side="left")
+    # Each galaxy lies in its own window even when mag +- mag_diff rounds to mag.
+    position = np.arange(sorted_mag.size)
+    lo_all = np.minimum(lo_all, position)
+    hi_all = np.maximum(hi_all, position + 1)
     # Positions whose galaxy has at least one partner (itself excluded).
     has_partner = np.flatnonzero(hi_all - lo_all >= 2)
     if has_partner.size == 0:
