@@ -16,7 +16,15 @@ _B1 = 1.678346990
 _B4 = 7.669249443
 
 COLUMNS = ["ID", "RA", "DEC", "IS_STAR", "MAG", "FLUX", "HLR", "HLR_DISK", "HLR_BULGE",
-           "BULGE_FRAC", "E1_INT", "E2_INT"]
+           "BULGE_FRAC", "E1_INT", "E2_INT", "GALTYPE", "Z"]
+
+# The redshifts come from their own generator, seeded from the survey seed plus this fixed
+# offset, so adding them changed no earlier draw: every image, catalogue and truth value made
+# before they existed is byte-identical.
+REDSHIFT_SEED_OFFSET = 7919
+# CANDELS morphological classes (Dimauro et al. 2018): a galaxy is a pure disk, a
+# spheroid+disk, or a spheroid, by the bulge flux fraction it is rendered with.
+SPHEROID_MIN_BULGE_FRAC = 0.5
 
 
 def _power_law_mags(rng, n, slope, m_lo, m_hi):
@@ -87,6 +95,53 @@ def galaxy_sizes(rng, mag):
     return hlr_disk, hlr_bulge, bulge_frac, hlr
 
 
+def galaxy_types(bulge_frac):
+    """CANDELS-like morphological type of bulge+disk galaxies from their bulge fraction.
+
+    ``disk`` without bulge, ``sphd`` (spheroid + disk) for 0 < B/T < 0.5, ``sph`` above: the
+    type describes the profile that is rendered, so it needs no random draw. The simulator
+    renders no irregulars (``irr``).
+
+    Parameters
+    ----------
+    bulge_frac : array_like
+        Bulge flux fractions.
+
+    Returns
+    -------
+    numpy.ndarray
+        Types as ``<U4`` strings.
+    """
+    b = np.asarray(bulge_frac, float)
+    return np.where(b <= 0.0, "disk", np.where(b < SPHEROID_MIN_BULGE_FRAC, "sphd", "sph"))
+
+
+def galaxy_redshifts(seed, mag):
+    """Redshifts of galaxies of r magnitudes ``mag``, from the survey seed's redshift stream.
+
+    p(z | m) ~ z^2 exp(-(z / z0)^1.5) with median z_m = 0.25 + 0.1 (m - 18), z0 = z_m / 1.412
+    (a Smail-type n(z) whose median grows with magnitude, ~0.9 at r = 24.5). With
+    t = (z / z0)^1.5, t follows Gamma(2): sampled in one vectorised call.
+
+    Parameters
+    ----------
+    seed : int
+        Survey seed (the generator is seeded with ``seed + REDSHIFT_SEED_OFFSET``).
+    mag : numpy.ndarray
+        Galaxy magnitudes, in catalogue order.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 redshifts, > 0.
+    """
+    rng = make_rng(int(seed) + REDSHIFT_SEED_OFFSET, "redshift")
+    z_median = 0.25 + 0.1 * (np.asarray(mag, float) - GAL_MAG_MIN)
+    z0 = z_median / 1.412
+    t = rng.gamma(2.0, 1.0, size=z0.shape)
+    return np.maximum(z0 * t ** (1.0 / 1.5), 1e-3)
+
+
 def make_catalog(params, seed, bounds=None, center=None):
     """Stars and galaxies of the field, as a dict of numpy columns (see FORMATS.md).
 
@@ -129,6 +184,8 @@ def make_catalog(params, seed, bounds=None, center=None):
 
     zeros = np.zeros(n_star)
     mag = np.concatenate([star_mag, gal_mag])
+    # Drawn after (and apart from) everything above: see REDSHIFT_SEED_OFFSET.
+    gal_z = galaxy_redshifts(seed, gal_mag)
     return {
         "ID": np.arange(1, n + 1, dtype=np.int64),
         "RA": ra,
@@ -142,6 +199,8 @@ def make_catalog(params, seed, bounds=None, center=None):
         "BULGE_FRAC": np.concatenate([zeros, bulge_frac]).astype(np.float32),
         "E1_INT": np.concatenate([zeros, e1]).astype(np.float32),
         "E2_INT": np.concatenate([zeros, e2]).astype(np.float32),
+        "GALTYPE": np.concatenate([np.full(n_star, "star"), galaxy_types(bulge_frac)]),
+        "Z": np.concatenate([zeros, gal_z]).astype(np.float32),
     }
 
 
