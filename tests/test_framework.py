@@ -500,3 +500,21 @@ def test_smp_backends_give_same_outputs(sp, backend):
     assert sp.run(cfg) == 1
     assert sp.outputs() == [f"copy_{i}.txt" for i in (1, 2, 4, 5, 6)]
     assert [f["number"] for f in sp.summary()["modules"]["tp_copy_runner"]["failed"]] == ["_3"]
+
+
+# -- key combinations checked once, before any job ------------------------------------------
+@pytest.mark.parametrize("keys, message", [
+    ("DETECTION_WEIGHT = True\n", "DETECTION_WEIGHT = 'True': needs DETECTION_IMAGE = True"),
+    ("ZP_FROM_HEADER = True\n", "ZP_FROM_HEADER = 'True': needs ZP_KEY to be set"),
+    ("MAKE_POST_PROCESS = True\n", "MAKE_POST_PROCESS = 'True': needs LOG_WCS to be set"),
+])
+def test_sextractor_key_combinations_fail_before_any_job(sp, capsys, keys, message):
+    sp.make_inputs(["-0000001-0"], pattern="image", ext=".fits")
+    sex = os.path.join(REPO, "example", "sextractor", "default_exp.sex")
+    cfg = sp.config(f"[SEXTRACTOR_RUNNER]\nDOT_SEX_FILE = {sex}\nWEIGHT_IMAGE = False\n"
+                    f"FLAG_IMAGE = False\nFILE_PATTERN = image\n{keys}",
+                    modules="sextractor_runner")
+    assert main(["-c", cfg]) == 2
+    out = capsys.readouterr().out
+    assert f"[SEXTRACTOR_RUNNER] {message}" in out and cfg in out
+    assert not sp.runs()  # no run directory, no job
