@@ -518,3 +518,53 @@ def test_sextractor_key_combinations_fail_before_any_job(sp, capsys, keys, messa
     out = capsys.readouterr().out
     assert f"[SEXTRACTOR_RUNNER] {message}" in out and cfg in out
     assert not sp.runs()  # no run directory, no job
+
+
+# -- one resolver of module references ------------------------------------------------------
+def test_module_reference_numeric_run_order(tmp_path):
+    from shapepipe.pipeline.run_log import RunLog, resolve_module_dir, update_manifest
+
+    out = tmp_path / "out"
+    run = out / "r1"
+    names = [f"tp_run_{i}" for i in range(1, 11)]
+    for name in names + ["me"]:
+        os.makedirs(run / name / "output")
+    run_dirs = {"run": str(run), "run_log": str(out / "runs.jsonl"),
+                "module_output": str(run / "me" / "output")}
+    # No manifest entry (a runner called by hand): the directory listing in natural order.
+    assert resolve_module_dir("tp", run_dirs) == [str(run / "tp_run_10" / "output")]
+    assert resolve_module_dir("tp_run_1", run_dirs) == [str(run / "tp_run_1" / "output")]
+    assert resolve_module_dir("r1:tp", run_dirs) == [str(run / "tp_run_10" / "output")]
+    # Recorded in the manifest: its module order, from another run by last: as well.
+    update_manifest(str(out / "runs.jsonl"), {
+        "run_dir": str(run), "run_name": "r", "modules": names + ["me"],
+        "status": {n: "ok" for n in names + ["me"]}})
+    assert resolve_module_dir("tp", run_dirs) == [str(run / "tp_run_10" / "output")]
+    assert RunLog(str(out / "runs.jsonl")).last("tp") == str(run / "tp_run_10" / "output")
+    assert RunLog(str(out / "runs.jsonl")).in_run(str(run), "tp_run_9") == str(
+        run / "tp_run_9" / "output")
+
+
+def test_pipeline_and_runner_resolve_references_alike(sp):
+    """INPUT_MODULE of the framework and resolve_module_dir inside a job agree: a bare name is
+    the latest EARLIER occurrence in this run (not a later one), x_run_N that occurrence."""
+    sp.make_inputs(["_1"])
+    body = ("[TP_REF_RUNNER]\nREF = tp_copy_runner\nINPUT_MODULE = tp_copy_runner\n"
+            "FILE_PATTERN = copy\n"
+            "[TP_COPY_RUNNER_RUN_2]\nINPUT_MODULE = tp_copy_runner_run_1\nFILE_PATTERN = copy\n"
+            "[TP_COPY_RUNNER_RUN_3]\nINPUT_MODULE = tp_copy_runner_run_1\nFILE_PATTERN = copy\n")
+    cfg = sp.config(body, modules="tp_copy_runner, tp_copy_runner, tp_ref_runner, "
+                                  "tp_copy_runner")
+    assert sp.run(cfg) == 0
+    run_dir = sp.runs()[-1]
+    expected = os.path.join(run_dir, "tp_copy_runner_run_2", "output")
+    ref = open(os.path.join(run_dir, "tp_ref_runner", "output", "ref_1.txt")).read().split()
+    assert ref == [expected]
+    log = open(os.path.join(run_dir, "logs", "shapepipe.log")).read()
+    assert f"input dir: {expected}\n" in log
+    # The same reference from a later run (last:) names the last occurrence of the earlier run.
+    cfg = sp.config("[TP_REF_RUNNER]\nREF = last:tp_copy_runner\n", modules="tp_ref_runner",
+                    name="c2.ini")
+    assert sp.run(cfg) == 0
+    ref = open(os.path.join(sp.runs()[-1], "tp_ref_runner", "output", "ref_1.txt")).read()
+    assert ref.split() == [os.path.join(run_dir, "tp_copy_runner_run_3", "output")]

@@ -27,9 +27,8 @@ from shapepipe.pipeline.module_registry import (
     ModuleRegistry,
     canonical_name,
     check_requirements,
-    split_run_suffix,
 )
-from shapepipe.pipeline.run_log import RunLog, parse_dir_spec, update_manifest
+from shapepipe.pipeline.run_log import RunLog, resolve_reference, update_manifest
 from shapepipe.pipeline.worker import ModuleContext, read_records
 from shapepipe.utils.atomic import atomic_path
 
@@ -231,17 +230,8 @@ class Pipeline:
                   for s in c.getlist(occ.section, "ADD_INPUT_DIR", fallback=[])]
         return specs
 
-    def _earlier(self, occ, module):
-        """The earlier occurrence in this run that ``module`` names, or None."""
-        base, n = split_run_suffix(module.strip().lower())
-        base = canonical_name(base)
-        for other in reversed(self.occurrences[: occ.position]):
-            if other.name == base and (n is None or other.index == n):
-                return other
-        return None
-
     def resolve_inputs(self, occ, run_log, run_dir=None):
-        """Resolve an occurrence's input directories.
+        """Resolve an occurrence's input directories (rules: ``run_log.resolve_reference``).
 
         A module reference may name a sub-directory of the module's output
         (``last:setools_runner/rand_split``); without one, the output directory is followed
@@ -253,47 +243,17 @@ class Pipeline:
             Directories; an item ``@<dir_name>`` stands for the output of an earlier
             occurrence of this run when ``run_dir`` is None (planning, dry run).
         """
+        earlier = [o.dir_name for o in self.occurrences[: occ.position]]
         dirs = []
         for spec, (section, key) in self.input_specs(occ):
-            where = self.config.where(section, key, spec.removeprefix("module:"))
-            if spec.startswith("module:"):
-                kind, run, module = "last", None, spec[len("module:"):]
-            else:
-                kind, run, module = parse_dir_spec(spec)
-            if kind == "path":
-                path = os.path.abspath(os.path.expanduser(spec))
-                if os.path.isdir(path):
-                    dirs.append(path)
-                    continue
-                kind, module = "this_run", spec  # a module that runs earlier in this run?
-            module, subdir = _split_subdir(module)
-            earlier = self._earlier(occ, module) if kind in ("last", "this_run") else None
-            if earlier is not None:
-                found = [self._module_output(earlier, run_dir)]
-            elif kind == "this_run":
-                raise ConfigError(f"{where}: directory not found")
-            elif kind == "last":
-                found = [run_log.last(module)] if run_log.last(module) else []
-            elif kind == "all":
-                found = run_log.all(module)
-            else:
-                found = [run_log.in_run(run, module)] if run_log.in_run(run, module) else []
-            if not found:
-                raise ConfigError(
-                    f"{where}: {module} did not run earlier in this run and no successful "
-                    f"run of it is recorded in {self.manifest}"
-                    if spec.startswith("module:")
-                    else f"{where}: no successful run of {module} found in {self.manifest}"
-                )
-            for directory in found:
-                dirs.extend(_with_subdirs(directory, subdir))
+            module_ref = spec.startswith("module:")
+            spec = spec.removeprefix("module:")
+            try:
+                dirs.extend(resolve_reference(spec, run_log, earlier, run_dir,
+                                              expand_subdirs=True, module_ref=module_ref))
+            except ConfigError as exc:
+                raise ConfigError(f"{self.config.where(section, key, spec)}: {exc}") from None
         return dirs
-
-    @staticmethod
-    def _module_output(occ, run_dir):
-        if run_dir is None:
-            return f"@{occ.dir_name}"
-        return os.path.join(run_dir, occ.dir_name, "output")
 
     def validate(self, run_log):
         """Check every module before any job runs (raises ConfigError on the first problem)."""
@@ -524,27 +484,6 @@ class Pipeline:
         with atomic_path(os.path.join(run_dir, "config.ini")) as tmp:
             with open(tmp, "w", encoding="utf-8") as handle:
                 self.config.write(handle)
-
-
-def _split_subdir(module):
-    """``setools_runner/output/mask`` -> (``setools_runner``, ``mask``)."""
-    module, _, subdir = module.strip().partition("/")
-    subdir = subdir.strip("/")
-    if subdir == "output" or subdir.startswith("output/"):
-        subdir = subdir[len("output"):].strip("/")
-    return module, subdir
-
-
-def _with_subdirs(directory, subdir):
-    """A module output directory, narrowed to ``subdir`` or followed by its sub-directories."""
-    if subdir:
-        return [directory + "/" + subdir if directory.startswith("@")
-                else os.path.join(directory, subdir)]
-    if directory.startswith("@") or not os.path.isdir(directory):
-        return [directory]
-    subdirs = sorted(e.path for e in os.scandir(directory)
-                     if e.is_dir() and not e.name.startswith("."))
-    return [directory, *subdirs]
 
 
 def _now():
