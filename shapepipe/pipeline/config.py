@@ -360,3 +360,52 @@ def check_section_keys(config, section, keys, warn):
         if name in declared or name in GENERIC_MODULE_KEYS or name.startswith("ADD_"):
             continue
         warn(f"{config.where(section, name)}: unknown key (ignored)")
+
+
+def config_settings(config):
+    """Every setting of a config as ``{(SECTION, KEY): value}`` (names upper-case).
+
+    ``[DEFAULT]`` keys are listed once under ``DEFAULT``, not repeated in every section.
+    Works on a :class:`ShapePipeConfig` and on a plain :class:`configparser.ConfigParser`
+    (a run's saved ``config.ini``, whose values are already expanded).
+    """
+    settings = {("DEFAULT", k.upper()): v for k, v in config.defaults().items()}
+    for section in config.sections():
+        for key, value in config._sections[section].items():
+            settings[(section.upper(), key.upper())] = value
+    return settings
+
+
+def config_changes(old, new):
+    """What differs between two configs, section by section and key by key.
+
+    Parameters
+    ----------
+    old, new : configparser.ConfigParser
+        The two configurations (values as read, environment variables expanded).
+
+    Returns
+    -------
+    list of str
+        One item per setting added, removed or changed, e.g.
+        ``[JOB] SMP_BATCH_SIZE: '2' -> '4'``, in section/key order; empty if none.
+    """
+    a, b = config_settings(old), config_settings(new)
+    changes = []
+    for section, key in sorted(set(a) | set(b)):
+        if (section, key) not in a:
+            changes.append(f"[{section}] {key}: added ({b[(section, key)]!r})")
+        elif (section, key) not in b:
+            changes.append(f"[{section}] {key}: removed (was {a[(section, key)]!r})")
+        elif a[(section, key)] != b[(section, key)]:
+            changes.append(f"[{section}] {key}: {a[(section, key)]!r} -> {b[(section, key)]!r}")
+    return changes
+
+
+def read_saved_config(path):
+    """Read a run's saved ``config.ini`` as it was written (no expansion: it is expanded)."""
+    saved = configparser.ConfigParser(interpolation=None, strict=False)
+    saved.optionxform = str.lower
+    with open(path, encoding="utf-8") as handle:
+        saved.read_file(handle, source=path)
+    return saved

@@ -4,6 +4,7 @@
 astronomy: runners are loaded through the module registry and called by the job handler.
 """
 
+import configparser
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from shapepipe import __version__
 from shapepipe.pipeline import job_handler
-from shapepipe.pipeline.config import check_section_keys
+from shapepipe.pipeline.config import check_section_keys, config_changes, read_saved_config
 from shapepipe.pipeline.errors import ConfigError
 from shapepipe.pipeline.file_handler import (
     bind_files,
@@ -28,7 +29,12 @@ from shapepipe.pipeline.module_registry import (
     canonical_name,
     check_requirements,
 )
-from shapepipe.pipeline.run_log import RunLog, resolve_reference, update_manifest
+from shapepipe.pipeline.run_log import (
+    RunLog,
+    read_manifest,
+    resolve_reference,
+    update_manifest,
+)
 from shapepipe.pipeline.worker import ModuleContext, read_records
 from shapepipe.utils.atomic import atomic_path
 
@@ -84,6 +90,7 @@ class Pipeline:
         self.registry = ModuleRegistry(self.module_paths, self.path)
         self.occurrences = self._plan_modules()
         self.warnings = []
+        self.resume_target = None
 
     # -- configuration ----------------------------------------------------------------
     def _read_general(self):
@@ -283,6 +290,8 @@ class Pipeline:
             self.number_list(occ)
             self._timeout(occ.section)
             self.resolve_inputs(occ, run_log)
+        if getattr(self.args, "resume", False):
+            self.find_resume()
 
     def _warn(self, message):
         self.warnings.append(message)
@@ -318,6 +327,58 @@ class Pipeline:
                 for number in sorted(binding.missing, key=natural_key):
                     stream.write(f"     {number}: no {', '.join(binding.missing[number])}\n")
 
+    # -- resume ----------------------------------------------------------------------------
+    def find_resume(self):
+        """The run ``--resume`` continues, checked against this config (before any job).
+
+        The newest run of this RUN_NAME in the manifest (the order runs were started in;
+        directory times change when files are added, so they are not used), else, for a
+        run the manifest does not know, the newest directory of that name.
+
+        Returns
+        -------
+        tuple
+            ``(run_dir, manifest entry or None, changed settings)``; the changes are empty
+            unless ``--force`` accepted them.
+
+        Raises
+        ------
+        ConfigError
+            No such run, or the config differs from the one the run was started with and
+            ``--force`` was not given (the message lists the sections and keys changed).
+        """
+        entries = [e for e in read_manifest(self.manifest)
+                   if e.get("run_name") == self.run_name
+                   and os.path.dirname(os.path.abspath(e.get("run_dir", "/"))) == self.output_dir
+                   and os.path.isdir(e["run_dir"])]
+        previous = entries[-1] if entries else None
+        run_dir = previous["run_dir"] if previous else newest_run_dir(self.output_dir,
+                                                                       self.run_name)
+        if run_dir is None:
+            raise ConfigError(
+                f"{self.path}: --resume: no run named {self.run_name!r} in {self.output_dir}")
+        saved = os.path.join(run_dir, "config.ini")
+        if os.path.isfile(saved):
+            try:
+                changes = config_changes(read_saved_config(saved), self.config)
+            except (configparser.Error, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{saved}: --resume: cannot read the run's saved config "
+                                  f"({' '.join(str(exc).split())})") from None
+        elif previous and previous.get("config_hash") not in (None, _file_hash(self.path)):
+            changes = [f"{self.path} (hash differs from {previous['config_hash']})"]
+        else:
+            changes = []
+        if changes and not self.args.force:
+            shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more"
+                                               if len(changes) > 8 else "")
+            raise ConfigError(
+                f"{self.path}: --resume: the config differs from the one {run_dir} was started "
+                f"with: {shown}. Resume with it anyway with --resume --force, or run without "
+                "--resume"
+            )
+        self.resume_target = (os.path.abspath(run_dir), previous, changes)
+        return self.resume_target
+
     # -- execution -------------------------------------------------------------------------
     def run(self, executor_factory):
         """Create (or resume) the run directory and run every module.
@@ -329,11 +390,7 @@ class Pipeline:
         """
         args = self.args
         if args.resume:
-            run_dir = newest_run_dir(self.output_dir, self.run_name)
-            if run_dir is None:
-                raise ConfigError(
-                    f"{self.path}: --resume: no run named {self.run_name!r} in {self.output_dir}"
-                )
+            run_dir, previous, changes = self.resume_target or self.find_resume()
         else:
             run_dir = create_run_dir(self.output_dir, self.run_name, self.run_datetime)
         os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
@@ -341,12 +398,6 @@ class Pipeline:
         self._attach_run_log(os.path.join(run_dir, "logs", self.log_name + ".log"))
         for message in self.warnings:  # already on the console: into the run log too
             self._file_log(f"WARNING {message}")
-        self._save_config(run_dir)
-        summary_path = os.path.join(run_dir, "summary.json")
-        summary = _read_json(summary_path) if args.resume else {}
-        summary.update({"run_dir": run_dir, "config": os.path.abspath(self.path),
-                        "shapepipe_version": __version__, "mode": self.mode})
-        modules_summary = summary.setdefault("modules", {})
         entry = {
             "run_dir": run_dir,
             "run_name": self.run_name,
@@ -357,6 +408,35 @@ class Pipeline:
             "start": _now(),
             "end": None,
         }
+        if args.resume:
+            # The run keeps its identity: original config, hash and start time. A resume
+            # is recorded beside it; a forced one with its own copy of the config.
+            resume = {"time": _now(), "config": os.path.abspath(self.path),
+                      "config_hash": entry["config_hash"]}
+            if changes:
+                resume.update(forced=True, changed=changes,
+                              saved_as=self._save_config(run_dir, resumed=True))
+                self.log.warning("--resume --force: the config differs from the run's "
+                                 "(%d setting(s)); saved as %s", len(changes),
+                                 resume["saved_as"])
+                for change in changes:
+                    self._file_log(f"   resumed with changed setting: {change}")
+            if not os.path.isfile(os.path.join(run_dir, "config.ini")):
+                self._save_config(run_dir)
+            if previous:
+                for key in ("config", "config_hash", "start"):
+                    entry[key] = previous.get(key, entry[key])
+                entry["resumes"] = previous.get("resumes", [])
+            entry.setdefault("resumes", []).append(resume)
+        else:
+            self._save_config(run_dir)
+        summary_path = os.path.join(run_dir, "summary.json")
+        summary = _read_json(summary_path) if args.resume else {}
+        summary.update({"run_dir": run_dir, "shapepipe_version": __version__, "mode": self.mode})
+        summary.setdefault("config", os.path.abspath(self.path))
+        if args.resume:
+            summary["resumes"] = entry["resumes"]
+        modules_summary = summary.setdefault("modules", {})
         update_manifest(self.manifest, entry)
         self.log.info("shapepipe %s: run %s%s", __version__, run_dir,
                       " (resumed)" if args.resume else "")
@@ -480,10 +560,26 @@ class Pipeline:
         record = logging.LogRecord("shapepipe", logging.INFO, "", 0, message, None, None)
         self._file_handler.handle(record)
 
-    def _save_config(self, run_dir):
-        with atomic_path(os.path.join(run_dir, "config.ini")) as tmp:
+    def _save_config(self, run_dir, resumed=False):
+        """Save the config as read (expanded) into the run directory; never overwrite.
+
+        ``config.ini`` is the config the run was started with; a forced resume with a
+        different config saves it as ``config_resume_<k>.ini`` (k = 1, 2, ...).
+
+        Returns
+        -------
+        str
+            The file name written.
+        """
+        name, k = "config.ini", 0
+        while resumed and (k == 0 or os.path.exists(os.path.join(run_dir, name))):
+            k += 1
+            name = f"config_resume_{k}.ini"
+        path = os.path.join(run_dir, name)
+        with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as handle:
                 self.config.write(handle)
+        return name
 
 
 def _now():

@@ -9,6 +9,7 @@ lock each time a run updates its entry, so concurrent runs in one OUTPUT_DIR are
 import contextlib
 import fcntl
 import json
+import logging
 import os
 
 from shapepipe.pipeline.errors import ConfigError
@@ -29,25 +30,49 @@ def _locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _read_lines(path):
+    """``(entries, raw_lines)``: parsed entries, and every line as read, corrupt ones included.
+
+    A corrupt line (a run killed by a full disk, a hand edit) is skipped with one warning
+    per line and process; it must not stop every later run in the OUTPUT_DIR.
+    """
+    if not os.path.isfile(path):
+        return [], []
+    entries, raw = [], []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            raw.append(line.rstrip("\n"))
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if (path, number) not in _WARNED:
+                    _WARNED.add((path, number))
+                    logging.getLogger("shapepipe").warning(
+                        "%s: line %d is not a valid run entry; skipped", path, number)
+                raw[-1] = (None, raw[-1])
+                continue
+            entries.append(entry)
+            raw[-1] = (entry, raw[-1])
+    return entries, raw
+
+
+_WARNED = set()
+
+
 def read_manifest(path):
     """Entries of a manifest file, oldest first (empty if the file does not exist)."""
-    if not os.path.isfile(path):
-        return []
-    entries = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ConfigError(f"{path}: line {number} is not valid JSON") from None
-    return entries
+    return _read_lines(path)[0]
 
 
 def update_manifest(path, entry):
     """Insert or replace (by ``run_dir``) one run's entry, atomically.
+
+    An entry keeps its place: the manifest lists runs in the order they were started
+    (``--resume`` picks the newest run by it). Corrupt lines are kept as they are.
 
     Parameters
     ----------
@@ -57,12 +82,29 @@ def update_manifest(path, entry):
         The run's entry; must contain ``run_dir``.
     """
     with _locked(path):
-        entries = [e for e in read_manifest(path) if e.get("run_dir") != entry["run_dir"]]
-        entries.append(entry)
+        lines, replaced = [], False
+        for parsed, raw in _read_lines(path)[1]:
+            if parsed is not None and parsed.get("run_dir") == entry["run_dir"]:
+                if not replaced:
+                    lines.append(json.dumps(entry, sort_keys=True))
+                    replaced = True
+                continue
+            lines.append(raw)
+        if not replaced:
+            lines.append(json.dumps(entry, sort_keys=True))
         with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as handle:
-                for item in entries:
-                    handle.write(json.dumps(item, sort_keys=True) + "\n")
+                for line in lines:
+                    handle.write(line + "\n")
+
+
+def manifest_entry(path, run_dir):
+    """The manifest entry of a run directory, or None."""
+    run_dir = os.path.abspath(run_dir)
+    for entry in reversed(read_manifest(path)):
+        if os.path.abspath(entry.get("run_dir", "")) == run_dir:
+            return entry
+    return None
 
 
 def _module_matches(dir_name, wanted):
