@@ -27,6 +27,7 @@ GENERIC_MODULE_KEYS = {
     "NUMBER_LIST",
     "TIMEOUT",
     "SEED",
+    "N_SPLIT",
 }
 
 

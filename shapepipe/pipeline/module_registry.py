@@ -180,6 +180,7 @@ def _normalise(runner):
         ("run_method", "parallel"),
         ("keys", None),
         ("validate_config", None),
+        ("combine", None),
     ):
         if not hasattr(runner, attr):
             setattr(runner, attr, default)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from shapepipe import __version__
-from shapepipe.pipeline import job_handler
+from shapepipe.pipeline import job_handler, split
 from shapepipe.pipeline.config import check_section_keys, config_changes, read_saved_config
 from shapepipe.pipeline.errors import ConfigError
 from shapepipe.pipeline.file_handler import (
@@ -219,6 +219,30 @@ class Pipeline:
                                         c.where(section, "NUMBER_LIST"))
         return None
 
+    def n_split(self, occ):
+        """N_SPLIT of an occurrence: the number of part jobs per number (1: not split).
+
+        Raises
+        ------
+        ConfigError
+            Not an integer >= 1, or set for a runner that declares no ``combine``.
+        """
+        c = self.config
+        if not c.has_option(occ.section, "N_SPLIT"):
+            return 1
+        raw = c.get(occ.section, "N_SPLIT")
+        where = c.where(occ.section, "N_SPLIT", raw)
+        if occ.runner.combine is None:
+            raise ConfigError(f"{where}: {occ.name} cannot split its jobs (its @module_runner "
+                              "declares no combine)")
+        try:
+            k = int(raw.strip())
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise ConfigError(f"{where}: expected an integer >= 1")
+        return k
+
     def input_specs(self, occ):
         """Where the inputs come from: list of ``(spec, origin_key)``."""
         c = self.config
@@ -288,6 +312,7 @@ class Pipeline:
                         f"expected {len(patterns)} extensions, one per FILE_PATTERN"
                     )
             self.number_list(occ)
+            self.n_split(occ)
             self._timeout(occ.section)
             self.resolve_inputs(occ, run_log)
         if getattr(self.args, "resume", False):
@@ -317,9 +342,11 @@ class Pipeline:
             binding = bind_files(dirs, patterns, exts, self.numbering(occ), self.number_list(occ),
                                  self.config.where(occ.section))
             numbers = binding.numbers
+            k = self.n_split(occ) if occ.runner.run_method != "serial" else 1
             stream.write(f"   jobs: {len(numbers)}"
                          + (" (serial: one job with every file)" if occ.runner.run_method
-                            == "serial" else "") + "\n")
+                            == "serial" else "")
+                         + (f" x {k} parts (N_SPLIT), then combined" if k > 1 else "") + "\n")
             for number in numbers:
                 stream.write(f"     {number}: {', '.join(binding.jobs[number])}\n")
             if binding.missing:
@@ -503,8 +530,12 @@ class Pipeline:
             self.log.error("%s: %s", occ.dir_name, message)
             record.update(status="failed", error=message, time=time.perf_counter() - start)
             return record
+        k = self.n_split(occ)
         if occ.runner.run_method == "serial":
             jobs = [("_serial", [binding.jobs[n] for n in numbers])]
+        elif k > 1:
+            jobs = split.part_jobs(numbers, binding.jobs, k)
+            record.update(split=k, numbers=len(numbers), combined=0)
         else:
             jobs = [(n, binding.jobs[n]) for n in numbers]
         record["jobs"] = len(jobs)
@@ -526,6 +557,7 @@ class Pipeline:
             config=self.config,
             timeout=self._timeout(occ.section, self.timeout),
             verbose=self.verbose,
+            split=k,
         )
         progress = job_handler.Progress(occ.dir_name, len(jobs), quiet=self.args.quiet)
         self.log.info("   %d job(s) to run", len(jobs))
@@ -533,12 +565,19 @@ class Pipeline:
         failed = [{"number": n, "error": results[n][1]}
                   for n in sorted(results, key=natural_key) if not results[n][0]]
         record["succeeded"] = record["resumed"] + sum(1 for r in results.values() if r[0])
+        if k > 1 and occ.runner.run_method != "serial":
+            failed = [dict(zip(("number", "part"), split.parse_part_key(f["number"])[:2]),
+                           error=f["error"]) for f in failed]
+            failed += self._combine(occ, ctx, numbers, k, record)
         record["failed"] = failed
         for item in failed:
-            self.log.error("   job %s failed: %s", item["number"], item["error"])
+            part = f" (part {item['part']})" if "part" in item else ""
+            self.log.error("   job %s%s failed: %s", item["number"], part, item["error"])
+        # A split module's outputs are its combined numbers: none combined, nothing to use.
+        useful = record["combined"] if "combined" in record else record["succeeded"]
         if not failed:
             record["status"] = "ok"
-        elif record["succeeded"]:
+        elif useful:
             record["status"] = "partial"
         else:
             record["status"] = "failed"
@@ -546,6 +585,33 @@ class Pipeline:
         self.log.info("   %s: %d succeeded, %d failed, %.2f s", occ.dir_name, record["succeeded"],
                       len(failed), record["time"])
         return record
+
+    def _combine(self, occ, ctx, numbers, k, record):
+        """Combine the parts of every number whose k parts all succeeded (main process).
+
+        Numbers combined in an earlier attempt (``--resume``) are counted, not redone.
+
+        Returns
+        -------
+        list of dict
+            Failure records of the combines that failed.
+        """
+        records = read_records(ctx.record_path)
+        ready = split.pending_combines(records, numbers, k)
+        already = sum(1 for n in numbers
+                      if records.get(split.combine_key(n, k), ("",))[0] == "done")
+        failed = []
+        for number in ready:
+            ok, error, _ = split.run_combine(ctx, occ.runner.combine, number, k)
+            if ok:
+                already += 1
+            else:
+                failed.append({"number": number, "part": "combine", "error": error})
+        record["combined"] = already
+        if ready:
+            self.log.info("   combined the %d parts of %d number(s), %d failed", k,
+                          len(ready) - len(failed), len(failed))
+        return failed
 
     # -- logs -----------------------------------------------------------------------------
     def _attach_run_log(self, path):
