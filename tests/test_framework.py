@@ -253,26 +253,41 @@ def test_run_n_section_falls_back_to_plain_section(sp):
     assert out.count("section=TP_COPY_RUNNER\n") == 2
 
 
+def _input_dirs(run_dir):
+    """The input directories a run's modules read, as its run log lists them."""
+    with open(os.path.join(run_dir, "logs", "shapepipe.log")) as handle:
+        return [line.split("input dir: ", 1)[1].strip() for line in handle
+                if "input dir: " in line]
+
+
 def test_last_all_and_run_forms_across_runs(sp):
     sp.make_inputs(["_1", "_2"])
     assert sp.run(sp.config("")) == 0
-    first = sp.runs()[-1]
+    run_a = sp.runs()[-1]
     time.sleep(0.01)
-    assert sp.run(sp.config("[TP_COPY_RUNNER]\nFAIL_ON = _1, _2\n")) == 1  # wholly failed run
-    # last: skips the run where the module failed entirely.
-    cfg = sp.config("", modules="tp_serial_runner", input_dir="last:tp_copy_runner")
-    assert sp.run(cfg) == 0
-    serial_run = sp.runs()[-1]
-    assert open(os.path.join(serial_run, "tp_serial_runner", "output", "all.txt")).read() \
-        == "copy_1.txt\ncopy_2.txt\n"
-    # <run>:<module> and all:
-    name = os.path.basename(first)
-    for spec in (f"{name}:tp_copy_runner", f"{first}:tp_copy_runner", "all:tp_copy_runner"):
-        cfg = sp.config("", modules="tp_serial_runner", input_dir=spec)
-        assert sp.run(cfg) == 0, spec
-    # A runner's input_module without INPUT_DIR in a later position resolves to last:.
-    cfg = sp.config("[TP_SERIAL_RUNNER]\n", modules="tp_copy_runner, tp_serial_runner")
-    assert sp.run(cfg) == 0
+    assert sp.run(sp.config("[TP_COPY_RUNNER]\nFAIL_ON = _1, _2\n")) == 1  # wholly failed
+    time.sleep(0.01)
+    assert sp.run(sp.config("[TP_COPY_RUNNER]\nNUMBER_LIST = _1\n")) == 0  # only copy_1
+    run_c = sp.runs()[-1]
+    out_a, out_c = (os.path.join(r, "tp_copy_runner", "output") for r in (run_a, run_c))
+
+    def serial(spec, **kwargs):
+        assert sp.run(sp.config("", modules="tp_serial_runner", input_dir=spec, **kwargs)) == 0
+        run = sp.runs()[-1]
+        listing = open(os.path.join(run, "tp_serial_runner", "output", "all.txt")).read()
+        return _input_dirs(run), listing
+
+    # last: the newest run where the module succeeded (the failed run is skipped).
+    assert serial("last:tp_copy_runner") == ([out_c], "copy_1.txt\n")
+    # all: every successful run, newest first (the first directory holding a number wins).
+    assert serial("all:tp_copy_runner") == ([out_c, out_a], "copy_1.txt\ncopy_2.txt\n")
+    # <run>:<module> by run directory name and by path: that run only.
+    for spec in (f"{os.path.basename(run_a)}:tp_copy_runner", f"{run_a}:tp_copy_runner"):
+        assert serial(spec) == ([out_a], "copy_1.txt\ncopy_2.txt\n"), spec
+    # A runner's input_module (tp_copy_runner), in a later position, not run earlier in this
+    # run: last:.
+    assert sp.run(sp.config("", modules="tp_split_runner, tp_serial_runner")) == 0
+    assert _input_dirs(sp.runs()[-1]) == [str(sp.data), out_c]
 
 
 def test_dry_run_lists_jobs_and_writes_nothing(sp, capsys):
@@ -642,3 +657,25 @@ def test_corrupt_manifest_line_is_skipped_with_a_warning(sp, capsys):
     assert f"{manifest}: line 2 is not a valid run entry; skipped" in out
     lines = open(manifest).read().splitlines()
     assert len(lines) == 3 and lines[1].startswith('{"run_dir": "/x"')  # kept as it was
+
+
+# -- packaging and lint --------------------------------------------------------------------------
+def test_license_is_an_spdx_string():
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as handle:
+        project = tomllib.load(handle)
+    # A table is deprecated (every install printed a warning block); SPDX strings need
+    # setuptools >= 77 to build.
+    assert project["project"]["license"] == "MIT"
+    assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_ruff_is_clean_and_run_by_ci():
+    ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
+    if not os.path.exists(ruff):
+        pytest.skip("ruff is not installed (pip install '.[test]')")
+    result = subprocess.run([ruff, "check", "."], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    with open(os.path.join(REPO, "scripts", "run_tests.sh")) as handle:
+        assert any(line.strip() == ".venv/bin/ruff check ." for line in handle)
