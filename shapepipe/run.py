@@ -64,7 +64,7 @@ def _executor_factory(pipeline):
 
             return mpi.run_mpi
         return lambda ctx, jobs, progress: job_handler.run_smp(
-            ctx, jobs, progress, pipeline.workers, pipeline.backend, pipeline.log
+            ctx, jobs, progress, pipeline.smp_workers(len(jobs)), pipeline.backend, pipeline.log
         )
 
     return factory
@@ -112,6 +112,7 @@ def main(argv=None):
         if args.dry_run:
             pipeline.dry_run(run_log)
             return 0
+        pipeline.start_workers()  # only now: every config error is reported before
         return pipeline.run(_executor_factory(pipeline))
     except ConfigError as exc:
         log.error("ERROR: %s", exc)

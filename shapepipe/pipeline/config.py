@@ -5,6 +5,7 @@ file, the section, the key and the value, and says what was expected.
 """
 
 import configparser
+import math
 import os
 import re
 
@@ -83,14 +84,14 @@ def parse_duration(text):
     text = text.strip()
     if ":" in text:
         parts = [float(p) for p in text.split(":")]
-        if len(parts) > 3 or any(p < 0 for p in parts):
+        if len(parts) > 3 or any(not math.isfinite(p) or p < 0 for p in parts):
             raise ValueError(text)
         seconds = 0.0
         for part in parts:
             seconds = seconds * 60 + part
         return seconds
     value = float(text)
-    if value < 0:
+    if not math.isfinite(value) or value < 0:  # nan/inf would disable or break a timeout
         raise ValueError(text)
     return value
 
@@ -322,6 +323,14 @@ def read_config(path):
         raise ConfigError(f"{path}: cannot parse INI file: {message}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    seen = {}
+    for section in config.sections():
+        # Sections are matched case-insensitively: two spellings of one name would be
+        # merged silently (the second one's keys ignored).
+        if section.upper() in seen:
+            raise ConfigError(f"{path} [{section}]: section defined twice (also as "
+                              f"[{seen[section.upper()]}]; section names ignore case)")
+        seen[section.upper()] = section
     for section in [config.default_section, *config.sections()]:
         store = config._defaults if section == config.default_section else config._sections[section]
         for option, value in list(store.items()):

@@ -22,6 +22,7 @@ from shapepipe.pipeline.file_handler import (
     create_run_dir,
     natural_key,
     newest_run_dir,
+    numbering_regex,
     read_number_list,
 )
 from shapepipe.pipeline.module_registry import (
@@ -83,13 +84,9 @@ class Pipeline:
         self.path = config.path
         self.log = logging.getLogger("shapepipe")
         self._read_general()
-        if self.mode == "SMP" and self.workers > 1 and self.backend == "loky" \
-                and not getattr(args, "dry_run", False):
-            # Worker start-up overlaps with loading the runners and validating.
-            job_handler.warm_pool(self.workers)
-        self.registry = ModuleRegistry(self.module_paths, self.path)
-        self.occurrences = self._plan_modules()
         self.warnings = []
+        self.registry = ModuleRegistry(self.module_paths, self.path, warn=self._warn)
+        self.occurrences = self._plan_modules()
         self.resume_target = None
 
     # -- configuration ----------------------------------------------------------------
@@ -107,23 +104,24 @@ class Pipeline:
                 f"{c.where('EXECUTION', 'MODE', self.mode)}: expected SMP or MPI"
             )
         self.module_paths = c.getlist("EXECUTION", "MODULE_PATH", fallback=[])
-        self.run_name = c.get("DEFAULT", "RUN_NAME", fallback="shapepipe_run").strip()
-        if not self.run_name or "/" in self.run_name:
-            raise ConfigError(f"{c.where('DEFAULT', 'RUN_NAME', self.run_name)}: expected a name")
+        self.run_name = _name(c, "DEFAULT", "RUN_NAME", "shapepipe_run")
         self.run_datetime = c.getboolean("DEFAULT", "RUN_DATETIME", fallback=True)
         self.verbose = c.getboolean("DEFAULT", "VERBOSE", fallback=True)
         self.output_dir = os.path.abspath(os.path.expanduser(c.get("FILE", "OUTPUT_DIR")))
         self.input_dir = c.getlist("FILE", "INPUT_DIR")
         if not self.input_dir:
             raise ConfigError(f"{c.where('FILE', 'INPUT_DIR')}: expected at least one directory")
-        self.log_name = c.get("FILE", "LOG_NAME", fallback="shapepipe").strip()
-        self.run_log_name = c.get("FILE", "RUN_LOG_NAME", fallback="shapepipe_runs").strip()
+        self.log_name = _name(c, "FILE", "LOG_NAME", "shapepipe")
+        self.run_log_name = _name(c, "FILE", "RUN_LOG_NAME", "shapepipe_runs")
+        _check_output_dir(self.output_dir, c.where("FILE", "OUTPUT_DIR", c.get("FILE",
+                                                                               "OUTPUT_DIR")))
         self.manifest = os.path.join(self.output_dir, self.run_log_name + ".jsonl")
         self.workers = c.getint("JOB", "SMP_BATCH_SIZE", fallback=1)
         if self.workers < 1:
             raise ConfigError(
                 f"{c.where('JOB', 'SMP_BATCH_SIZE', str(self.workers))}: expected >= 1"
             )
+        self.cores = os.cpu_count() or 1
         self.backend = c.get("JOB", "SMP_BACKEND", fallback="loky").strip().lower()
         if self.backend not in SMP_BACKENDS:
             raise ConfigError(
@@ -202,6 +200,17 @@ class Pipeline:
         if occ.runner.numbering_scheme:
             return occ.runner.numbering_scheme
         return c.get("FILE", "NUMBERING_SCHEME", fallback=DEFAULT_NUMBERING).strip()
+
+    def _numbering_where(self, occ):
+        """Where an occurrence's NUMBERING_SCHEME comes from, for messages."""
+        c = self.config
+        for section in (occ.section, "FILE" if occ.position == 0 else None):
+            if section and c.has_option(section, "NUMBERING_SCHEME"):
+                return c.where(section, "NUMBERING_SCHEME", c.get(section, "NUMBERING_SCHEME"))
+        if occ.runner.numbering_scheme:
+            return (f"{c.where('EXECUTION', 'MODULE', occ.written)}: the runner's "
+                    f"numbering_scheme {occ.runner.numbering_scheme!r}")
+        return c.where("FILE", "NUMBERING_SCHEME", self.numbering(occ))
 
     def patterns(self, occ):
         """(FILE_PATTERN list, FILE_EXT list) of an occurrence."""
@@ -312,11 +321,36 @@ class Pipeline:
                         f"expected {len(patterns)} extensions, one per FILE_PATTERN"
                     )
             self.number_list(occ)
+            try:
+                numbering_regex(self.numbering(occ))
+            except ValueError as exc:
+                raise ConfigError(f"{self._numbering_where(occ)}: {exc}") from None
             self.n_split(occ)
             self._timeout(occ.section)
             self.resolve_inputs(occ, run_log)
         if getattr(self.args, "resume", False):
             self.find_resume()
+        if self.mode == "SMP" and self.workers > self.cores:
+            self._warn(f"{self.config.where('JOB', 'SMP_BATCH_SIZE', str(self.workers))}: more "
+                       f"workers than the {self.cores} cores of this machine (each module "
+                       "uses at most one worker per job)")
+
+    def smp_workers(self, n_jobs):
+        """Worker processes for a module of ``n_jobs`` jobs: SMP_BATCH_SIZE, at most one per job.
+
+        A pool larger than the job count only costs memory and start-up time (1000 workers
+        asked for 2 jobs started 120 processes and grew past 2 GB).
+        """
+        return max(1, min(self.workers, n_jobs))
+
+    def start_workers(self):
+        """Start the SMP worker processes in the background, once the config is valid.
+
+        Never before validation: a config error must not cost a pool start. Their start-up
+        then overlaps with creating the run directory and binding the first module's files.
+        """
+        if self.mode == "SMP" and self.workers > 1 and self.backend == "loky":
+            job_handler.warm_pool(min(self.workers, self.cores))
 
     def _warn(self, message):
         self.warnings.append(message)
@@ -646,6 +680,30 @@ class Pipeline:
             with open(tmp, "w", encoding="utf-8") as handle:
                 self.config.write(handle)
         return name
+
+
+def _name(config, section, key, default):
+    """A value used as a file or directory name: no path separators, no ``..``."""
+    value = config.get(section, key, fallback=default).strip()
+    if not value or "/" in value or "\\" in value or ".." in value or "\0" in value:
+        raise ConfigError(f"{config.where(section, key, value)}: expected a name (it names a "
+                          "file or directory: no '/', '\\' or '..')")
+    return value
+
+
+def _check_output_dir(path, where):
+    """OUTPUT_DIR must be a directory, or creatable: checked before any run directory."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{where}: exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{where}: directory is not writable")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot be created ({parent} is not a writable directory)")
 
 
 def _now():
