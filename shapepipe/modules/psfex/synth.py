@@ -3,4 +3,4 @@
 Kept so that existing imports keep working; new code imports ``shapepipe.sim.psf_stars``.
 """
 
-from shapepipe.sim.psf_stars import MoffatField, make_star_catalogue  # noqa: F401
+from shapepipe.sim.psf_stars import CCD_SHAPE, MoffatField, make_star_catalogue  # noqa: F401
