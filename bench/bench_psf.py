@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from shapepipe.modules.psf_model.build import build_psf_model  # noqa: E402
 from shapepipe.modules.psfex.dotpsf import read_psf  # noqa: E402
 from shapepipe.modules.psfex.ldac_fix import prepare_for_psfex  # noqa: E402
-from shapepipe.modules.psfex.synth import make_star_catalogue  # noqa: E402
+from shapepipe.sim.psf_stars import make_star_catalogue  # noqa: E402
 from shapepipe.utils.ldac import read_ldac  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

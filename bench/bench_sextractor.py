@@ -34,7 +34,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from shapepipe.modules.sextractor import run_sextractor  # noqa: E402
-from shapepipe.modules.sextractor.testdata import make_ccd  # noqa: E402
+from shapepipe.sim.small_ccd import make_ccd  # noqa: E402
 
 EX = os.path.join(ROOT, "example", "sextractor")
 

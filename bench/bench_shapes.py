@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from shapepipe.modules.ngmix import make_stamp_obs, measure_object  # noqa: E402
-from shapepipe.modules.ngmix.simulate import make_stamp_set  # noqa: E402
+from shapepipe.sim.shear_stamps import make_stamp_set  # noqa: E402
 
 SCALE = 0.187
 

@@ -6,7 +6,7 @@ Moffat PSFs (FWHM 0.6-0.8", beta 3-4.8, |g_psf| < 0.03 per component), S/N 10-10
 log-uniform, 51x51 stamps at 0.187"/pixel; 1 and 3 epochs (each epoch its own PSF and
 noise). Each galaxy is drawn as +g/-g stamps sharing noise and intrinsic shape, each with
 pixel noise +n and -n (antithetic: the terms odd in the noise cancel, which divides the
-variance of m by ~5) (``shapepipe.modules.ngmix.simulate``).
+variance of m by ~5) (``shapepipe.sim.shear_stamps``).
 
 The applied shear g = (0.00707, -0.00707) has |g| = 0.01, the metacal step. m is the bias of
 the linear response: the true response is measured as (e(+g) - e(-g)) / 2g and metacal's as
@@ -61,7 +61,7 @@ from shapepipe.modules.ngmix import (  # noqa: E402
     rows_to_tables,
     shear_matrix,
 )
-from shapepipe.modules.ngmix.simulate import (  # noqa: E402
+from shapepipe.sim.shear_stamps import (  # noqa: E402
     bias_from_groups,
     draw_group,
     group_sums,

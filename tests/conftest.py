@@ -32,21 +32,31 @@ class PipelineHelper:
 
     def config(self, body, name="config.ini", run_name="test", workers=2, modules=None,
                input_dir=None):
-        """Write a config; ``body`` is appended after the default sections."""
-        head = f"""
-        [DEFAULT]
-        RUN_NAME = {run_name}
-        [EXECUTION]
-        MODULE = {modules or 'tp_copy_runner'}
-        MODULE_PATH = {PLUGIN_DIR}
-        [FILE]
-        INPUT_DIR = {input_dir or self.data}
-        OUTPUT_DIR = {self.out}
-        [JOB]
-        SMP_BATCH_SIZE = {workers}
+        """Write a config; ``body``'s sections are merged into the default ones.
+
+        A key of ``body`` replaces the default of the same section and name (so tests can
+        set ``[JOB] TIMEOUT`` or ``[EXECUTION] MODULE_PATH``); other sections are appended.
         """
+        sections = {
+            "DEFAULT": {"RUN_NAME": run_name},
+            "EXECUTION": {"MODULE": modules or "tp_copy_runner", "MODULE_PATH": PLUGIN_DIR},
+            "FILE": {"INPUT_DIR": str(input_dir or self.data), "OUTPUT_DIR": str(self.out)},
+            "JOB": {"SMP_BATCH_SIZE": str(workers)},
+        }
+        current = None
+        for line in textwrap.dedent(body).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("[") and stripped.endswith("]"):
+                current = sections.setdefault(stripped[1:-1], {})
+            elif stripped and not stripped.startswith(("#", ";")):
+                if current is None or "=" not in stripped:
+                    raise ValueError(f"test config body: cannot place line {line!r}")
+                key, _, value = stripped.partition("=")
+                current[key.strip().upper()] = value.strip()
+        text = "".join(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+                       for section, keys in sections.items())
         path = self.tmp / name
-        path.write_text(textwrap.dedent(head) + textwrap.dedent(body))
+        path.write_text(text)
         return str(path)
 
     def run(self, path, *extra):

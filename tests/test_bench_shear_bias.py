@@ -78,7 +78,7 @@ def test_harder_cases_measure(bench, case):
 
 
 def test_harder_case_options_change_only_what_they_say():
-    from shapepipe.modules.ngmix.simulate import draw_group
+    from shapepipe.sim.shear_stamps import draw_group
 
     base = draw_group(4, 9, (0.01, 0.0), rotations=(0,))
     masked = draw_group(4, 9, (0.01, 0.0), rotations=(0,), mask_fraction=0.02)
@@ -96,7 +96,7 @@ def test_harder_case_options_change_only_what_they_say():
 
 def test_max_gain_flags_an_object():
     from shapepipe.modules.ngmix import FLAG_MAX_GAIN, make_stamp_obs, measure_object
-    from shapepipe.modules.ngmix.simulate import draw_group
+    from shapepipe.sim.shear_stamps import draw_group
 
     st = draw_group(1, 5, (0.0, 0.0), rotations=(0,))
     obs = [make_stamp_obs(st["image"][0, 0], st["weight"][0, 0], st["psf"][0, 0], 0.187)]

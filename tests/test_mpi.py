@@ -43,10 +43,7 @@ def mpirun(n, config, *extra, timeout=120, wait=True):
 
 
 def mpi_config(sp, body="", modules=None, **kwargs):
-    path = sp.config(body, modules=modules, **kwargs)
-    text = open(path).read().replace("[EXECUTION]\n", "[EXECUTION]\nMODE = MPI\n", 1)
-    open(path, "w").write(text)
-    return path
+    return sp.config("[EXECUTION]\nMODE = MPI\n" + body, modules=modules, **kwargs)
 
 
 def job_records(run_dir, module="tp_copy_runner"):
@@ -94,18 +91,31 @@ def test_failures_and_timeouts_are_isolated(sp):
     assert sp.outputs("tp_copy_runner_run_1") == [f"copy_{i}.txt" for i in (1, 3, 4, 5, 6)]
 
 
-def test_mpi_outputs_equal_smp_outputs(sp):
-    sp.make_inputs([f"_{i}" for i in range(1, 9)])
-    smp = sp.config("", run_name="smp")
+def test_mpi_split_outputs_equal_smp_outputs(sp):
+    """N_SPLIT parts spread over ranks, combined on rank 0, give what one SMP job per number
+    gives: wrong parts, lost or doubled parts, or a combine before all parts fail this."""
+    for i in range(1, 6):
+        (sp.data / f"in_{i}.txt").write_text("".join(f"o{i}-{j}\n" for j in range(3 * i)))
+    smp = sp.config("", run_name="smp", modules="tp_split_runner")
     assert main(["-c", smp, "-q"]) == 0
-    result = mpirun(3, mpi_config(sp, "", run_name="mpi", name="mpi.ini"))
-    assert result.returncode == 0, result.stderr
-    smp_out = os.path.join(sp.runs("smp")[-1], "tp_copy_runner", "output")
-    mpi_out = os.path.join(sp.runs("mpi")[-1], "tp_copy_runner", "output")
+    mpi = mpi_config(sp, "[TP_SPLIT_RUNNER]\nN_SPLIT = 3\n", run_name="mpi", name="mpi.ini",
+                     modules="tp_split_runner")
+    result = mpirun(3, mpi)
+    assert result.returncode == 0, result.stdout + result.stderr
+    smp_out = os.path.join(sp.runs("smp")[-1], "tp_split_runner", "output")
+    mpi_dir = os.path.join(sp.runs("mpi")[-1], "tp_split_runner")
     names = sorted(os.listdir(smp_out))
-    assert names == sorted(os.listdir(mpi_out)) and len(names) == 8
-    match, mismatch, errors = filecmp.cmpfiles(smp_out, mpi_out, names, shallow=False)
+    assert names == sorted(os.listdir(os.path.join(mpi_dir, "output"))) and len(names) == 5
+    match, mismatch, errors = filecmp.cmpfiles(smp_out, os.path.join(mpi_dir, "output"), names,
+                                               shallow=False)
     assert not mismatch and not errors
+    assert len(glob.glob(os.path.join(mpi_dir, "parts", "*", "*_of_3"))) == 15
+    starts = [r[1] for r in job_records(sp.runs("mpi")[-1], "tp_split_runner")
+              if r[0] == "start"]
+    assert sorted(starts) == sorted([f"_{i}_part{p}of3" for i in range(1, 6) for p in (1, 2, 3)]
+                                    + [f"_{i}_combine3" for i in range(1, 6)])
+    summary = json.load(open(os.path.join(sp.runs("mpi")[-1], "summary.json")))
+    assert summary["modules"]["tp_split_runner"]["combined"] == 5
 
 
 def test_single_rank_runs_all_jobs(sp):

@@ -31,7 +31,7 @@ from shapepipe.modules.ngmix import (
     write_catalog,
 )
 from shapepipe.modules.ngmix.gmix import gT_to_moments, model_and_derivs
-from shapepipe.modules.ngmix.simulate import make_stamp_set, shear_bias
+from shapepipe.sim.shear_stamps import make_stamp_set, shear_bias
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = 0.187

@@ -8,7 +8,7 @@ import shapepipe.modules.ngmix.fitting as fitting
 from shapepipe.modules.ngmix import GMix, make_stamp_obs, measure_object, profile_mixture
 from shapepipe.modules.ngmix._kernels import HAVE_KERNEL
 from shapepipe.modules.ngmix.fitting import levenberg_marquardt, normal_equations
-from shapepipe.modules.ngmix.simulate import (
+from shapepipe.sim.shear_stamps import (
     bias_from_groups,
     draw_group,
     sample_snr,

@@ -15,13 +15,13 @@ from shapepipe.modules.psf_model.build import build_psf_model
 from shapepipe.modules.psfex.caller import psfex_errors
 from shapepipe.modules.psfex.dotpsf import read_psf
 from shapepipe.modules.psfex.ldac_fix import needs_preparation, prepare_for_psfex
-from shapepipe.modules.psfex.synth import make_star_catalogue
 from shapepipe.modules.psfex_interp import (
     hsm_shapes,
     process_classic,
     process_multi_epoch,
     process_validation,
 )
+from shapepipe.sim.psf_stars import make_star_catalogue
 from shapepipe.utils.ldac import read_ldac, write_ldac
 from shapepipe.utils.stamp_store import decode, encode, open_store
 

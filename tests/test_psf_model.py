@@ -10,7 +10,7 @@ from shapepipe.modules.psf_model.build import build_psf_model, options_from_psfe
 from shapepipe.modules.psfex.config import get_column, parse_column, read_psfex_config
 from shapepipe.modules.psfex.dotpsf import PSFModel, poly_powers, read_psf, write_psf
 from shapepipe.modules.psfex.resample import lanczos_matrix
-from shapepipe.modules.psfex.synth import MoffatField, make_star_catalogue
+from shapepipe.sim.psf_stars import MoffatField, make_star_catalogue
 from shapepipe.utils.ldac import read_ldac
 
 SIZE = 25

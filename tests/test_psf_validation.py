@@ -9,8 +9,8 @@ import pytest
 from astropy.io import fits
 
 from shapepipe.modules.psf_model.build import build_psf_model
-from shapepipe.modules.psfex.synth import make_star_catalogue
 from shapepipe.modules.psfex_interp import process_validation
+from shapepipe.sim.psf_stars import make_star_catalogue
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "psf_validation.py")
 

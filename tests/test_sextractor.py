@@ -40,7 +40,7 @@ from shapepipe.modules.sextractor.postprocess import (
     exposures_from_header,
     make_post_process,
 )
-from shapepipe.modules.sextractor.testdata import make_ccd
+from shapepipe.sim.small_ccd import make_ccd
 from shapepipe.utils.ldac import read_ldac
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,8 +1,9 @@
 """Example runner for module authors: wraps an external program.
 
-Runs ``head`` on each ``pyex_output<num>.cat`` of ``python_example_runner`` and writes
-``head_output<num>.txt``. A non-zero exit code of the program fails the job (with the
-program's message); a job TIMEOUT kills the program and its children.
+ShapePipe's example: runs ``head`` on each ``pyex_output<num>.cat`` of
+``python_example_runner`` and writes its output to ``head_output<num>.txt``. A non-zero
+exit code of the program fails the job (with the program's message); a job TIMEOUT kills
+the program and its children.
 """
 
 import os
@@ -12,7 +13,7 @@ from shapepipe.pipeline.execute import execute
 
 
 @module_runner(
-    version="1.1",
+    version="1.0",
     input_module="python_example_runner",
     file_pattern="pyex_output",
     file_ext=".cat",

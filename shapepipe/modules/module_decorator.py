@@ -43,6 +43,7 @@ def module_runner(
     run_method="parallel",
     keys=None,
     validate=None,
+    combine=None,
 ):
     """Declare a function as a pipeline runner.
 
@@ -68,6 +69,12 @@ def module_runner(
         ``validate(config, section)``, called before any job runs, to check what the keys
         cannot say alone (for example the contents of an auxiliary config file); it raises
         an exception with a one-line message on a problem.
+    combine : callable, optional
+        ``combine(part_dirs, output_dir, file_number_string, w_log)``: declares that the
+        runner supports ``N_SPLIT = k`` (each number run as k part jobs, each told its part
+        by ``run_dirs["split"] = (part, k)``). Called once all k parts of a number have
+        succeeded, with the k part output directories in part order; it writes the combined
+        files into ``output_dir``. Parallel runners only.
 
     Returns
     -------
@@ -76,6 +83,8 @@ def module_runner(
     """
     if run_method not in _RUN_METHODS:
         raise ValueError(f"run_method must be one of {_RUN_METHODS}, got {run_method!r}")
+    if combine is not None and (not callable(combine) or run_method != "parallel"):
+        raise ValueError("combine must be a callable, for a parallel runner")
 
     def decorator(func):
         func.input_module = _as_list(input_module)
@@ -88,6 +97,7 @@ def module_runner(
         func.run_method = run_method
         func.keys = None if keys is None else list(keys)
         func.validate_config = validate
+        func.combine = combine
         func.is_shapepipe_runner = True
         return func
 

@@ -6,13 +6,18 @@ Writes ``mask/<mask><num>.fits`` (FITS_LDAC, input layout kept, e.g. for PSFEx),
 """
 
 from shapepipe.modules.module_decorator import Key, module_runner
-from shapepipe.modules.setools import run_setools
+from shapepipe.modules.setools import read_setools, run_setools
 
 KEYS = [
     Key("SETOOLS_CONFIG_PATH", "file", help="the .setools selection file"),
     Key("SEED", "int", default=0,
         help="seed of [RAND_SPLIT] sections, combined with each input's file number"),
 ]
+
+
+def _check_setools_file(config, section):
+    """Parse the selection file once, before any job: a mistake would fail every job."""
+    read_setools(config.getexpanded(section, "SETOOLS_CONFIG_PATH"))
 
 
 @module_runner(
@@ -25,6 +30,7 @@ KEYS = [
     numbering_scheme="-0000000-0",
     run_method="parallel",
     keys=KEYS,
+    validate=_check_setools_file,
 )
 def setools_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec,
                    w_log):

@@ -17,6 +17,7 @@ from astropy.io import fits
 from shapepipe.modules.module_decorator import Key, module_runner
 from shapepipe.modules.sextractor import run_sextractor
 from shapepipe.modules.sextractor.postprocess import make_post_process
+from shapepipe.pipeline.errors import ConfigError
 
 KEYS = [
     Key("EXEC_PATH", "str", default=None,
@@ -74,6 +75,18 @@ def _prefix(opts):
     return ""
 
 
+def _check_keys(config, section):
+    """Key combinations, checked once before any job (a mistake would fail every job)."""
+    opts = config.read_keys(section, KEYS)
+    needs = [("DETECTION_WEIGHT", "DETECTION_IMAGE"), ("DETECTION_WEIGHT", "WEIGHT_IMAGE"),
+             ("ZP_FROM_HEADER", "ZP_KEY"), ("BKG_FROM_HEADER", "BKG_KEY"),
+             ("MAKE_POST_PROCESS", "LOG_WCS")]
+    for key, needed in needs:
+        if opts[key] and not opts[needed]:
+            raise ConfigError(f"{config.where(section, key, 'True')}: needs {needed}"
+                              + (" = True" if isinstance(opts[needed], bool) else " to be set"))
+
+
 @module_runner(
     version="2.0",
     input_module=["split_exp_runner", "mask_runner"],
@@ -84,6 +97,7 @@ def _prefix(opts):
     numbering_scheme="-0000000-0",
     run_method="parallel",
     keys=KEYS,
+    validate=_check_keys,
 )
 def sextractor_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec,
                       w_log):
@@ -95,12 +109,6 @@ def sextractor_runner(input_file_list, run_dirs, file_number_string, config, mod
                       ("DETECTION_WEIGHT", "detection weight")):
         if opts[key]:
             roles.append(role)
-    if opts["DETECTION_WEIGHT"] and not opts["DETECTION_IMAGE"]:
-        raise ValueError(f"[{module_config_sec}] DETECTION_WEIGHT = True needs "
-                         "DETECTION_IMAGE = True")
-    if opts["DETECTION_WEIGHT"] and not opts["WEIGHT_IMAGE"]:
-        raise ValueError(f"[{module_config_sec}] DETECTION_WEIGHT = True needs "
-                         "WEIGHT_IMAGE = True")
     if len(input_file_list) != len(roles):
         raise ValueError(
             f"[{module_config_sec}] expected {len(roles)} input files ({', '.join(roles)}) "
@@ -114,12 +122,8 @@ def sextractor_runner(input_file_list, run_dirs, file_number_string, config, mod
     if not opts["WEIGHT_IMAGE"]:
         overrides["WEIGHT_TYPE"] = "NONE"
     if opts["ZP_FROM_HEADER"]:
-        if not opts["ZP_KEY"]:
-            raise ValueError(f"[{module_config_sec}] ZP_FROM_HEADER = True needs ZP_KEY")
         overrides["MAG_ZEROPOINT"] = _header_value(image, opts["ZP_KEY"], "zero-point")
     if opts["BKG_FROM_HEADER"]:
-        if not opts["BKG_KEY"]:
-            raise ValueError(f"[{module_config_sec}] BKG_FROM_HEADER = True needs BKG_KEY")
         overrides["BACK_TYPE"] = "MANUAL"
         overrides["BACK_VALUE"] = _header_value(image, opts["BKG_KEY"], "background")
     if "psf" in files:
@@ -152,8 +156,6 @@ def sextractor_runner(input_file_list, run_dirs, file_number_string, config, mod
                info["n_objects"], info["background"], info["rms"], output)
 
     if opts["MAKE_POST_PROCESS"]:
-        if not opts["LOG_WCS"]:
-            raise ValueError(f"[{module_config_sec}] MAKE_POST_PROCESS = True needs LOG_WCS")
         from shapepipe.modules.merge_headers import find_log_wcs
         from shapepipe.pipeline.run_log import resolve_module_dir
 

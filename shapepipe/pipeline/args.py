@@ -14,6 +14,9 @@ def build_parser():
     parser.add_argument("-c", "--config", help="configuration file (INI)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the newest run of this RUN_NAME, skipping completed jobs")
+    parser.add_argument("--force", action="store_true",
+                        help="with --resume: resume even if the config differs from the one "
+                             "the run was started with (both are recorded)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved inputs and jobs of each module, run nothing")
     parser.add_argument("--list-modules", action="store_true",
@@ -32,4 +35,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.config and not args.list_modules:
         parser.error("the following argument is required: -c/--config")
+    if args.force and not args.resume:
+        parser.error("--force only applies to --resume")
     return args

@@ -5,6 +5,7 @@ file, the section, the key and the value, and says what was expected.
 """
 
 import configparser
+import math
 import os
 import re
 
@@ -27,6 +28,7 @@ GENERIC_MODULE_KEYS = {
     "NUMBER_LIST",
     "TIMEOUT",
     "SEED",
+    "N_SPLIT",
 }
 
 
@@ -82,14 +84,14 @@ def parse_duration(text):
     text = text.strip()
     if ":" in text:
         parts = [float(p) for p in text.split(":")]
-        if len(parts) > 3 or any(p < 0 for p in parts):
+        if len(parts) > 3 or any(not math.isfinite(p) or p < 0 for p in parts):
             raise ValueError(text)
         seconds = 0.0
         for part in parts:
             seconds = seconds * 60 + part
         return seconds
     value = float(text)
-    if value < 0:
+    if not math.isfinite(value) or value < 0:  # nan/inf would disable or break a timeout
         raise ValueError(text)
     return value
 
@@ -321,6 +323,14 @@ def read_config(path):
         raise ConfigError(f"{path}: cannot parse INI file: {message}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    seen = {}
+    for section in config.sections():
+        # Sections are matched case-insensitively: two spellings of one name would be
+        # merged silently (the second one's keys ignored).
+        if section.upper() in seen:
+            raise ConfigError(f"{path} [{section}]: section defined twice (also as "
+                              f"[{seen[section.upper()]}]; section names ignore case)")
+        seen[section.upper()] = section
     for section in [config.default_section, *config.sections()]:
         store = config._defaults if section == config.default_section else config._sections[section]
         for option, value in list(store.items()):
@@ -360,3 +370,52 @@ def check_section_keys(config, section, keys, warn):
         if name in declared or name in GENERIC_MODULE_KEYS or name.startswith("ADD_"):
             continue
         warn(f"{config.where(section, name)}: unknown key (ignored)")
+
+
+def config_settings(config):
+    """Every setting of a config as ``{(SECTION, KEY): value}`` (names upper-case).
+
+    ``[DEFAULT]`` keys are listed once under ``DEFAULT``, not repeated in every section.
+    Works on a :class:`ShapePipeConfig` and on a plain :class:`configparser.ConfigParser`
+    (a run's saved ``config.ini``, whose values are already expanded).
+    """
+    settings = {("DEFAULT", k.upper()): v for k, v in config.defaults().items()}
+    for section in config.sections():
+        for key, value in config._sections[section].items():
+            settings[(section.upper(), key.upper())] = value
+    return settings
+
+
+def config_changes(old, new):
+    """What differs between two configs, section by section and key by key.
+
+    Parameters
+    ----------
+    old, new : configparser.ConfigParser
+        The two configurations (values as read, environment variables expanded).
+
+    Returns
+    -------
+    list of str
+        One item per setting added, removed or changed, e.g.
+        ``[JOB] SMP_BATCH_SIZE: '2' -> '4'``, in section/key order; empty if none.
+    """
+    a, b = config_settings(old), config_settings(new)
+    changes = []
+    for section, key in sorted(set(a) | set(b)):
+        if (section, key) not in a:
+            changes.append(f"[{section}] {key}: added ({b[(section, key)]!r})")
+        elif (section, key) not in b:
+            changes.append(f"[{section}] {key}: removed (was {a[(section, key)]!r})")
+        elif a[(section, key)] != b[(section, key)]:
+            changes.append(f"[{section}] {key}: {a[(section, key)]!r} -> {b[(section, key)]!r}")
+    return changes
+
+
+def read_saved_config(path):
+    """Read a run's saved ``config.ini`` as it was written (no expansion: it is expanded)."""
+    saved = configparser.ConfigParser(interpolation=None, strict=False)
+    saved.optionxform = str.lower
+    with open(path, encoding="utf-8") as handle:
+        saved.read_file(handle, source=path)
+    return saved

@@ -154,8 +154,16 @@ def read_number_list(value, where):
     """NUMBER_LIST: a comma-separated list of numbers, or a file with one per line."""
     items = [v.strip() for v in value.split(",") if v.strip()]
     if len(items) == 1 and os.path.isfile(os.path.expanduser(items[0])):
-        with open(os.path.expanduser(items[0]), encoding="utf-8") as handle:
-            return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+        try:
+            with open(os.path.expanduser(items[0]), encoding="utf-8") as handle:
+                return [line.strip() for line in handle
+                        if line.strip() and not line.startswith("#")]
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where} = {value.strip()!r}: not a UTF-8 text file of numbers "
+                              f"(byte {exc.start}: {exc.reason})") from None
+        except OSError as exc:
+            raise ConfigError(f"{where} = {value.strip()!r}: cannot read it "
+                              f"({exc.strerror})") from None
     if not items:
         raise ConfigError(f"{where}: NUMBER_LIST is empty")
     return items

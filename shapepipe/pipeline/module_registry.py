@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import stat
 import sys
 
 from shapepipe.pipeline.errors import ConfigError
@@ -55,9 +56,11 @@ class ModuleRegistry:
         Config file name, for error messages.
     """
 
-    def __init__(self, module_paths=(), config_path="<config>"):
+    def __init__(self, module_paths=(), config_path="<config>", warn=None):
         self.module_paths = [os.path.abspath(os.path.expanduser(p)) for p in module_paths]
         self.config_path = config_path
+        self.warn = warn  # called with a message; None (worker processes): no warnings
+        self._warned = set()
         self._cache = {}
         for path in self.module_paths:
             if not os.path.isdir(path):
@@ -149,11 +152,41 @@ class ModuleRegistry:
         return getattr(module, attr)
 
     def _load_from_path(self, name, path, where):
-        # The directory goes on sys.path so that the runner can import its own
-        # science package next to it, and so that worker processes can re-import it.
+        """Load ``<path>/<name>.py`` (or the package ``<path>/<name>/``) by its file.
+
+        The directory is never put ahead of the installed packages on ``sys.path``: a
+        ``numpy.py`` or ``sqlitedict.py`` lying next to a runner must not replace the real
+        package (and run). It is appended at the end, so that a runner can still import a
+        science package of its own that lives next to it.
+        """
+        if self.warn and path not in self._warned:
+            self._warned.add(path)
+            _warn_if_writable_by_others(path, where, self.warn)
         if path not in sys.path:
-            sys.path.insert(0, path)
-        return self._import_attr(name, name, where)
+            sys.path.append(path)
+        package = os.path.join(path, name, "__init__.py")
+        is_package = os.path.isfile(package)
+        location = package if is_package else os.path.join(path, name + ".py")
+        if self.warn:
+            _warn_if_writable_by_others(location, where, self.warn)
+        module_name = f"shapepipe_module_path_{name}"  # never the name of an installed module
+        if module_name in sys.modules:
+            module = sys.modules[module_name]
+        else:
+            spec = importlib.util.spec_from_file_location(
+                module_name, location,
+                submodule_search_locations=[os.path.dirname(location)] if is_package else None)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:  # a broken runner file: report, do not crash
+                del sys.modules[module_name]
+                raise ConfigError(f"{where}: cannot import {location}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        if not hasattr(module, name):
+            raise ConfigError(f"{where}: {location} defines no function {name}")
+        return getattr(module, name)
 
     def _load_entry_point(self, name, ep, where):
         try:
@@ -165,6 +198,17 @@ class ModuleRegistry:
         if hasattr(obj, name):
             return getattr(obj, name)
         raise ConfigError(f"{where}: entry point {ep.value} has no function {name}")
+
+
+def _warn_if_writable_by_others(path, where, warn):
+    """Warn when other users could change the code a run would execute."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & stat.S_IWOTH:
+        warn(f"{where}: MODULE_PATH {path} is writable by other users: anyone on this "
+             "machine could change the code this run executes")
 
 
 def _normalise(runner):
@@ -180,6 +224,7 @@ def _normalise(runner):
         ("run_method", "parallel"),
         ("keys", None),
         ("validate_config", None),
+        ("combine", None),
     ):
         if not hasattr(runner, attr):
             setattr(runner, attr, default)

@@ -18,6 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from shapepipe.pipeline import execute as execute_module
+from shapepipe.pipeline import split
 from shapepipe.pipeline.errors import JobTimeout
 from shapepipe.pipeline.module_registry import ModuleRegistry
 
@@ -47,6 +48,7 @@ class ModuleContext:
     sys_path: list = field(default_factory=lambda: list(sys.path))
     hard_kill_grace: float = field(default_factory=lambda: float(
         os.environ.get("SHAPEPIPE_HARD_KILL_GRACE", HARD_KILL_GRACE)))
+    split: int = 1  # N_SPLIT: job numbers are part keys when > 1 (shapepipe.pipeline.split)
 
     @property
     def output_dir(self):
@@ -178,6 +180,7 @@ def run_job(ctx, number, files):
         "module_output": ctx.output_dir,
         "run_log": ctx.run_log,
     }
+    file_number, run_dirs["split"], target = split.job_target(ctx, number)
     watchdog = None
     ok, error = False, ""
     try:
@@ -190,7 +193,7 @@ def run_job(ctx, number, files):
             watchdog = _Watchdog(ctx, number, log)
             watchdog.timer.start()
         try:
-            result = runner(files, run_dirs, number, ctx.config, ctx.section, log)
+            result = runner(files, run_dirs, file_number, ctx.config, ctx.section, log)
         finally:
             if ctx.timeout and threading.current_thread() is threading.main_thread():
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -202,7 +205,7 @@ def run_job(ctx, number, files):
             log.info("stdout:\n%s", stdout)
         if stderr:
             log.warning("stderr:\n%s", stderr)
-        _move_tree(staging, ctx.output_dir)
+        _move_tree(staging, target)
         ok = True
     except JobTimeout:
         error = f"timeout after {ctx.timeout:g} s"

@@ -8,6 +8,7 @@ from astropy.io import fits
 from shapepipe.sim import geometry as geo
 from shapepipe.sim.catalog import _power_law_mags, draw_ellipticities, galaxy_sizes
 from shapepipe.sim.render import _add_stamp, _draw, galaxy_profile
+from shapepipe.sim.tables import table_hdulist
 from shapepipe.utils.atomic import atomic_path, write_fits
 from shapepipe.utils.rng import make_rng
 
@@ -169,8 +170,6 @@ def make_des(des_dir, seed=1234, tiles=DEFAULT_TILES, size=1000, log=None):
     log : callable, optional
         Progress messages.
     """
-    from shapepipe.sim.survey import _table
-
     log = log or (lambda msg: None)
     os.makedirs(os.path.join(des_dir, "tiles"), exist_ok=True)
     geom = tile_geometry(tiles, size)
@@ -192,11 +191,11 @@ def make_des(des_dir, seed=1234, tiles=DEFAULT_TILES, size=1000, log=None):
             write_fits(fits.HDUList([primary, sci, msk]),
                        os.path.join(des_dir, "tiles", f"{name}_{band}.fits.fz"))
         log(f"DES tile {name} done")
-    write_fits(_table(geom, "TILE_GEOMETRY"), os.path.join(des_dir, "tile_geometry.fits"))
+    write_fits(table_hdulist(geom, "TILE_GEOMETRY"), os.path.join(des_dir, "tile_geometry.fits"))
     truth = {k: cat[k] for k in ("COADD_OBJECT_ID", "RA", "DEC", "IS_STAR", "MAG_G", "MAG_R",
                                  "MAG_I", "MAG_Z", "MAG_Y", "HLR", "E1_INT", "E2_INT")}
     truth["TILENAME"] = tilename
-    write_fits(_table(truth, "TRUTH"), os.path.join(des_dir, "truth.fits"))
+    write_fits(table_hdulist(truth, "TRUTH"), os.path.join(des_dir, "truth.fits"))
     # Targets: everything brighter than i = 23.5, on a tile or not.
     sel = np.flatnonzero(cat["MAG_I"] < 23.5)
     lines = ["RA,DEC,COADD_OBJECT_ID,TILENAME,STATUS"]

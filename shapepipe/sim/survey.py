@@ -12,8 +12,10 @@ from astropy.io import fits
 from shapepipe import __version__
 from shapepipe.sim import geometry as geo
 from shapepipe.sim.catalog import make_catalog, select
+from shapepipe.sim.des import make_des
 from shapepipe.sim.psf import model_rows
 from shapepipe.sim.render import exposure_conditions, render_ccd, sky_model
+from shapepipe.sim.tables import table_hdulist
 from shapepipe.sim.tile import TileStacker
 from shapepipe.utils.atomic import atomic_path, write_fits
 from shapepipe.utils.rng import make_rng
@@ -113,25 +115,6 @@ class _MEFWriter:
             self._ctx.__exit__(None, None, None)
         else:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-
-def _table(columns, name):
-    cols = []
-    for key, val in columns.items():
-        val = np.asarray(val)
-        if val.dtype.kind in "US":
-            width = max(1, max((len(s) for s in val), default=1))
-            cols.append(fits.Column(name=key, format=f"{width}A", array=val))
-        elif val.ndim == 2:
-            fmt = {"f": "D", "i": "K"}[val.dtype.kind] if val.dtype.itemsize == 8 else "E"
-            cols.append(fits.Column(name=key, format=f"{val.shape[1]}{fmt}", array=val))
-        else:
-            fmt = {np.dtype("float64"): "D", np.dtype("float32"): "E",
-                   np.dtype("int64"): "K", np.dtype("int32"): "J",
-                   np.dtype("int16"): "I"}[val.dtype]
-            cols.append(fits.Column(name=key, format=fmt, array=val))
-    hdu = fits.BinTableHDU.from_columns(cols, name=name)
-    return fits.HDUList([fits.PrimaryHDU(), hdu])
 
 
 def _check_output(path, overwrite):
@@ -299,8 +282,6 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         info = info or meta
         log(f"wrote {root}")
     if des:
-        from shapepipe.sim.des import make_des
-
         make_des(os.path.join(output_dir, "des"), seed=seed, log=log)
     return info
 
@@ -335,14 +316,15 @@ def _write_truth(params, seed, cat, shear, psf_stars, root):
     gal = cat["IS_STAR"] == 0
     cols["G1"] = np.where(gal, shear[0], 0.0).astype(np.float32)
     cols["G2"] = np.where(gal, shear[1], 0.0).astype(np.float32)
-    write_fits(_table(cols, "OBJECTS"), os.path.join(truth, "objects.fits"))
+    write_fits(table_hdulist(cols, "OBJECTS"), os.path.join(truth, "objects.fits"))
 
     stars = select(cat, cat["IS_STAR"] == 1)
-    write_fits(_table({"ID": stars["ID"], "RA": stars["RA"], "DEC": stars["DEC"],
+    write_fits(table_hdulist({"ID": stars["ID"], "RA": stars["RA"], "DEC": stars["DEC"],
                        "MAG": stars["MAG"]}, "REF_STARS"),
                os.path.join(root, "star_cat", "ref_stars.fits"))
-    write_fits(_table(model_rows(params, seed), "PSF_MODEL"), os.path.join(truth, "psf_model.fits"))
-    write_fits(_table(psf_stars, "PSF_STARS"), os.path.join(truth, "psf_stars.fits"))
+    write_fits(table_hdulist(model_rows(params, seed), "PSF_MODEL"),
+               os.path.join(truth, "psf_model.fits"))
+    write_fits(table_hdulist(psf_stars, "PSF_STARS"), os.path.join(truth, "psf_stars.fits"))
 
     dx, dy, _, _ = geo.ccd_layout(params)
     rows = {k: [] for k in ("EXP_NUM", "CCD", "RA_PNT", "DEC_PNT", "NX", "NY", "CRPIX1",
@@ -364,4 +346,4 @@ def _write_truth(params, seed, cat, shear, psf_stars, root):
     table["CCD"] = table["CCD"].astype(np.int16)
     table["NX"] = table["NX"].astype(np.int32)
     table["NY"] = table["NY"].astype(np.int32)
-    write_fits(_table(table, "EXPOSURES"), os.path.join(truth, "exposures.fits"))
+    write_fits(table_hdulist(table, "EXPOSURES"), os.path.join(truth, "exposures.fits"))

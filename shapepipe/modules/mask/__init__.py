@@ -19,7 +19,7 @@ region_dir=None, log=None) -> dict``
 ``read_dso_catalogue(path)``; ``read_template(path)``; ``fill_polygons(polygons, shape)``.
 """
 
-from shapepipe.modules.mask.catalogues import read_dso_catalogue, read_star_catalogue
+from shapepipe.modules.mask.catalogs import read_dso_catalogue, read_star_catalogue
 from shapepipe.modules.mask.config import MaskConfig, MaskConfigError
 from shapepipe.modules.mask.mask import border_mask, make_mask
 from shapepipe.modules.mask.raster import fill_circles, fill_polygons

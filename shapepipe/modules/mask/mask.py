@@ -8,7 +8,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from shapepipe.modules.mask.catalogues import (
+from shapepipe.modules.mask.catalogs import (
     angular_separation,
     read_dso_catalogue,
     read_star_catalogue,

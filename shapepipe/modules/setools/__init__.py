@@ -8,14 +8,14 @@ The science package of ``setools_runner``; it knows nothing about the pipeline::
     run_setools("sexcat-2000001-3.fits", "star_selection.setools", "out", "-2000001-3")
 """
 
-from shapepipe.modules.setools.catalogue import Catalogue
+from shapepipe.modules.setools.catalog import ObjectTable
 from shapepipe.modules.setools.expression import ExpressionError, parse_expression
 from shapepipe.modules.setools.setools import SETools, run_setools, split_sizes
 from shapepipe.modules.setools.setools_file import SetoolsError, parse_setools, read_setools
 from shapepipe.modules.setools.stats import robust_mode, sigma_mad
 
 __all__ = [
-    "Catalogue",
+    "ObjectTable",
     "ExpressionError",
     "SETools",
     "SetoolsError",

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from shapepipe.modules.setools.catalogue import Catalogue
+from shapepipe.modules.setools.catalog import ObjectTable
 from shapepipe.modules.setools.expression import ExpressionError
 from shapepipe.modules.setools.plot import make_plot
 from shapepipe.modules.setools.setools_file import SetoolsError, SetoolsFile, read_setools
@@ -59,7 +59,7 @@ class SETools:
 
     Parameters
     ----------
-    catalogue : str or Catalogue or numpy structured array
+    catalogue : str or ObjectTable or numpy structured array
         The catalogue file (FITS_LDAC or FITS table), or the objects themselves.
     setools : str or SetoolsFile
         The ``.setools`` file or its parsed form.
@@ -72,12 +72,12 @@ class SETools:
     """
 
     def __init__(self, catalogue, setools):
-        if isinstance(catalogue, Catalogue):
+        if isinstance(catalogue, ObjectTable):
             self.catalogue = catalogue
         elif isinstance(catalogue, (str, os.PathLike)):
-            self.catalogue = Catalogue.read(catalogue)
+            self.catalogue = ObjectTable.read(catalogue)
         else:
-            self.catalogue = Catalogue(catalogue)
+            self.catalogue = ObjectTable(catalogue)
         self.setools = setools if isinstance(setools, SetoolsFile) else read_setools(setools)
         self._masks = {}
 

@@ -415,6 +415,10 @@ def parse_setools(text, path="<setools>"):
                 )
             store = stores[kind]
             name = match.group(2) or f"{kind.lower()}_{len(store) + 1}"
+            if "/" in name or "\\" in name or ".." in name or "\0" in name:
+                # Output files are named after the section: a name must not be a path.
+                raise SetoolsError(f"{path}: line {lineno}: section name '{name}' in '{line}' "
+                                   "is used as a file name: no '/', '\\' or '..'")
             if name in store:
                 raise SetoolsError(f"{path}: line {lineno}: section [{kind}:{name}] "
                                    "defined twice")

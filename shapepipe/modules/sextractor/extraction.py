@@ -18,8 +18,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 from shapepipe.modules.sextractor.columns import COLUMNS, NUMPY_TYPES
 from shapepipe.modules.sextractor.config_files import SexConfigError, parse_conv, parse_param
 from shapepipe.modules.sextractor.measure import (
-    Catalogue,
     Image,
+    MeasuredSources,
     check_params,
     compute_columns,
 )
@@ -234,7 +234,7 @@ def run_sextractor(
     if world and wcs is None:
         raise SexConfigError(f"{image_path}: no celestial WCS in the header, but the parameter "
                              f"file asks for {', '.join(world)}")
-    cat = Catalogue(meas, det, settings, kernel, flag=flag, header=header, wcs=wcs)
+    cat = MeasuredSources(meas, det, settings, kernel, flag=flag, header=header, wcs=wcs)
     columns = compute_columns(cat, params)
     write_ldac(output_path, _imhead(header, meas, settings), _table_hdu(columns))
 

@@ -284,7 +284,7 @@ def _stamps(array, xc, yc, half, fill):
     return out, inside
 
 
-class Catalogue:
+class MeasuredSources:
     """Detections of one image and their lazily computed measurements."""
 
     def __init__(self, meas, det, settings, kernel, flag=None, header=None, wcs=None):
@@ -827,7 +827,7 @@ def compute_columns(cat, params):
 
     Parameters
     ----------
-    cat : Catalogue
+    cat : MeasuredSources
     params : list of (str, tuple)
 
     Returns

@@ -1,4 +1,4 @@
-"""Catalogue input and output for SETools.
+"""Catalog input and output for SETools (the object table a selection file is applied to).
 
 Input: a FITS_LDAC catalogue (objects in the ``LDAC_OBJECTS`` HDU, usually HDU 2, after
 ``LDAC_IMHEAD``) or a plain FITS table (HDU 1). A selection is written with the same
@@ -19,10 +19,10 @@ from astropy.io import fits
 from shapepipe.modules.setools.expression import ExpressionError
 from shapepipe.utils.atomic import write_fits
 
-__all__ = ["Catalogue"]
+__all__ = ["ObjectTable"]
 
 
-class Catalogue:
+class ObjectTable:
     """An object table, and where its other HDUs come from.
 
     Parameters
@@ -61,7 +61,7 @@ class Catalogue:
 
         Returns
         -------
-        Catalogue
+        ObjectTable
 
         Raises
         ------
