@@ -264,20 +264,21 @@ class PSFStore:
         self.close()
         path = band if expID is None else f"{band}/{expID}"
         with h5py.File(self.h5file, "a") as h5:
-            parent, _, leaf = path.rpartition("/")
-            group = h5.require_group(parent) if parent else h5
-            tmp = f".{leaf}.tmp"
-            if tmp in group:
-                del group[tmp]
-            new = group.create_group(tmp)
-            new.create_dataset("detector_locations", data=locations)
-            new.create_dataset("parameters", data=params)
-            new.attrs["n_psf_per_source"] = params.shape[1]
+            group = h5.require_group(path)
+            # New datasets under temporary names, then swapped in: per-exposure groups below
+            # a band (and the band's own datasets) are left alone.
+            for name, data in (("detector_locations", locations), ("parameters", params)):
+                tmp = f".{name}.tmp"
+                if tmp in group:
+                    del group[tmp]
+                group.create_dataset(tmp, data=data)
+            for name in ("detector_locations", "parameters"):
+                if name in group:
+                    del group[name]
+                group.move(f".{name}.tmp", name)
+            group.attrs["n_psf_per_source"] = params.shape[1]
             for key, value in attrs.items():
-                new.attrs[key] = value
-            if leaf in group:
-                del group[leaf]
-            group.move(tmp, leaf)
+                group.attrs[key] = value
 
     def _group(self, band, expID=None):
         path = band if expID is None else f"{band}/{expID}"
