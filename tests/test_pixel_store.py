@@ -71,6 +71,9 @@ def test_superpixelize_matches_the_loop_layout():
     ierr = rng.random((48, 32)).astype(np.float32)
     for s in (1, 4, 8, 16):
         np.testing.assert_array_equal(superpixelize(im, ierr, s), loop_superpixelize(im, ierr, s))
+    # float64 or non-contiguous inputs take the general path: same layout
+    np.testing.assert_array_equal(superpixelize(im.astype(np.float64), ierr.T.copy().T, 8),
+                                  loop_superpixelize(im, ierr, 8))
 
 
 def test_store_layout_and_attributes(tmp_path):
