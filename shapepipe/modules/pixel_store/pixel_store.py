@@ -61,28 +61,21 @@ def superpixelize(im, ierr, super_pixel_size=8, pix_dtype=np.float32):
     s = int(super_pixel_size)
     nx, ny = im.shape
     nsx, nsy = -(-nx // s), -(-ny // s)
-    fx, fy = nx // s, ny // s  # whole super-pixels: one strided copy each
-    ragged = fx < nsx or fy < nsy
-    out = (np.zeros if ragged else np.empty)((nsx, nsy, 2, s, s), dtype=pix_dtype)
+    out = np.empty((nsx, nsy, 2, s, s), dtype=pix_dtype)
+    # Each row of s pixels moves as one opaque element (a void of s * itemsize bytes): the
+    # same bytes as a float copy, s-fold fewer elements, ~20% faster.
+    row = np.dtype((np.void, s * out.itemsize))
     for src, k in ((im, 0), (ierr, 1)):
-        src = src[:fx * s, :fy * s]
-        if not ragged and src.dtype == out.dtype and src.flags.c_contiguous:
-            # Move each row of s pixels as one opaque element: ~20% faster than a copy of
-            # s-fold more 4-byte elements, same bytes.
-            row = np.dtype((np.void, s * out.itemsize))
-            out.view(row).reshape(nsx, nsy, 2, s)[:, :, k] = \
-                src.view(row).reshape(fx, s, fy).transpose(0, 2, 1)
-        else:
-            # (I, a, J, b) -> (I, J, a, b): block [I, J] is im[I*s + a, J*s + b] in C order.
-            out[:fx, :fy, k] = src.reshape(fx, s, fy, s).transpose(0, 2, 1, 3)
-    if ragged:
-        # Ragged edges: copy the remainder into a zero-padded frame (ierr = 0 there).
-        for src, k in ((im, 0), (ierr, 1)):
-            pad = np.zeros((nsx * s, nsy * s), dtype=pix_dtype)
-            pad[:nx, :ny] = src
-            blocks = pad.reshape(nsx, s, nsy, s).transpose(0, 2, 1, 3)
-            out[fx:, :, k] = blocks[fx:]
-            out[:fx, fy:, k] = blocks[:fx, fy:]
+        if src.shape != (nsx * s, nsy * s) or src.dtype != out.dtype \
+                or not src.flags.c_contiguous:
+            # Ragged edges, another type or a transposed view: one copy into a zero-padded
+            # C-ordered frame (so padding pixels get im = ierr = 0).
+            frame = np.zeros((nsx * s, nsy * s), dtype=out.dtype)
+            frame[:nx, :ny] = src
+            src = frame
+        # (I, a, J) -> (I, J, a): block [I, J] row a is src[I*s + a, J*s:(J+1)*s].
+        out.view(row).reshape(nsx, nsy, 2, s)[:, :, k] = \
+            src.view(row).reshape(nsx, s, nsy).transpose(0, 2, 1)
     return out.reshape(nsx, nsy, 2 * s * s)
 
 
@@ -291,10 +284,11 @@ class PixelStore:
             ierr *= 1.0 / conv
         else:
             conv, units = 1.0, "image"
+        if do_fluxcal and not (np.all(np.isfinite(im)) and np.all(np.isfinite(ierr))):
+            # Masking leaves only finite values; a huge calibration factor could overflow.
+            raise ValueError(f"exposure {imset.expID}: non-finite values after the flux "
+                             f"calibration (factor {conv})")
         superpixels = self.superpixelize(im, ierr)
-        if not np.all(np.isfinite(superpixels)):
-            raise ValueError(f"exposure {imset.expID}: non-finite values after masking "
-                             "(overflow in the flux calibration?)")
         attrs = {"counts_to_flux": conv, "flux_units": units,
                  "bitmask_applied": -1 if bitmask is None else int(bitmask),
                  "nx": im.shape[0], "ny": im.shape[1],
