@@ -10,7 +10,10 @@ SPREADERR_MODEL, SPREAD_MODEL_FLAGS (1 no PSF, 2 no usable pixel, 4 no flux unde
 the values are NaN then); add: the input catalogue with these columns added.
 
 Keys: PIXEL_SCALE (arcsec, of the exposures the PSF stamps are sampled on; a tile of another
-scale is warned about), OUTPUT_MODE (new | add), PREFIX (SUFFIX: old name).
+scale is warned about), OUTPUT_MODE (new | add), PREFIX (SUFFIX: old name),
+TILE_RESAMPLING (NONE | BILINEAR: the stacking kernel added to each epoch's PSF, from the
+CCD WCSs of LOG_WCS; the simulated tiles are stacked with bilinear interpolation),
+APERTURE_FWHM (sums restricted to pixels within this many PSF FWHMs of the object).
 The PSF of a tile object is the equal-weight mean of its epochs' PSF stamps; see
 :mod:`shapepipe.modules.spread_model.process` for why.
 """
@@ -25,6 +28,14 @@ KEYS = [
         help="pixel scale (arcsec) of the exposures the PSF stamps are sampled on"),
     Key("OUTPUT_MODE", "str", default="new", choices=["new", "add"],
         help="new: a catalogue of NUMBER and the spread model; add: the input plus these"),
+    Key("TILE_RESAMPLING", "str", default="NONE", choices=["NONE", "BILINEAR"],
+        help="how the tile was resampled from the exposures: BILINEAR convolves each epoch's "
+             "PSF with its bilinear interpolation kernel (needs LOG_WCS)"),
+    Key("LOG_WCS", "str", default="",
+        help="log_exp_headers.sqlite (file or module reference) for TILE_RESAMPLING"),
+    Key("APERTURE_FWHM", "float", default=1.6,
+        help="sums over pixels within this many PSF FWHMs of the object (0: whole stamp), "
+             "so that neighbours do not bias them"),
     Key("PREFIX", "str", default=None, help="output prefix: <PREFIX>_sexcat_sm<num>.fits"),
     Key("SUFFIX", "str", default=None, help="old ShapePipe name of PREFIX"),
 ]
@@ -60,7 +71,19 @@ def spread_model_runner(input_file_list, run_dirs, file_number_string, config,
     sexcat, psf_store, weight_vignet = input_file_list
     prefix = opts["PREFIX"] if opts["PREFIX"] is not None else opts["SUFFIX"]
     out = os.path.join(run_dirs["output"], output_name(prefix, file_number_string))
+    exp_wcs = None
+    if opts["TILE_RESAMPLING"].upper() == "BILINEAR":
+        from shapepipe.modules.merge_headers import find_log_wcs, read_exp_wcs
+        from shapepipe.pipeline.run_log import resolve_module_dir
+
+        if not opts["LOG_WCS"]:
+            raise ValueError(f"[{module_config_sec}] TILE_RESAMPLING = BILINEAR needs LOG_WCS "
+                             "(the log_exp_headers.sqlite of merge_headers_runner)")
+        log_wcs = find_log_wcs(opts["LOG_WCS"], lambda ref: resolve_module_dir(ref, run_dirs),
+                               key=f"[{module_config_sec}] LOG_WCS")
+        exp_wcs = read_exp_wcs(log_wcs)
     counts = process(sexcat, psf_store, weight_vignet, out, mode=opts["OUTPUT_MODE"],
-                     pixel_scale=opts["PIXEL_SCALE"], log=w_log)
+                     pixel_scale=opts["PIXEL_SCALE"], exp_wcs=exp_wcs,
+                     aperture_fwhm=opts["APERTURE_FWHM"], log=w_log)
     w_log.info("wrote %s: %s", out, counts)
     return None, None
