@@ -62,7 +62,6 @@ def make_catalog_runner(input_file_list, run_dirs, file_number_string, config,
                         module_config_sec, w_log):
     """Write ``final_cat<num>.fits`` of one tile."""
     from shapepipe.modules.ngmix import read_catalog
-    from shapepipe.utils.stamp_store import open_store
 
     opts = config.read_keys(module_config_sec, KEYS)
     with_ngmix = bool(opts["SHAPE_MEASUREMENT_TYPE"])
@@ -83,13 +82,9 @@ def make_catalog_runner(input_file_list, run_dirs, file_number_string, config,
     if star is None:
         star = opts["SM_STAR_STRESH"] if opts["SM_STAR_STRESH"] is not None else 0.003
     tables = read_catalog(ngmix_path) if ngmix_path else None
-    store = open_store(psf_path, flag="r")
-    try:
-        out = os.path.join(run_dirs["output"], f"final_cat{file_number_string}.fits")
-        n = make_final_catalog(out, sexcat_path, sm_path, store, tables, file_number_string,
-                               opts["SM_DO_CLASSIFICATION"], star, opts["SM_GAL_THRESH"],
-                               opts["SM_ERR_FACTOR"], opts["SAVE_PSF_DATA"], log=w_log)
-    finally:
-        store.close()
+    out = os.path.join(run_dirs["output"], f"final_cat{file_number_string}.fits")
+    n = make_final_catalog(out, sexcat_path, sm_path, psf_path, tables, file_number_string,
+                           opts["SM_DO_CLASSIFICATION"], star, opts["SM_GAL_THRESH"],
+                           opts["SM_ERR_FACTOR"], opts["SAVE_PSF_DATA"], log=w_log)
     w_log.info("wrote %s (%d objects)", out, n)
     return None, None

@@ -159,8 +159,9 @@ def psf_columns(ids, store, per_epoch=False, log=None):
     Parameters
     ----------
     ids : array_like of int
-    store : mapping
-        ``galaxy_psf-<tile>.sqlite`` opened with ``shapepipe.utils.stamp_store.open_store``.
+    store : str or mapping
+        ``galaxy_psf-<tile>.sqlite`` (read in chunks of objects, one SQL query each), or a
+        mapping ``{str(id): entry}``.
     per_epoch : bool
         Also ShapePipe's PSF_ELL_<i> (2 values), PSF_FWHM_<i>, PSF_FLAG_<i> (i = 1.. the
         largest number of epochs; epochs in store order; flag 1 when absent or failed).
@@ -171,15 +172,23 @@ def psf_columns(ids, store, per_epoch=False, log=None):
         E1_PSF_HSM, E2_PSF_HSM, SIGMA_PSF_HSM: means over the epochs with FLAG_PSF_HSM 0
         (NaN without any), then the per-epoch columns.
     """
+    from shapepipe.utils.stamp_store import get_many
+
+    def bad(key, exc):
+        if log:
+            log.warning("object %s: unreadable PSF store entry (%s)", key, exc)
+
     n = len(ids)
     per_object = []
-    for obj_id in ids:
-        try:
-            per_object.append(_epoch_shapes(store.get(str(int(obj_id)), "empty")))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if log:
-                log.warning("object %s: unreadable PSF store entry (%s)", obj_id, exc)
-            per_object.append([])
+    for lo in range(0, n, 2000):
+        keys = [str(int(i)) for i in ids[lo:lo + 2000]]
+        entries = get_many(store, keys, on_error=bad) if isinstance(store, str) else store
+        for key in keys:
+            try:
+                per_object.append(_epoch_shapes(entries.get(key, "empty")))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                bad(key, exc)
+                per_object.append([])
     max_ep = max((len(e) for e in per_object), default=0)
     arr = np.full((n, max(max_ep, 1), 4), np.nan)
     arr[:, :, 3] = 1
@@ -242,8 +251,8 @@ def make_final_catalog(output_path, sexcat_path, sm_path, psf_store, ngmix_table
         Tile SExtractor catalogue (or a ``sexcat_sm`` written in add mode).
     sm_path : str
         ``sexcat_sm-<tile>.fits`` (NUMBER, SPREAD_MODEL, SPREADERR_MODEL).
-    psf_store : mapping or None
-        Opened multi-epoch PSF store (PSF columns skipped when None).
+    psf_store : str, mapping or None
+        Multi-epoch PSF store file (or mapping); PSF columns skipped when None.
     ngmix_tables : dict, optional
         ngmix catalogue (``read_catalog``); the NGMIX columns are skipped when None.
     number : str

@@ -30,7 +30,7 @@ from astropy.io import fits
 from shapepipe.modules.spread_model.model import FLAG_NO_PSF, models, spread_model
 from shapepipe.utils.atomic import write_fits
 from shapepipe.utils.pixels import fits_to_numpy, stamp_corner
-from shapepipe.utils.stamp_store import open_store
+from shapepipe.utils.stamp_store import get_many
 
 #: Objects processed together (bounds memory: a few arrays of CHUNK x S x S).
 CHUNK = 1000
@@ -222,6 +222,14 @@ def make_grid_offsets(exp_wcs, ra, dec, x_tile, y_tile, log=None):
     return offsets
 
 
+def _bad_entry(log):
+    def report(key, exc):
+        if log:
+            log.warning("object %s: unreadable PSF store entry (%s: %s)", key,
+                        type(exc).__name__, exc)
+    return report
+
+
 def _objects(hdul):
     names = [h.name for h in hdul]
     if "LDAC_OBJECTS" in names:
@@ -336,38 +344,37 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
             sm = np.full(len(ids), np.nan)
             err = np.full(len(ids), np.nan)
             flags = np.zeros(len(ids), dtype=np.int16)
-            store = open_store(psf_store_path, flag="r")
-            try:
-                for lo in range(0, len(ids), CHUNK):
-                    hi = min(lo + CHUNK, len(ids))
-                    sl = slice(lo, hi)
-                    offsets = None
-                    if exp_wcs is not None:
-                        offsets = make_grid_offsets(exp_wcs, ra[sl], dec[sl], xwin[sl],
-                                                    ywin[sl], log)
-                    psf, fwhm, n_ep = combine_epoch_psfs(store, ids[sl], size, log, offsets)
-                    pix = np.asarray(data["VIGNET"][sl], dtype=float)
-                    wgt = _shift_stamps(np.asarray(whdu.data["VIGNET"][sl], dtype=float),
-                                        vx0[sl] - wx0[sl], vy0[sl] - wy0[sl])
-                    bad = (pix <= _MASKED) | ~np.isfinite(pix) | ~np.isfinite(wgt)
-                    wgt = np.where(bad, 0.0, np.maximum(wgt, 0.0))
-                    pix = np.where(bad, 0.0, pix)
-                    has_psf = n_ep > 0
-                    fw = np.where(has_psf, fwhm, 1.0)
-                    dx, dy = xwin[sl] - vx0[sl], ywin[sl] - vy0[sl]
-                    if aperture_fwhm > 0:
-                        grid = np.arange(size, dtype=float)
-                        r2 = ((grid[None, None, :] - dx[:, None, None]) ** 2
-                              + (grid[None, :, None] - dy[:, None, None]) ** 2)
-                        wgt = np.where(r2 <= (aperture_fwhm * fw[:, None, None]) ** 2, wgt, 0.0)
-                    phi, gal = models(psf, dx, dy, fw, size)
-                    s, e, f = spread_model(pix, wgt, phi, gal)
-                    f = f | np.where(has_psf, 0, FLAG_NO_PSF).astype(np.int16)
-                    s[~has_psf] = np.nan
-                    e[~has_psf] = np.nan
-                    sm[sl], err[sl], flags[sl] = s, e, f
-            finally:
-                store.close()
+            for lo in range(0, len(ids), CHUNK):
+                hi = min(lo + CHUNK, len(ids))
+                sl = slice(lo, hi)
+                offsets = None
+                if exp_wcs is not None:
+                    offsets = make_grid_offsets(exp_wcs, ra[sl], dec[sl], xwin[sl],
+                                                ywin[sl], log)
+                # one SQL query per chunk; a corrupt entry costs its object the PSF
+                store = get_many(psf_store_path, [str(i) for i in ids[sl]],
+                                 on_error=_bad_entry(log))
+                psf, fwhm, n_ep = combine_epoch_psfs(store, ids[sl], size, log, offsets)
+                pix = np.asarray(data["VIGNET"][sl], dtype=float)
+                wgt = _shift_stamps(np.asarray(whdu.data["VIGNET"][sl], dtype=float),
+                                    vx0[sl] - wx0[sl], vy0[sl] - wy0[sl])
+                bad = (pix <= _MASKED) | ~np.isfinite(pix) | ~np.isfinite(wgt)
+                wgt = np.where(bad, 0.0, np.maximum(wgt, 0.0))
+                pix = np.where(bad, 0.0, pix)
+                has_psf = n_ep > 0
+                fw = np.where(has_psf, fwhm, 1.0)
+                dx, dy = xwin[sl] - vx0[sl], ywin[sl] - vy0[sl]
+                if aperture_fwhm > 0:
+                    grid = np.arange(size, dtype=float)
+                    r2 = ((grid[None, None, :] - dx[:, None, None]) ** 2
+                          + (grid[None, :, None] - dy[:, None, None]) ** 2)
+                    wgt = np.where(r2 <= (aperture_fwhm * fw[:, None, None]) ** 2, wgt, 0.0)
+                phi, gal = models(psf, dx, dy, fw, size)
+                s, e, f = spread_model(pix, wgt, phi, gal)
+                f = f | np.where(has_psf, 0, FLAG_NO_PSF).astype(np.int16)
+                s[~has_psf] = np.nan
+                e[~has_psf] = np.nan
+                sm[sl], err[sl], flags[sl] = s, e, f
         new_cols = [
             fits.Column(name="SPREAD_MODEL", format="E", array=sm.astype(np.float32)),
             fits.Column(name="SPREADERR_MODEL", format="E", array=err.astype(np.float32)),
