@@ -77,7 +77,7 @@ def test_exposure_then_tile_chain_to_multi_epoch_vignets(tmp_path, monkeypatch):
     stores = {t: open_store(out("vignetmaker_runner_run_2", f"{t}_vignet{num}.sqlite"), "r")
               for t in ("flag", "image", "weight", "background")}
     try:
-        n_with = 0
+        n_with = n_bright = 0
         for obj, ne in zip(ids[:200], n_epoch[:200]):
             entry = stores["image"][str(obj)]
             if ne == 0:
@@ -85,19 +85,21 @@ def test_exposure_then_tile_chain_to_multi_epoch_vignets(tmp_path, monkeypatch):
                 continue
             n_with += 1
             assert len(entry) == ne
-            assert set(entry) == set(psf[str(obj)])
-            for t, store in stores.items():
+            # PSF epochs are those vignet epochs whose CCD has a usable PSF model
+            psf_entry = psf[str(obj)]
+            assert psf_entry == "empty" or set(psf_entry) <= set(entry)
+            for store in stores.values():
                 assert set(store[str(obj)]) == set(entry)
             key = next(iter(entry))
             stamp = entry[key]["VIGNET"]
-            # the object is at the centre of its exposure stamp (background subtracted)
+            # a bright object sits at the centre of its exposure stamp (background subtracted)
             sub = stamp - stores["background"][str(obj)][key]["VIGNET"]
             w = stores["weight"][str(obj)][key]["VIGNET"]
-            if w[20:31, 20:31].min() > 0:
-                assert np.unravel_index(np.argmax(sub[15:36, 15:36]), (21, 21)) in {
-                    (9, 9), (9, 10), (9, 11), (10, 9), (10, 10), (10, 11), (11, 9), (11, 10),
-                    (11, 11)} or sub.max() < 5 * np.std(sub[:10])
-        assert n_with > 50
+            if w[20:31, 20:31].min() > 0 and sub[20:31, 20:31].max() > 30 * np.std(sub[:10]):
+                n_bright += 1
+                j, i = np.unravel_index(np.argmax(sub[15:36, 15:36]), (21, 21))
+                assert abs(j - 10) <= 1 and abs(i - 10) <= 1
+        assert n_with > 50 and n_bright > 10
     finally:
         psf.close()
         for s in stores.values():
