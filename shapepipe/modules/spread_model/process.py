@@ -286,7 +286,7 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
         stamp). SExtractor fits its models on the object's own pixels; on a 51x51 stamp the
         neighbours' light otherwise biases the ratios (on the default simulated survey the
         fraction of S/N > 50 stars classified as stars goes from 80% with the whole stamp to
-        96% within 1.6 FWHM).
+        95% within 1.6 FWHM).
 
     Returns
     -------
