@@ -251,3 +251,27 @@ def test_masking_mode_rewrites_the_catalogue_vignets(tmp_path, sp):
                                              "cat_vignet-000-000.fits"))
     np.testing.assert_array_equal(num, [4, 5, 6])
     assert np.all(out[1, 2:4, 5] == -7) and np.count_nonzero(out != 1) == 2
+
+
+def test_store_bulk_write_and_read(tmp_path):
+    from shapepipe.utils.stamp_store import get_many, write_entries
+
+    path = str(tmp_path / "s.sqlite")
+    arr = np.arange(9, dtype=np.float32).reshape(3, 3)
+    n = write_entries(path, ((str(i), {"e-0": {"VIGNET": arr * i}} if i % 3 else "empty")
+                             for i in range(7)), batch=2)
+    assert n == 7
+    with open_store(path, "r") as store:  # sqlitedict reads what write_entries wrote
+        assert list(store.keys()) == [str(i) for i in range(7)]
+        np.testing.assert_array_equal(store["5"]["e-0"]["VIGNET"], arr * 5)
+        assert store["3"] == "empty"
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute('REPLACE INTO "unnamed" VALUES (?, ?)', ("4", "{not json"))
+    errors = []
+    got = get_many(path, ["1", "4", "9", "3"], on_error=lambda k, e: errors.append(k))
+    assert set(got) == {"1", "3"} and errors == ["4"]
+    np.testing.assert_array_equal(got["1"]["e-0"]["VIGNET"], arr)
+    with pytest.raises(ValueError):
+        get_many(path, ["4"])

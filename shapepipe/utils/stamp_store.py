@@ -102,3 +102,47 @@ def get_many(path, keys, on_error=None):
     finally:
         conn.close()
     return out
+
+
+def write_entries(path, items, batch=1000):
+    """Write ``(key, value)`` pairs into a store file, many rows per SQL statement.
+
+    Same file layout as :func:`open_store` writes (sqlitedict's table ``unnamed``, key TEXT
+    PRIMARY KEY, value the JSON text of :func:`encode`), without ``sqlitedict``'s per-item
+    round trip through its worker thread. ``items`` may be a generator: memory holds one
+    batch. The caller makes the file atomic (write to a temporary name, rename).
+
+    Parameters
+    ----------
+    path : str
+        Store file (created; an existing key is replaced).
+    items : iterable of (str, object)
+    batch : int
+        Rows per ``executemany``.
+
+    Returns
+    -------
+    int
+        Number of entries written.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    n = 0
+    try:
+        conn.execute('CREATE TABLE IF NOT EXISTS "unnamed" (key TEXT PRIMARY KEY, value BLOB)')
+        sql = 'REPLACE INTO "unnamed" (key, value) VALUES (?, ?)'
+        rows = []
+        for key, value in items:
+            rows.append((str(key), encode(value)))
+            if len(rows) >= batch:
+                conn.executemany(sql, rows)
+                n += len(rows)
+                rows = []
+        if rows:
+            conn.executemany(sql, rows)
+            n += len(rows)
+        conn.commit()
+    finally:
+        conn.close()
+    return n

@@ -29,9 +29,9 @@ from shapepipe.modules.vignetmaker.classic import objects_hdu, read_image
 from shapepipe.modules.vignetmaker.cutting import cut_stamps, fill_value
 from shapepipe.utils.atomic import atomic_path
 from shapepipe.utils.pixels import stamp_corner
-from shapepipe.utils.stamp_store import open_store
+from shapepipe.utils.stamp_store import write_entries
 
-#: Objects written between two commits of an output store (bounds sqlite's journal size).
+#: Objects written per SQL statement into an output store (bounds memory to one batch).
 _COMMIT_EVERY = 2000
 
 
@@ -206,9 +206,9 @@ def _write_ccd(conn, wcs_list, ccd, key, sel, ra, dec, rank, seq, image_dirs, im
 
 def _assemble(conn, t_index, sorted_ids, path):
     """Write one store from the temporary table, objects in id order; returns #empty."""
-    store = open_store(path, flag="n")
-    n_empty = 0
-    try:
+    counts = {"empty": 0}
+
+    def entries():
         cursor = conn.execute("SELECT rank, key, data FROM stamps WHERE type = ? "
                               "ORDER BY rank, seq", (t_index,))
         row = cursor.fetchone()
@@ -220,11 +220,8 @@ def _assemble(conn, t_index, sorted_ids, path):
                 entry[row[1]] = {"VIGNET": stamp.reshape(side, side)}
                 row = cursor.fetchone()
             if not entry:
-                n_empty += 1
-            store[str(int(obj_id))] = entry or "empty"
-            if (k + 1) % _COMMIT_EVERY == 0:
-                store.commit()
-        store.commit()
-    finally:
-        store.close()
-    return n_empty
+                counts["empty"] += 1
+            yield str(int(obj_id)), entry or "empty"
+
+    write_entries(path, entries(), batch=_COMMIT_EVERY)
+    return counts["empty"]
