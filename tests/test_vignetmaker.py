@@ -275,3 +275,23 @@ def test_store_bulk_write_and_read(tmp_path):
     np.testing.assert_array_equal(got["1"]["e-0"]["VIGNET"], arr)
     with pytest.raises(ValueError):
         get_many(path, ["4"])
+
+
+def test_unreadable_file_drops_the_epoch_for_every_type(tmp_path):
+    cat, img_dir, log, ccd_wcs, ids, ra, dec = _exposures(tmp_path)
+    # the last type of CCD 2000001-0 is corrupt: the types cut before it are rolled back
+    with open(os.path.join(img_dir, "background-2000001-0.fits"), "wb") as handle:
+        handle.write(b"not a FITS file" * 100)
+    out = tmp_path / "out"
+    out.mkdir()
+    counts = make_multi_epoch(cat, {t: [img_dir] for t in TYPES}, TYPES, ccd_wcs, str(out),
+                              "-000-000", stamp_size=S)
+    assert "unreadable" in dict(counts["skipped"])["2000001-0"]
+    for t in TYPES:
+        with open_store(str(out / f"{t}_vignet-000-000.sqlite"), "r") as store:
+            keys = set()
+            for obj in ids:
+                entry = store[str(obj)]
+                if entry != "empty":
+                    keys |= set(entry)
+            assert "2000001-0" not in keys and "2000002-0" in keys

@@ -133,6 +133,10 @@ def make_multi_epoch(cat_path, image_dirs, image_types, exp_wcs, output_dir, num
     os.close(fd)
     conn = sqlite3.connect(tmp_db)
     try:
+        # A scratch file, deleted at the end: rollback journal in memory (the per-CCD
+        # savepoints need one), no fsync.
+        conn.execute("PRAGMA journal_mode = MEMORY")
+        conn.execute("PRAGMA synchronous = OFF")
         conn.execute("CREATE TABLE stamps (type INTEGER, rank INTEGER, seq INTEGER, "
                      "key TEXT, data BLOB)")
         seq = 0
