@@ -332,11 +332,11 @@ def plot_all(out_dir, cat, tables, select, cls, det, shear_res, applied, leak, m
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for ax, name in zip(axes, ("galaxy", "star")):
+    for ax, name, label, plural in zip(axes, ("galaxy", "star"), (1, 0), ("galaxies", "stars")):
         for kind, marker in (("purity", "o"), ("completeness", "s")):
             frac, err, _ = cls[name][kind]
             ax.errorbar(centres, frac, err, marker=marker, label=kind, capsize=2)
-        ax.set_title(f"SPREAD_CLASS {name}s")
+        ax.set_title(f"SPREAD_CLASS {label}: {plural}")
         ax.set_xlabel("MAG_AUTO")
         ax.set_ylim(0, 1.05)
         ax.legend()

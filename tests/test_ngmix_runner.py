@@ -206,3 +206,24 @@ def test_select_rows_slices():
     assert len(select_rows(ids, 100, -1, 2, 4)) == 0
     with pytest.raises(ValueError, match="split part 4 of 3"):
         select_rows(ids, part=4, n_part=3)
+
+
+def test_store_reader(tmp_path):
+    from shapepipe.modules.ngmix.tile import StoreReader
+
+    path = str(tmp_path / "s.sqlite")
+    store = open_store(path, "n")
+    store["3"] = {"2000001-0": {"VIGNET": np.arange(4.0).reshape(2, 2)}}
+    store.commit()
+    store.close()
+    reader = StoreReader(path)
+    np.testing.assert_array_equal(reader["3"]["2000001-0"]["VIGNET"], [[0, 1], [2, 3]])
+    with pytest.raises(KeyError):
+        reader["4"]
+    reader.close()
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ValueError, match="not a stamp store"):
+        StoreReader(str(bad))
+    with pytest.raises(FileNotFoundError, match="stamp store not found"):
+        StoreReader(str(tmp_path / "none.sqlite"))

@@ -20,14 +20,17 @@ so memory does not grow with the number of objects beyond the output rows.
 """
 
 import collections
+import os
+import sqlite3
 import time
+import urllib.parse
 import warnings
 
 import numpy as np
 from astropy.io import fits
 
 from shapepipe.utils.pixels import stamp_corner
-from shapepipe.utils.stamp_store import open_store
+from shapepipe.utils.stamp_store import decode
 
 from .fitting import FLAG_METACAL_FAILED, FLAG_NO_EPOCHS, Priors
 from .measure import _empty_row, measure_object, read_catalog, write_catalog
@@ -97,6 +100,46 @@ def read_tile_positions(cat_path, ra_col="XWIN_WORLD", dec_col="YWIN_WORLD"):
         ra = np.array(data[ra_col], dtype=float)
         dec = np.array(data[dec_col], dtype=float)
     return ids, ra, dec
+
+
+class StoreReader:
+    """Read-only access by key to a stamp store (``shapepipe.utils.stamp_store`` layout).
+
+    Reads the sqlitedict table directly, in the calling thread: sqlitedict serves every
+    read through a worker thread (two lock hand-offs and a stack capture per read), which
+    cost ~6 ms per object-epoch on a loaded 2-core machine, a tenth of the measurement.
+    Values are decoded with ``stamp_store.decode`` (JSON + ``.npy``, never pickle).
+
+    Parameters
+    ----------
+    path : str
+        The ``.sqlite`` store.
+    table : str
+        Table name (sqlitedict's default ``unnamed``).
+    """
+
+    def __init__(self, path, table="unnamed"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: stamp store not found")
+        self.path = path
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+        self._con = sqlite3.connect(uri, uri=True)
+        self._query = f'SELECT value FROM "{table}" WHERE key = ?'
+        try:
+            self._con.execute(f'SELECT key FROM "{table}" LIMIT 1').fetchall()
+        except sqlite3.DatabaseError as err:
+            self._con.close()
+            raise ValueError(f"{path}: not a stamp store (sqlite table {table!r}: {err})") \
+                from None
+
+    def __getitem__(self, key):
+        row = self._con.execute(self._query, (str(key),)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return decode(row[0])
+
+    def close(self):
+        self._con.close()
 
 
 class ExposureWCS:
@@ -311,7 +354,7 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
     t_start = t_last = time.monotonic()
     try:
         for role in STORE_ROLES:
-            stores[role] = open_store(store_paths[role], "r")
+            stores[role] = StoreReader(store_paths[role])
         for k, r in enumerate(rows_idx):
             obj_id = int(ids[r])
             obs_list = object_observations(obj_id, ra[r], dec[r], stores, exp_wcs, counts, log)

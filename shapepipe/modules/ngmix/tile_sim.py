@@ -164,7 +164,9 @@ def make_tile_inputs(directory, n_obj=10, seed=1, snr=150.0, g_max=0.08, stamp_s
                 entries["flag"][key] = {"VIGNET": flag}
                 entries["psf"][key] = {"VIGNET": (psf_im / psf_im.sum()).astype(np.float32)}
                 if keep_stamps:
-                    obj_stamps.append((np.where(flag != 0, 0.0, image - background),
+                    # The stored (float32) pixels, as the runner reads them.
+                    obj_stamps.append((np.where(flag != 0, 0.0,
+                                                image.astype(float) - background),
                                        np.where(flag != 0, 0.0, weight),
                                        entries["psf"][key]["VIGNET"],
                                        Jacobian(dx, dy, m)))
