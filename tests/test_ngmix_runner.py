@@ -227,3 +227,23 @@ def test_store_reader(tmp_path):
         StoreReader(str(bad))
     with pytest.raises(FileNotFoundError, match="stamp store not found"):
         StoreReader(str(tmp_path / "none.sqlite"))
+
+
+def test_through_the_pipeline(tile, sp):
+    """ShapePipe's file patterns and numbering bind the six inputs; one job per tile."""
+    data_dir = str(tile["tmp"] / "data")
+    path = sp.config(f"""
+        [NGMIX_RUNNER]
+        LOG_WCS = {tile['data']['files']['log_wcs']}
+        SEED = 7
+        ID_OBJ_MIN = 3
+        ID_OBJ_MAX = 4
+        """, modules="ngmix_runner", input_dir=data_dir)
+    assert sp.run(path) == 0
+    assert sp.outputs("ngmix_runner") == [f"ngmix{NUM}.fits"]
+    cat = read_catalog(str(sp.out / sp.runs()[-1] / "ngmix_runner" / "output"
+                           / f"ngmix{NUM}.fits"))
+    for t, tab in cat.items():
+        ref = tile["cat"][t][2:4]
+        for name in tab.dtype.names:
+            np.testing.assert_array_equal(tab[name], ref[name], err_msg=f"{t} {name}")
