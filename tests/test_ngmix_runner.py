@@ -21,7 +21,8 @@ from shapepipe.utils.stamp_store import open_store
 NUM = "-270-283"
 N_OBJ = 11
 # Objects made bad after rendering (ids): all epochs flagged, "empty", undecodable entry;
-# one epoch of no exposure header added to object 1; the PSF of one epoch of object 2 removed.
+# one epoch of no exposure header added to object 1; the PSF of one epoch of object 2 removed;
+# 40% of one epoch of object 3 flagged (more than ShapePipe's 1/3: dropped).
 ALL_MASKED, EMPTY, CORRUPT = 9, 10, 11
 EXTRA_EPOCH = "2000009-0"
 
@@ -52,6 +53,10 @@ def _spoil(files):
         for epoch in entry.values():
             epoch["VIGNET"] = np.ones_like(epoch["VIGNET"])
         stores["flag"][str(ALL_MASKED)] = entry
+        entry = stores["flag"]["3"]
+        vignet = entry[sorted(entry)[0]]["VIGNET"]
+        vignet[: int(0.4 * vignet.shape[0]) + 1] = 4
+        stores["flag"]["3"] = entry
         for store in stores.values():
             store[str(EMPTY)] = "empty"
             one = store["1"]
@@ -140,8 +145,9 @@ def test_bad_epochs_dropped_bad_objects_flagged(tile):
     row = {int(i): k for k, i in enumerate(ns["id"])}
     # Object 1: its epoch on an exposure without a header is dropped, the three others used.
     assert ns["n_epoch_model"][row[1]] == 3 and ns["flags"][row[1]] == 0
-    # Object 2: the epoch without a PSF is dropped.
+    # Object 2: the epoch without a PSF is dropped; object 3: its mostly masked epoch.
     assert ns["n_epoch_model"][row[2]] == 2 and ns["flags"][row[2]] == 0
+    assert ns["n_epoch_model"][row[3]] == 2 and ns["flags"][row[3]] == 0
     for obj in (ALL_MASKED, EMPTY, CORRUPT):
         for t, tab in tile["cat"].items():
             k = row[obj]
@@ -152,6 +158,7 @@ def test_bad_epochs_dropped_bad_objects_flagged(tile):
                 assert np.isnan(tab[col][k]), (obj, t, col)
     text = "\n".join(tile["messages"])
     assert "no_header=1" in text and "no_psf=1" in text and "all_masked=3" in text
+    assert "mostly_masked=1" in text
     assert "corrupt_entries=1" in text and "2000009" in text
 
 
@@ -200,6 +207,8 @@ def test_select_rows_slices():
     ids = np.array([5, 1, 9, 3, 7, 2, 8])
     assert list(select_rows(ids)) == list(range(7))
     assert list(select_rows(ids, id_min=3, id_max=8)) == [0, 3, 4, 6]
+    # ShapePipe: a limit <= 0 is no limit.
+    assert list(select_rows(ids, id_min=0, id_max=0)) == list(range(7))
     parts = [select_rows(ids, 2, -1, p, 3) for p in (1, 2, 3)]
     assert [len(p) for p in parts] == [2, 2, 2]
     assert list(np.concatenate(parts)) == list(select_rows(ids, 2, -1))

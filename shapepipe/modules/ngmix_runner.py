@@ -12,7 +12,8 @@ local Jacobian of the CCD's WCS (from LOG_WCS) at the object. A bad epoch is dro
 that object only; counts are in the job log.
 
 Keys: LOG_WCS (log_exp_headers.sqlite: the file, its directory or a module reference),
-MAG_ZP, PIXEL_SCALE, ID_OBJ_MIN, ID_OBJ_MAX (-1 = no limit), SEED, MODEL.
+MAG_ZP, PIXEL_SCALE, ID_OBJ_MIN, ID_OBJ_MAX (-1 = no limit), SEED, MODEL,
+MAX_MASKED_FRACTION (epochs more masked than this are dropped; ShapePipe's 1/3).
 
 N_SPLIT: the runner supports splitting a tile into k jobs (``run_dirs["split"] = (part, k)``);
 part i measures the i-th contiguous slice of the selected objects and :func:`combine`
@@ -24,7 +25,12 @@ import os
 
 from shapepipe.modules.module_decorator import Key, module_runner
 from shapepipe.modules.ngmix.gmix import MODELS
-from shapepipe.modules.ngmix.tile import STORE_ROLES, combine_parts, process_tile
+from shapepipe.modules.ngmix.tile import (
+    MAX_MASKED_FRACTION,
+    STORE_ROLES,
+    combine_parts,
+    process_tile,
+)
 
 KEYS = [
     Key("LOG_WCS", "str", default="last:merge_headers_runner",
@@ -33,11 +39,13 @@ KEYS = [
     Key("MAG_ZP", "float", default=30.0, help="magnitude zero point of the exposures"),
     Key("PIXEL_SCALE", "float", default=0.187,
         help="pixel scale (arcsec): width of the centre prior of the fits"),
-    Key("ID_OBJ_MIN", "int", default=-1, help="smallest NUMBER measured (-1 = no limit)"),
-    Key("ID_OBJ_MAX", "int", default=-1, help="largest NUMBER measured (-1 = no limit)"),
+    Key("ID_OBJ_MIN", "int", default=-1, help="smallest NUMBER measured (<= 0: no limit)"),
+    Key("ID_OBJ_MAX", "int", default=-1, help="largest NUMBER measured (<= 0: no limit)"),
     Key("SEED", "int", default=0,
         help="random seed; with the object id it fixes the object's random numbers"),
     Key("MODEL", "str", default="gauss", choices=sorted(MODELS), help="galaxy model"),
+    Key("MAX_MASKED_FRACTION", "float", default=MAX_MASKED_FRACTION,
+        help="epochs with a larger fraction of masked vignet pixels are dropped (ShapePipe: 1/3)"),
 ]
 
 #: Input files of a job, in FILE_PATTERN order, by store role.
@@ -124,7 +132,7 @@ def ngmix_runner(input_file_list, run_dirs, file_number_string, config, module_c
         lambda names: read_exp_wcs(log_wcs, names), output, seed=opts["SEED"],
         model=opts["MODEL"].lower(), zero_point=opts["MAG_ZP"],
         pixel_scale=opts["PIXEL_SCALE"], id_min=opts["ID_OBJ_MIN"], id_max=opts["ID_OBJ_MAX"],
-        part=part, n_part=n_part, log=w_log)
+        part=part, n_part=n_part, max_masked_fraction=opts["MAX_MASKED_FRACTION"], log=w_log)
     w_log.info("wrote %s: %d objects, %d measured, %d flagged, %d epochs", output,
                counts["objects"], counts["measured"], counts["flagged"], counts["epochs"])
     return None, None

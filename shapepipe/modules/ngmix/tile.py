@@ -13,10 +13,11 @@ For each object, each epoch present in the image store becomes one
 :class:`~shapepipe.modules.ngmix.observation.Observation`: image minus background, the
 weight, flagged pixels masked, the PSF vignet, and the local Jacobian of the CCD WCS at the
 object, centred where :func:`shapepipe.utils.pixels.stamp_corner` put the object in the
-stamp. A bad epoch (no PSF, a missing vignet, no header for its exposure-CCD, every pixel
-masked, an undecodable entry) is dropped from that object only; an object left without a usable
-epoch gets a flagged row (``FLAG_NO_EPOCHS``, NaN measurements). Stores are read object by object,
-so memory does not grow with the number of objects beyond the output rows.
+stamp. A bad epoch (no PSF, a missing vignet, no header for its exposure-CCD, more than a
+third of its pixels masked, an undecodable entry) is dropped from that object only; an object
+left without a usable epoch gets a flagged row (``FLAG_NO_EPOCHS``, NaN measurements). Stores
+are read object by object, so memory does not grow with the number of objects beyond the
+output tables.
 """
 
 import collections
@@ -41,7 +42,12 @@ from .observation import Jacobian, Observation
 STORE_ROLES = ("image", "background", "psf", "weight", "flag")
 
 #: Reasons an epoch is dropped (keys of the counts returned by :func:`process_tile`).
-EPOCH_DROP_REASONS = ("no_psf", "no_vignet", "no_header", "all_masked", "bad_entry")
+EPOCH_DROP_REASONS = ("no_psf", "no_vignet", "no_header", "all_masked", "mostly_masked",
+                      "bad_entry")
+
+#: Largest masked fraction of an epoch's vignet that is still used (ShapePipe's 1/3): the
+#: model-filled holes of a mostly masked stamp would dominate its metacal images.
+MAX_MASKED_FRACTION = 1.0 / 3.0
 
 
 def select_rows(ids, id_min=-1, id_max=-1, part=1, n_part=1):
@@ -52,8 +58,8 @@ def select_rows(ids, id_min=-1, id_max=-1, part=1, n_part=1):
     ids : numpy.ndarray
         Object ids (``NUMBER``) in catalogue order.
     id_min, id_max : int
-        Inclusive id limits; a negative value means no limit (ShapePipe's ``ID_OBJ_MIN``,
-        ``ID_OBJ_MAX``).
+        Inclusive id limits; a value <= 0 means no limit (ShapePipe's ``ID_OBJ_MIN``,
+        ``ID_OBJ_MAX``, -1 by default; ids start at 1).
     part, n_part : int
         This job is part ``part`` (1-based) of ``n_part``: the ``part``-th of ``n_part``
         contiguous slices (sizes differing by at most one) of the rows kept by the id limits,
@@ -68,9 +74,9 @@ def select_rows(ids, id_min=-1, id_max=-1, part=1, n_part=1):
         raise ValueError(f"split part {part} of {n_part}: expected 1 <= part <= {n_part}")
     ids = np.asarray(ids)
     keep = np.ones(ids.shape, bool)
-    if id_min >= 0:
+    if id_min > 0:
         keep &= ids >= id_min
-    if id_max >= 0:
+    if id_max > 0:
         keep &= ids <= id_max
     rows = np.flatnonzero(keep)
     return np.array_split(rows, n_part)[part - 1]
@@ -191,7 +197,8 @@ def split_epoch(epoch):
     return exp_name, int(ccd)
 
 
-def epoch_observation(image, background, weight, flag, psf, wcs, ra, dec):
+def epoch_observation(image, background, weight, flag, psf, wcs, ra, dec,
+                      max_masked_fraction=MAX_MASKED_FRACTION):
     """Observation of one epoch of one object from its vignets.
 
     Parameters
@@ -205,18 +212,22 @@ def epoch_observation(image, background, weight, flag, psf, wcs, ra, dec):
         The CCD's WCS.
     ra, dec : float
         Object position (deg).
+    max_masked_fraction : float
+        Epochs with a larger fraction of masked pixels are not used.
 
     Returns
     -------
-    Observation or None
-        None if every pixel is masked.
+    Observation or str
+        The observation, or why the epoch is not used (``all_masked``, ``mostly_masked``).
     """
     shapes = {a.shape for a in (image, background, weight, flag)}
     if len(shapes) != 1 or image.ndim != 2:
         raise ValueError(f"vignet shapes differ or are not 2-d: {sorted(shapes)}")
     mask = (flag != 0) | ~(weight > 0)
     if mask.all():
-        return None
+        return "all_masked"
+    if mask.mean() > max_masked_fraction:
+        return "mostly_masked"
     x, y = wcs.all_world2pix(ra, dec, 0)
     x, y = float(x), float(y)
     if not (np.isfinite(x) and np.isfinite(y)):
@@ -227,7 +238,8 @@ def epoch_observation(image, background, weight, flag, psf, wcs, ra, dec):
                        Jacobian(dx, dy, local.matrix), psf=psf, mask=mask)
 
 
-def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None):
+def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None,
+                        max_masked_fraction=MAX_MASKED_FRACTION):
     """Observations of one object from the stores; bad epochs are dropped and counted.
 
     Parameters
@@ -241,6 +253,8 @@ def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None):
     counts : collections.Counter
         Updated with the reasons of dropped epochs and objects.
     log : logging.Logger, optional
+    max_masked_fraction : float
+        See :func:`epoch_observation`.
 
     Returns
     -------
@@ -283,9 +297,10 @@ def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None):
             if wcs is None:
                 reason = "no_header"
             else:
-                obs = epoch_observation(image, background, weight, flag, psf, wcs, ra, dec)
-                if obs is None:
-                    reason = "all_masked"
+                obs = epoch_observation(image, background, weight, flag, psf, wcs, ra, dec,
+                                        max_masked_fraction)
+                if isinstance(obs, str):
+                    reason = obs
                 else:
                     obs_list.append(obs)
         except KeyError:
@@ -309,7 +324,7 @@ def flagged_rows(obj_id, flags):
 
 def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="gauss",
                  zero_point=30.0, pixel_scale=0.187, id_min=-1, id_max=-1, part=1, n_part=1,
-                 log=None, progress_interval=20.0):
+                 max_masked_fraction=MAX_MASKED_FRACTION, log=None, progress_interval=20.0):
     """Measure the objects of one tile (or one split part of it) and write the catalogue.
 
     Parameters
@@ -334,6 +349,8 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
         Pixel scale (arcsec): width of the centre prior of the fits.
     id_min, id_max, part, n_part :
         Which objects (see :func:`select_rows`).
+    max_masked_fraction : float
+        Epochs with a larger masked fraction are dropped.
     log : logging.Logger, optional
         Progress (every ``progress_interval`` seconds at most) and counts.
 
@@ -365,7 +382,8 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
             stores[role] = StoreReader(store_paths[role])
         for k, r in enumerate(rows_idx):
             obj_id = int(ids[r])
-            obs_list = object_observations(obj_id, ra[r], dec[r], stores, exp_wcs, counts, log)
+            obs_list = object_observations(obj_id, ra[r], dec[r], stores, exp_wcs, counts, log,
+                                           max_masked_fraction)
             counts["epochs"] += len(obs_list)
             if not obs_list:
                 put(k, flagged_rows(obj_id, FLAG_NO_EPOCHS))
