@@ -22,7 +22,8 @@ NUM = "-270-283"
 N_OBJ = 11
 # Objects made bad after rendering (ids): all epochs flagged, "empty", undecodable entry;
 # one epoch of no exposure header added to object 1; the PSF of one epoch of object 2 removed;
-# 40% of one epoch of object 3 flagged (more than ShapePipe's 1/3: dropped).
+# 40% of one epoch of object 3 flagged (more than ShapePipe's 1/3: dropped); a weight vignet
+# of the wrong shape in one epoch of object 4.
 ALL_MASKED, EMPTY, CORRUPT = 9, 10, 11
 EXTRA_EPOCH = "2000009-0"
 
@@ -57,6 +58,9 @@ def _spoil(files):
         vignet = entry[sorted(entry)[0]]["VIGNET"]
         vignet[: int(0.4 * vignet.shape[0]) + 1] = 4
         stores["flag"]["3"] = entry
+        entry = stores["weight"]["4"]
+        entry[sorted(entry)[2]]["VIGNET"] = np.ones((3, 3), np.float32)
+        stores["weight"]["4"] = entry
         for store in stores.values():
             store[str(EMPTY)] = "empty"
             one = store["1"]
@@ -148,6 +152,7 @@ def test_bad_epochs_dropped_bad_objects_flagged(tile):
     # Object 2: the epoch without a PSF is dropped; object 3: its mostly masked epoch.
     assert ns["n_epoch_model"][row[2]] == 2 and ns["flags"][row[2]] == 0
     assert ns["n_epoch_model"][row[3]] == 2 and ns["flags"][row[3]] == 0
+    assert ns["n_epoch_model"][row[4]] == 2 and ns["flags"][row[4]] == 0
     for obj in (ALL_MASKED, EMPTY, CORRUPT):
         for t, tab in tile["cat"].items():
             k = row[obj]
@@ -158,7 +163,7 @@ def test_bad_epochs_dropped_bad_objects_flagged(tile):
                 assert np.isnan(tab[col][k]), (obj, t, col)
     text = "\n".join(tile["messages"])
     assert "no_header=1" in text and "no_psf=1" in text and "all_masked=3" in text
-    assert "mostly_masked=1" in text
+    assert "mostly_masked=1" in text and "bad_entry=1" in text
     assert "corrupt_entries=1" in text and "2000009" in text
 
 

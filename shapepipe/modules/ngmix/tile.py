@@ -179,10 +179,12 @@ class ExposureWCS:
         return sorted(k for k, v in self._cache.items() if v is None)
 
 
+def _has_epoch(entry, epoch):
+    return isinstance(entry, dict) and epoch in entry
+
+
 def _vignet(entry, epoch, role):
-    """The VIGNET of one epoch of one store entry (KeyError if absent, ValueError if bad)."""
-    if not isinstance(entry, dict) or epoch not in entry:
-        raise KeyError(role)
+    """The VIGNET array of one epoch of a store entry (ValueError if malformed)."""
     value = entry[epoch]
     if not isinstance(value, dict) or not isinstance(value.get("VIGNET"), np.ndarray):
         raise ValueError(f"{role} entry of epoch {epoch} has no VIGNET array")
@@ -281,37 +283,34 @@ def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None,
         return []
     obs_list = []
     for epoch in sorted(image_entry):
-        reason = None
-        try:
-            exp_name, ccd = split_epoch(epoch)
-            image = _vignet(image_entry, epoch, "image")
-            try:
-                psf = _vignet(entries["psf"], epoch, "psf")
-            except KeyError:
-                reason = "no_psf"
-                raise
-            background = _vignet(entries["background"], epoch, "background")
-            weight = _vignet(entries["weight"], epoch, "weight")
-            flag = _vignet(entries["flag"], epoch, "flag")
-            wcs = exp_wcs.get(exp_name, ccd)
-            if wcs is None:
-                reason = "no_header"
-            else:
-                obs = epoch_observation(image, background, weight, flag, psf, wcs, ra, dec,
-                                        max_masked_fraction)
-                if isinstance(obs, str):
-                    reason = obs
-                else:
-                    obs_list.append(obs)
-        except KeyError:
-            reason = reason or "no_vignet"
-        except (ValueError, TypeError, np.linalg.LinAlgError):
-            reason = "bad_entry"
-        if reason:
-            counts[reason] += 1
+        obs = _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction)
+        if isinstance(obs, str):
+            counts[obs] += 1
             if log:
-                log.debug("object %s: epoch %s dropped (%s)", key, epoch, reason)
+                log.debug("object %s: epoch %s dropped (%s)", key, epoch, obs)
+        else:
+            obs_list.append(obs)
     return obs_list
+
+
+def _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction):
+    """One epoch's Observation from the object's store entries, or why it is dropped."""
+    if not _has_epoch(entries["psf"], epoch):
+        return "no_psf"
+    if not all(_has_epoch(entries[r], epoch) for r in ("background", "weight", "flag")):
+        return "no_vignet"
+    try:
+        exp_name, ccd = split_epoch(epoch)
+        arrays = {role: _vignet(entries[role], epoch, role) for role in STORE_ROLES}
+        wcs = exp_wcs.get(exp_name, ccd)
+        if wcs is None:
+            return "no_header"
+        return epoch_observation(arrays["image"], arrays["background"], arrays["weight"],
+                                 arrays["flag"], arrays["psf"], wcs, ra, dec,
+                                 max_masked_fraction)
+    except (ValueError, TypeError, np.linalg.LinAlgError):
+        # Malformed entry: not a VIGNET array, shapes that differ, a PSF of zero sum...
+        return "bad_entry"
 
 
 def flagged_rows(obj_id, flags):
