@@ -49,6 +49,9 @@ EPOCH_DROP_REASONS = ("no_psf", "no_vignet", "no_header", "all_masked", "mostly_
 #: model-filled holes of a mostly masked stamp would dominate its metacal images.
 MAX_MASKED_FRACTION = 1.0 / 3.0
 
+#: Dropped epochs logged one by one (debug) per job; the rest only counted.
+MAX_LOGGED_DROPS = 50
+
 
 def select_rows(ids, id_min=-1, id_max=-1, part=1, n_part=1):
     """Rows of the catalogue one job measures.
@@ -286,8 +289,12 @@ def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None,
         obs = _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction)
         if isinstance(obs, str):
             counts[obs] += 1
-            if log:
-                log.debug("object %s: epoch %s dropped (%s)", key, epoch, obs)
+            counts["dropped_epochs"] += 1
+            # The first drops one by one; then only the counts (a full tile drops thousands).
+            if log and counts["dropped_epochs"] <= MAX_LOGGED_DROPS:
+                log.debug("object %s: epoch %s dropped (%s)%s", key, epoch, obs,
+                          "; further drops are only counted"
+                          if counts["dropped_epochs"] == MAX_LOGGED_DROPS else "")
         else:
             obs_list.append(obs)
     return obs_list
