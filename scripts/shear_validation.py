@@ -344,9 +344,9 @@ def plot_all(out_dir, cat, tables, select, cls, det, shear_res, applied, leak, m
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name in ("galaxy", "star"):
+    for name, label in (("galaxy", "true galaxies"), ("star", "true stars")):
         frac, err, _ = det[name]
-        ax.errorbar(centres, frac, err, marker="o", label=f"true {name}s", capsize=2)
+        ax.errorbar(centres, frac, err, marker="o", label=label, capsize=2)
     ax.set_xlabel("true magnitude")
     ax.set_ylabel("detected fraction")
     ax.set_ylim(0, 1.05)
