@@ -52,8 +52,10 @@ KEYS = [
              "(last:merge_headers_runner, merge_headers_runner, <run>:<module>)"),
     Key("WORLD_POSITION", "list", default=["XWIN_WORLD", "YWIN_WORLD"],
         help="world-coordinate columns used by the post-processing"),
-    Key("CCD_SIZE", "float_list", default=[33, 2080, 1, 4612],
-        help="xmin, xmax, ymin, ymax of the usable CCD area (0-based pixels)"),
+    Key("CCD_SIZE", "float_list", default=None,
+        help="xmin, xmax, ymin, ymax of the usable CCD area (0-based pixels); default: each "
+             "CCD's whole image, from its header (e.g. 33, 2080, 1, 4612 excludes MegaCam's "
+             "overscan)"),
 ]
 
 

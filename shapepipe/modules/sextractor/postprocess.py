@@ -83,8 +83,10 @@ def epoch_table(ra, dec, ccd_wcs, ccd_size):
         World positions (deg).
     ccd_wcs : list of astropy.wcs.WCS or None
         One WCS per CCD (None for an absent CCD).
-    ccd_size : sequence of 4 numbers
-        xmin, xmax, ymin, ymax (0-based pixel coordinates, strict inequalities).
+    ccd_size : sequence of 4 numbers, optional
+        xmin, xmax, ymin, ymax (0-based pixel coordinates, strict inequalities). None: the
+        whole image of each CCD, from the NAXIS1/NAXIS2 of its header (pixel edges -0.5 and
+        NAXIS - 0.5).
 
     Returns
     -------
@@ -93,12 +95,18 @@ def epoch_table(ra, dec, ccd_wcs, ccd_size):
     n_hits : numpy.ndarray of int32
         Number of CCDs containing each position.
     """
-    xmin, xmax, ymin, ymax = (float(v) for v in ccd_size)
     ccd_n = np.full(len(ra), -1, dtype=np.int32)
     n_hits = np.zeros(len(ra), dtype=np.int32)
     for j, wcs in enumerate(ccd_wcs):
         if wcs is None:
             continue
+        if ccd_size is not None:
+            xmin, xmax, ymin, ymax = (float(v) for v in ccd_size)
+        elif wcs.pixel_shape is not None:
+            nx, ny = wcs.pixel_shape
+            xmin, xmax, ymin, ymax = -0.5, nx - 0.5, -0.5, ny - 0.5
+        else:
+            raise SexConfigError(f"CCD {j}: its header has no NAXIS1/NAXIS2; set CCD_SIZE")
         px, py = wcs.all_world2pix(ra, dec, 0)
         inside = (px > xmin) & (px < xmax) & (py > ymin) & (py < ymax)
         ccd_n[inside] = j
@@ -117,8 +125,8 @@ def make_post_process(cat_path, log_wcs_path, world_position, ccd_size, exposure
         ``log_exp_headers.sqlite`` of merge_headers.
     world_position : sequence of 2 str
         Columns with the world coordinates, e.g. ``("XWIN_WORLD", "YWIN_WORLD")``.
-    ccd_size : sequence of 4 numbers
-        xmin, xmax, ymin, ymax.
+    ccd_size : sequence of 4 numbers, optional
+        xmin, xmax, ymin, ymax; None: each CCD's whole image (see :func:`epoch_table`).
     exposures : list of str, optional
         Exposure names; default: from the HISTORY cards of the tile header in LDAC_IMHEAD.
 
@@ -129,7 +137,7 @@ def make_post_process(cat_path, log_wcs_path, world_position, ccd_size, exposure
     """
     if len(world_position) != 2:
         raise SexConfigError(f"WORLD_POSITION: expected two column names, got {world_position}")
-    if len(ccd_size) != 4:
+    if ccd_size is not None and len(ccd_size) != 4:
         raise SexConfigError(f"CCD_SIZE: expected xmin, xmax, ymin, ymax, got {ccd_size}")
     with fits.open(cat_path, memmap=False) as hdul:
         hdul = fits.HDUList([h.copy() for h in hdul])
