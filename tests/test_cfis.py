@@ -360,3 +360,101 @@ def test_links_bad_inputs(raw_dir, tmp_path, capsys):
                                        "tile"], capsys)
     assert code == 2 and "would both be linked as CFIS_image-270-283.fits" in err
     assert not os.path.exists(tmp_path / "o")
+
+
+# --- the tutorial's preparation on the simulated survey -------------------------------------
+
+def _hashes(root):
+    import hashlib
+
+    out = {}
+    for folder, _, files in os.walk(root):
+        if os.path.relpath(folder, root).split(os.sep)[0] == "raw":
+            continue
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+    return out
+
+
+@pytest.mark.slow
+def test_config_exp_runs_on_links_of_cfis_names(tmp_path, monkeypatch, capsys):
+    """--cfis-names writes raw/ and nothing else; field selection, exposures of the tile,
+    links, then example/config_exp.ini's split_exp and merge_headers on the links."""
+    import shutil
+    import sqlite3
+
+    from shapepipe.run import main
+    from shapepipe.sim import make_survey, tiny_params
+    from shapepipe.sim.survey import write_cfis_names
+
+    sim = tmp_path / "sim"
+    params = tiny_params()
+    make_survey(str(sim), seed=1, params=params, cfis_names=True)
+    raw = sim / "raw"
+    assert sorted(os.listdir(raw)) == sorted(RAW_NAMES[:-1] + ["tiles_r.txt"])
+    assert (raw / "tiles_r.txt").read_text() == (
+        "CFIS.270.283.r.fits\nCFIS.270.283.r.weight.fits.fz\n")
+    for exp in ("2000001", "2000002"):
+        for kind, suffix in (("image", ""), ("weight", ".weight"), ("flag", ".flag")):
+            assert (raw / f"{exp}p{suffix}.fits.fz").read_bytes() == (
+                sim / "exposures" / f"{kind}-{exp}.fits.fz").read_bytes()
+    assert (raw / "CFIS.270.283.r.fits").read_bytes() == (
+        sim / "tiles" / "CFIS_image-270-283.fits").read_bytes()
+    weight = fits.getdata(sim / "tiles" / "CFIS_weight-270-283.fits")
+    with fits.open(raw / "CFIS.270.283.r.weight.fits.fz") as hdul:
+        packed = hdul[1].data
+        assert cfis.exposures_from_header(hdul[1].header) == ["2000001", "2000002"]
+    assert np.array_equal(packed == 0, weight == 0)
+    np.testing.assert_allclose(packed, weight, rtol=0, atol=1e-5 * np.median(weight[weight > 0]))
+    # raw/ is all --cfis-names adds, and it is reproducible
+    before = _hashes(sim)
+    raw_before = {n: (raw / n).read_bytes() for n in os.listdir(raw)}
+    shutil.rmtree(raw)
+    write_cfis_names(params, 1, str(sim))
+    assert _hashes(sim) == before
+    assert {n: (raw / n).read_bytes() for n in os.listdir(raw)} == raw_before
+
+    # the tutorial's steps: the tile at a position, its exposures, links
+    ra, dec = cfis.tile_center(270, 283)
+    assert _run(field_select, ["-i", str(raw / "tiles_r.txt"), "--coord",
+                               f"{ra}deg_{dec}deg", "-t", "tile"], capsys)[:2] == (
+        0, "CFIS.270.283.r.fits\n")
+    assert _run(field_select, ["-i", str(raw), "--tile", "-t", "exposure"], capsys)[:2] == (
+        0, "2000001p.fits.fz\n2000002p.fits.fz\n")
+    data = tmp_path / "sp_in"
+    assert _run(create_links, ["-i", str(raw), "-o", str(data / "exposures"), "-t",
+                               "exposure"], capsys)[0] == 0
+    os.symlink(sim / "star_cat", data / "star_cat")
+
+    # example/config_exp.ini as shipped (no N_HDU), its first two modules
+    example = os.path.join(os.path.dirname(__file__), "..", "example", "config_exp.ini")
+    with open(example, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("MODULE ="))
+    end = start + 1
+    while lines[end].startswith((" ", "\t")):
+        end += 1
+    lines[start:end] = ["MODULE = split_exp_runner, merge_headers_runner"]
+    assert not any(line.strip().startswith("N_HDU") for line in lines)
+    config = tmp_path / "config_exp.ini"
+    config.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("SP_DATA", str(data))
+    monkeypatch.setenv("SP_RUN", str(tmp_path / "runs"))
+    assert main(["-c", str(config), "-q"]) == 0
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    split = run_dir / "split_exp_runner" / "output"
+    expected = [f"{k}-{e}-{c}.fits" for k in ("image", "weight", "flag")
+                for e in ("2000001", "2000002") for c in range(2)]
+    assert sorted(os.listdir(split)) == sorted(
+        expected + ["headers-2000001.npy", "headers-2000002.npy"])
+    for kind, exp in (("image", "2000001"), ("flag", "2000002"), ("weight", "2000002")):
+        with fits.open(sim / "exposures" / f"{kind}-{exp}.fits.fz") as src:
+            for ccd in range(2):
+                np.testing.assert_array_equal(
+                    fits.getdata(split / f"{kind}-{exp}-{ccd}.fits"), src[ccd + 1].data)
+    sqlite = run_dir / "merge_headers_runner" / "output" / "log_exp_headers.sqlite"
+    with sqlite3.connect(sqlite) as db:
+        keys = sorted(row[0] for row in db.execute("SELECT key FROM unnamed"))
+    assert keys == ["2000001", "2000002"]
