@@ -99,3 +99,39 @@ def test_split_every_extension_and_empty_file(tmp_path):
     junk.write_bytes(b"\0" * 64)
     with pytest.raises(SplitError, match="weight-2000010.fits: cannot read as FITS"):
         check_ccd_counts([str(junk)])
+
+
+def test_40_ccds_megacam_like_counted_without_n_hdu(tmp_path):
+    # plain extensions: the count is the same code for any layout, and 40 compressed HDUs
+    # per file would make this the slowest test of the file
+    paths = []
+    for kind in KINDS:
+        hdus = [fits.PrimaryHDU()] + [fits.ImageHDU(np.zeros((4, 4), np.float32))
+                                      for _ in range(40)]
+        paths.append(str(tmp_path / f"{kind}-2000001.fits"))
+        fits.HDUList(hdus).writeto(paths[-1])
+    assert check_ccd_counts(paths) == 40
+    assert check_ccd_counts(paths, 40) == 40
+    with pytest.raises(SplitError, match="expected N_HDU = 36 CCD extensions .* found 40"):
+        check_ccd_counts(paths, 36)
+
+
+def test_n_hdu_checked_before_any_job(tmp_path, capsys):
+    from shapepipe.run import main
+
+    ini = tmp_path / "config.ini"
+    ini.write_text(f"""[EXECUTION]
+MODULE = split_exp_runner
+[FILE]
+INPUT_DIR = {tmp_path}
+OUTPUT_DIR = {tmp_path / 'out'}
+[SPLIT_EXP_RUNNER]
+OUTPUT_SUFFIX = image, weight, flag
+N_HDU = -4
+""")
+    _inputs(tmp_path, (2, 2, 2))
+    assert main(["-c", str(ini), "-q"]) == 2
+    captured = capsys.readouterr()
+    assert "[SPLIT_EXP_RUNNER]: N_HDU = -4: expected a positive integer" in (
+        captured.out + captured.err)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.fits"))

@@ -26,6 +26,13 @@ KEYS = [
 ]
 
 
+def _check_keys(config, section):
+    """N_HDU, when given, must be positive: one error before any job rather than one per job."""
+    n_hdu = config.read_keys(section, KEYS)["N_HDU"]
+    if n_hdu is not None and n_hdu < 1:
+        raise ValueError(f"N_HDU = {n_hdu}: expected a positive integer")
+
+
 @module_runner(
     version="1.1",
     file_pattern=["image", "weight", "flag"],
@@ -35,6 +42,7 @@ KEYS = [
     numbering_scheme="-0000000",
     run_method="parallel",
     keys=KEYS,
+    validate=_check_keys,
 )
 def split_exp_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec,
                      w_log):
