@@ -3,10 +3,12 @@
 
     python scripts/make_example_data.py --output DIR [--seed N] [--full] [--shear G1,G2]
                                         [--psf-g-offset G1,G2] [--paired] [--des]
-                                        [--processes N] [--no-compress] [--overwrite]
+                                        [--processes N] [--no-compress] [--cfis-names]
+                                        [--overwrite]
 
 Writes DIR/exposures, DIR/tiles, DIR/star_cat, DIR/truth (and DIR/des with --des; DIR/plus and
-DIR/minus with --paired). Formats: shapepipe/sim/FORMATS.md.
+DIR/minus with --paired; DIR/raw, the original CFIS names, with --cfis-names). Formats:
+shapepipe/sim/FORMATS.md.
 """
 
 import argparse
@@ -43,6 +45,8 @@ def main(argv=None):
     parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--no-compress", action="store_true",
                         help="write plain .fits exposures instead of tile-compressed .fits.fz")
+    parser.add_argument("--cfis-names", action="store_true",
+                        help="also write DIR/raw with the original CFIS file names")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing non-empty dataset")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -56,7 +60,7 @@ def main(argv=None):
         make_survey(args.output, seed=args.seed, full=args.full, shear=args.shear,
                     paired=args.paired, des=args.des, n_processes=args.processes,
                     overwrite=args.overwrite, compress=not args.no_compress, log=log,
-                    psf_g_offset=args.psf_g_offset)
+                    psf_g_offset=args.psf_g_offset, cfis_names=args.cfis_names)
     except SimError as exc:
         print(f"make_example_data: {exc}", file=sys.stderr)
         return 2

@@ -125,7 +125,7 @@ def _check_output(path, overwrite):
         if not overwrite:
             raise SimError(f"{path}: directory is not empty; pass overwrite=True (--overwrite) "
                            "to replace the dataset")
-        for name in list(SUBDIRS) + ["des", "plus", "minus"]:
+        for name in list(SUBDIRS) + ["des", "plus", "minus", "raw"]:
             sub = os.path.join(path, name)
             if os.path.isdir(sub):
                 shutil.rmtree(sub)
@@ -133,7 +133,7 @@ def _check_output(path, overwrite):
 
 def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=False, des=False,
                 n_processes=1, params=None, overwrite=False, compress=True, log=None,
-                psf_g_offset=None):
+                psf_g_offset=None, cfis_names=False):
     """Render a simulated CFIS-like survey (and optionally DES-like tiles) into ``output_dir``.
 
     Parameters
@@ -166,6 +166,8 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
     psf_g_offset : (float, float), optional
         Mean PSF shear added over the whole focal plane of every exposure (fields that
         measure PSF leakage); recorded in ``truth/survey.json``.
+    cfis_names : bool
+        Also write ``raw/`` with the original CFIS names (see :func:`write_cfis_names`).
 
     Returns
     -------
@@ -280,6 +282,8 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
                 json.dump(meta, handle, indent=1, sort_keys=True)
                 handle.write("\n")
         info = info or meta
+        if cfis_names:
+            write_cfis_names(params, seed, root, ext)
         log(f"wrote {root}")
     if des:
         make_des(os.path.join(output_dir, "des"), seed=seed, log=log)
@@ -308,6 +312,62 @@ def _write_tile(params, stacker, root):
     header_w["COMMENT"] = "inverse variance (ADU^-2) of the tile"
     write_fits(fits.HDUList([fits.PrimaryHDU(weight, header=header_w)]),
                os.path.join(root, "tiles", f"CFIS_weight-{number}.fits"))
+
+
+def _link_or_copy(source, target):
+    # A hard link costs no space (a --full exposure is ~1 GB); copy where links fail.
+    try:
+        os.link(source, target)
+    except OSError:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+
+def write_cfis_names(params, seed, root, ext=".fits.fz"):
+    """Write ``<root>/raw/``: the survey's files under their original CFIS names.
+
+    ``CFIS.270.283.r.fits`` (the tile, same bytes as ``tiles/CFIS_image-270-283.fits``),
+    ``CFIS.270.283.r.weight.fits.fz`` (the tile weight, tile-compressed in HDU 1 as CFIS
+    releases it), ``2000001p.fits.fz``, ``2000001p.weight.fits.fz``, ``2000001p.flag.fits.fz``
+    (same bytes as ``exposures/{image,weight,flag}-2000001.fits.fz``; hard links where the
+    file system allows) and ``tiles_r.txt`` (the tile and weight names, one per line, like
+    CFIS's released tile lists). Nothing outside ``raw/`` is touched.
+
+    Parameters
+    ----------
+    params : shapepipe.sim.geometry.SurveyParams
+    seed : int
+        Survey seed (the weight's quantisation dither).
+    root : str
+        Dataset directory holding ``exposures/`` and ``tiles/``.
+    ext : str
+        Extension of the exposure files (``.fits.fz``, or ``.fits`` when not compressed).
+    """
+    raw = os.path.join(root, "raw")
+    os.makedirs(raw, exist_ok=True)
+    band = geo.FILTER.split(".")[0]
+    number = geo.tile_name(params.tile_number)
+    tile_id = number.replace("-", ".")
+    tile = f"CFIS.{tile_id}.{band}.fits"
+    weight = f"CFIS.{tile_id}.{band}.weight.fits.fz"
+    _link_or_copy(os.path.join(root, "tiles", f"CFIS_image-{number}.fits"),
+                  os.path.join(raw, tile))
+    with fits.open(os.path.join(root, "tiles", f"CFIS_weight-{number}.fits")) as hdul:
+        writer = _MEFWriter(os.path.join(raw, weight), fits.Header())
+        try:
+            writer.append(hdul[0].data, hdul[0].header, "lossless",
+                          _dither_seed(seed, 0, 0, "tile_weight"))
+        except BaseException:
+            writer.close(ok=False)
+            raise
+        writer.close()
+    for exp in params.exposures:
+        for kind, suffix in (("image", ""), ("weight", ".weight"), ("flag", ".flag")):
+            _link_or_copy(os.path.join(root, "exposures", f"{kind}-{exp}{ext}"),
+                          os.path.join(raw, f"{exp}p{suffix}{ext}"))
+    with atomic_path(os.path.join(raw, f"tiles_{band}.txt")) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(f"{tile}\n{weight}\n")
 
 
 def _write_truth(params, seed, cat, shear, psf_stars, root):

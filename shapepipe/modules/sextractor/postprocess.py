@@ -12,36 +12,17 @@ ymax (ShapePipe's convention, e.g. ``33, 2080, 1, 4612`` to exclude the overscan
 """
 
 import os
-import re
 
 import numpy as np
 from astropy.io import fits
 
 from shapepipe.modules.sextractor.config_files import SexConfigError
 from shapepipe.utils.atomic import write_fits
+from shapepipe.utils.cfis import HISTORY_EXP_RE, exposures_from_header  # noqa: F401
 from shapepipe.utils.ldac import read_imhead
 
-#: Exposure names in HISTORY cards: ``input exposure 2000001p.fits.fz`` (CFIS and simulation).
-HISTORY_EXP_RE = re.compile(r"(\d+)p\.")
-
-
-def exposures_from_header(header):
-    """Exposure names listed in the HISTORY cards of a tile header, in order, without repeats.
-
-    Parameters
-    ----------
-    header : astropy.io.fits.Header
-
-    Returns
-    -------
-    list of str
-    """
-    names = []
-    for card in header.get("HISTORY", []):
-        match = HISTORY_EXP_RE.search(str(card))
-        if match and match.group(1) not in names:
-            names.append(match.group(1))
-    return names
+# The HISTORY parser lives with the other CFIS name helpers (shapepipe.utils.cfis); it is
+# imported above under its old names, which stay valid here.
 
 
 def read_log_wcs(path, exposures):

@@ -10,15 +10,18 @@ strings (dtype ``S``), one per CCD, readable with ``numpy.load(path, allow_pickl
 
 Public functions
 ----------------
-``split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None) -> (files, headers)``
+``split_exposure(path, suffix, exp_number, output_dir, n_hdu=None, as_int=None)
+-> (files, headers)`` (``n_hdu`` None: every extension after the primary)
+``check_ccd_counts(paths, n_hdu=None) -> int`` (the files of one exposure agree)
 ``save_headers(headers, path)``
 ``load_headers(path) -> list of astropy.io.fits.Header``
 """
 
 from shapepipe.modules.split_exp.split_exp import (
+    check_ccd_counts,
     load_headers,
     save_headers,
     split_exposure,
 )
 
-__all__ = ["load_headers", "save_headers", "split_exposure"]
+__all__ = ["check_ccd_counts", "load_headers", "save_headers", "split_exposure"]

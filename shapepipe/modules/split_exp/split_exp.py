@@ -19,14 +19,20 @@ class SplitError(ValueError):
     """An exposure file that cannot be split as configured."""
 
 
-def _image_hdus(hdul, path, n_hdu):
-    """Return the ``n_hdu`` CCD extensions of an open exposure, checking the layout."""
+def _image_hdus(hdul, path, n_hdu=None):
+    """Return the CCD extensions of an open exposure, checking the layout.
+
+    ``n_hdu`` None accepts any positive number of extensions (every HDU after the primary).
+    """
     ccds = hdul[1:]
-    if len(ccds) != n_hdu:
+    if n_hdu is not None and len(ccds) != n_hdu:
         raise SplitError(
             f"{path}: expected N_HDU = {n_hdu} CCD extensions after the primary HDU, "
             f"found {len(ccds)}"
         )
+    if not ccds:
+        raise SplitError(f"{path}: no CCD extension after the primary HDU, expected a "
+                         "multi-extension exposure")
     for index, hdu in enumerate(ccds):
         if not isinstance(hdu, (fits.ImageHDU, fits.CompImageHDU)):
             raise SplitError(
@@ -39,6 +45,66 @@ def _image_hdus(hdul, path, n_hdu):
                 f"{path}: HDU {index + 1} (CCD {index}) has NAXIS = {naxis}, expected a 2-d image"
             )
     return ccds
+
+
+def count_ccds(path):
+    """Number of CCD extensions of an exposure file (checked to be 2-d images).
+
+    Only the headers are read (compressed data are not decompressed).
+
+    Parameters
+    ----------
+    path : str
+        Exposure file.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    SplitError
+        If the file cannot be read, has no extension after the primary HDU, or an
+        extension is not a 2-d image.
+    """
+    try:
+        with fits.open(path, memmap=True) as hdul:
+            return len(_image_hdus(hdul, path))
+    except OSError as exc:
+        raise SplitError(f"{path}: cannot read as FITS ({exc})") from None
+
+
+def check_ccd_counts(paths, n_hdu=None):
+    """The common number of CCD extensions of the files of one exposure.
+
+    Parameters
+    ----------
+    paths : list of str
+        The exposure's files (image, weight, flag...).
+    n_hdu : int, optional
+        Expected number; None: every image HDU, the same number in every file.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    SplitError
+        If a file does not have ``n_hdu`` extensions, or (``n_hdu`` None) the files have
+        different numbers; the message lists every file's count.
+    """
+    counts = [count_ccds(path) for path in paths]
+    if n_hdu is not None:
+        for path, count in zip(paths, counts):
+            if count != n_hdu:
+                raise SplitError(f"{path}: expected N_HDU = {n_hdu} CCD extensions after the "
+                                 f"primary HDU, found {count}")
+    elif len(set(counts)) > 1:
+        listing = ", ".join(f"{os.path.basename(p)} {c}" for p, c in zip(paths, counts))
+        raise SplitError(f"the files of one exposure have different numbers of CCD "
+                         f"extensions ({listing}); expected the same number in each")
+    return counts[0]
 
 
 def _ccd_header(ccd_header, primary_header):
@@ -76,7 +142,7 @@ def tan_pv_to_tpv(header):
     return True
 
 
-def split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None):
+def split_exposure(path, suffix, exp_number, output_dir, n_hdu=None, as_int=None):
     """Write one FITS file per CCD of a multi-extension exposure.
 
     Parameters
@@ -90,8 +156,9 @@ def split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None):
         Number part of the exposure name, e.g. ``-2000001``.
     output_dir : str
         Directory to write into.
-    n_hdu : int
-        Expected number of CCD extensions.
+    n_hdu : int, optional
+        Expected number of CCD extensions; None (default) splits every extension after
+        the primary HDU.
     as_int : bool, optional
         Store the pixels as integers (flag maps). Default: True when ``"flag"`` is in
         ``suffix``.
@@ -106,8 +173,8 @@ def split_exposure(path, suffix, exp_number, output_dir, n_hdu, as_int=None):
     Raises
     ------
     SplitError
-        If the file does not hold exactly ``n_hdu`` 2-d image extensions, or a flag map
-        holds non-integer values.
+        If the file does not hold exactly ``n_hdu`` (or, with None, at least one) 2-d image
+        extensions, or a flag map holds non-integer values.
     """
     if as_int is None:
         as_int = "flag" in suffix.lower()
