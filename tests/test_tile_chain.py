@@ -1,7 +1,8 @@
-"""End to end on the tiny simulated survey: example/config_exp.ini (without the PSFEx
-comparison), then example/config_tile.ini up to vignetmaker_runner_run_2."""
+"""End to end on the tiny simulated survey: example/config_exp.ini, then the whole
+example/config_tile.ini, to the final shear catalogue."""
 
 import glob
+import json
 import os
 import re
 
@@ -29,7 +30,7 @@ def _derive(name, modules, replace, tmp_path):
 
 
 @pytest.mark.slow
-def test_exposure_then_tile_chain_to_multi_epoch_vignets(tmp_path, monkeypatch):
+def test_exposure_then_tile_chain_to_the_final_catalogue(tmp_path, monkeypatch):
     from shapepipe.run import main
     from shapepipe.sim import make_survey, tiny_params
 
@@ -38,17 +39,15 @@ def test_exposure_then_tile_chain_to_multi_epoch_vignets(tmp_path, monkeypatch):
     monkeypatch.setenv("SP_DATA", str(data))
     monkeypatch.setenv("SP_RUN", str(runs))
     monkeypatch.chdir(REPO)  # the example configs name auxiliary files from the repo root
+    # The example configs as shipped (every CCD split, CCD sizes from the headers), but for
+    # the star count of a usable PSF model: the tiny CCDs hold ~15 PSF stars each.
     exp = _derive("config_exp.ini", "split_exp_runner, merge_headers_runner, mask_runner, "
-                  "sextractor_runner, setools_runner, psf_model_runner",
-                  {"N_HDU = 4": "N_HDU = 2"}, tmp_path)
+                  "sextractor_runner, setools_runner, psf_model_runner", {}, tmp_path)
     assert main(["-c", exp, "-q"]) == 0
-    # TODO(coordinator): once ngmix_runner is merged, run the whole MODULE list of
-    # config_tile.ini here and check final_cat-<tile>.fits.
-    tile = _derive("config_tile.ini", "mask_runner, sextractor_runner, psfex_interp_runner, "
-                   "vignetmaker_runner, spread_model_runner, vignetmaker_runner",
-                   {"CCD_SIZE = 0, 1024, 0, 1280": "CCD_SIZE = 0, 512, 0, 640",
-                    # the tiny CCDs hold ~15 PSF stars each
-                    "STAR_THRESH = 20": "STAR_THRESH = 5"}, tmp_path)
+    with open(os.path.join(REPO, "example", "config_tile.ini")) as handle:
+        modules = re.search(r"^MODULE = (.*?)^MODE", handle.read(), re.S | re.M).group(1)
+    tile = _derive("config_tile.ini", " ".join(modules.split()),
+                   {"STAR_THRESH = 20": "STAR_THRESH = 5"}, tmp_path)
     assert main(["-c", tile, "-q"]) == 0
 
     run = glob.glob(str(runs / "run_sp_tile_*"))[0]
@@ -104,3 +103,20 @@ def test_exposure_then_tile_chain_to_multi_epoch_vignets(tmp_path, monkeypatch):
         psf.close()
         for s in stores.values():
             s.close()
+
+    # ngmix ran as N_SPLIT = 2 jobs on the tile, combined into one catalogue of every object.
+    summary = json.load(open(os.path.join(run, "summary.json")))["modules"]["ngmix_runner"]
+    assert summary["failed"] == []
+    ngmix = fits.open(out("ngmix_runner", f"ngmix{num}.fits"))
+    np.testing.assert_array_equal(ngmix["NOSHEAR"].data["id"], ids)
+    final = fits.getdata(out("make_catalog_runner", f"final_cat{num}.fits"), "RESULTS")
+    np.testing.assert_array_equal(final["NUMBER"], ids)
+    assert "VIGNET" not in final.columns.names
+    ok = (final["NGMIX_MCAL_FLAGS"] == 0) & (final["SPREAD_CLASS"] == 1)
+    assert ok.sum() > 50
+    ell = final["NGMIX_ELL_NOSHEAR"][ok]
+    assert np.all(np.abs(ell) < 1) and np.all(final["NGMIX_N_EPOCH"][ok] >= 1)
+    # Objects on no exposure were not measured: NaN, never 0.
+    off = n_epoch == 0
+    if off.any():
+        assert np.all(np.isnan(final["NGMIX_ELL_NOSHEAR"][off]))
