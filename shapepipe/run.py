@@ -413,6 +413,9 @@ class Pipeline:
                 any_failed |= record["status"] != "ok"
                 _write_json(summary, summary_path)
                 update_manifest(self.manifest, entry)
+        except KeyboardInterrupt as exc:
+            entry["interrupted"] = str(exc) or "SIGINT"
+            raise
         finally:
             entry["end"] = _now()
             for name, status in entry["status"].items():
@@ -643,6 +646,7 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else 2
     log = _setup_console(args)
     mpi_state = None
+    job_handler.install_signal_handlers()
     try:
         if args.list_modules:
             return list_modules(args)
@@ -670,9 +674,9 @@ def main(argv=None):
     except ConfigError as exc:
         log.error("ERROR: %s", exc)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         log.error("interrupted")
-        return 130
+        return getattr(exc, "exit_code", 130)
     finally:
         if mpi_state is not None and mpi_state.rank == 0:
             from shapepipe.pipeline import mpi

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from shapepipe.pipeline.errors import ConfigError
-from shapepipe.pipeline.worker import run_job
+from shapepipe.pipeline.worker import cleanup_staging, run_job
 
 TAG_REQUEST = 11
 TAG_TASK = 12
@@ -158,6 +158,7 @@ def run_mpi(ctx, jobs, progress):
         record(number, ok, error, seconds)
     if dispatcher is not None:
         dispatcher.join()
+    cleanup_staging(ctx)  # every rank has finished the module's jobs
     return results
 
 
