@@ -198,7 +198,7 @@ def warm_pool(workers):
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _thread_env(workers, cores=None):
+def thread_env(workers, cores=None):
     """Thread limits for worker processes: the cores shared out between the workers.
 
     Multi-threaded BLAS in every worker of a full pool oversubscribes the cores (metacal's
@@ -215,7 +215,7 @@ def apply_thread_limits(env):
     Parameters
     ----------
     env : dict
-        ``{variable: value}`` from :func:`_thread_env`.
+        ``{variable: value}`` from :func:`thread_env`.
     """
     os.environ.update(env)
     try:
@@ -393,7 +393,10 @@ def _run_pool(ctx, jobs, progress, workers, log):
     results = {}
     pending = collections.deque(jobs)
     size = _task_size(len(jobs), workers)
-    env = _thread_env(workers)
+    # Tiny jobs: a second batch queued hides the round trip. Long jobs (few per worker):
+    # one at a time, so that no job waits behind another while a worker is idle.
+    depth = 2 * size if size > 1 else 1
+    env = thread_env(workers)
     timeout, grace = ctx.timeout, ctx.hard_kill_grace
     pool = []
 
@@ -438,7 +441,7 @@ def _run_pool(ctx, jobs, progress, workers, log):
                     1 for w in pool if w.queue)):
                 pool.append(_Worker(ctx, env, pool))
             for w in pool:
-                while pending and len(w.queue) < 2 * size:
+                while pending and len(w.queue) < depth:
                     w.send([pending.popleft() for _ in range(min(size, len(pending)))])
             now = time.monotonic()
             deadlines = [w.alarm_at + grace if w.alarm_at else w.job_start + timeout

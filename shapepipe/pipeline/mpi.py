@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from shapepipe.pipeline.errors import ConfigError
+from shapepipe.pipeline.job_handler import apply_thread_limits, thread_env
 from shapepipe.pipeline.worker import cleanup_staging, run_job
 
 TAG_REQUEST = 11
@@ -61,9 +62,38 @@ def start(where):
             f"(pip install '.[mpi]'; Debian: apt-get install openmpi-bin libopenmpi-dev): {exc}"
         ) from None
     comm = MPI.COMM_WORLD
+    share_cores(comm, MPI)
     _STATE = MPIState(comm=comm, rank=comm.Get_rank(), size=comm.Get_size(), idle=[],
                       started=set())
     return _STATE
+
+
+def share_cores(comm, mpi):
+    """Limit BLAS/OpenMP threads of this rank to (cores on the node) / (ranks on the node).
+
+    As SMP workers do: multi-threaded BLAS in every rank oversubscribes the node. The ranks
+    of one node are those of the shared-memory communicator. Variables the user set are
+    left alone.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The world communicator.
+    mpi : module
+        ``mpi4py.MPI``.
+
+    Returns
+    -------
+    dict
+        The thread variables now in force.
+    """
+    node = comm.Split_type(mpi.COMM_TYPE_SHARED)
+    try:
+        env = thread_env(node.Get_size())
+    finally:
+        node.Free()
+    apply_thread_limits(env)
+    return env
 
 
 def worker_loop(state):

@@ -13,6 +13,7 @@ everything else the framework does per job). It is removed when the module ends
 """
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -55,17 +56,17 @@ class ModuleContext:
     hard_kill_grace: float = field(default_factory=lambda: float(
         os.environ.get("SHAPEPIPE_HARD_KILL_GRACE", HARD_KILL_GRACE)))
 
-    @property
+    @functools.cached_property
     def output_dir(self):
         """Final output directory of the module."""
         return os.path.join(self.module_dir, "output")
 
-    @property
+    @functools.cached_property
     def log_dir(self):
         """Per-job log directory."""
         return os.path.join(self.module_dir, "logs")
 
-    @property
+    @functools.cached_property
     def record_path(self):
         """The job record file (start/done/fail lines)."""
         return os.path.join(self.log_dir, RECORD_FILE)
