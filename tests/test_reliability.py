@@ -288,6 +288,8 @@ def test_smp_workers_share_the_cores(sp, monkeypatch):
     logs = module_dirs(sp.runs()[-1])[1]
     share = str(max(1, os.cpu_count() // 2))
     assert open(os.path.join(logs, "env_1.txt")).read() == share
+    # numpy's BLAS, loaded before the workers were forked, follows the share too.
+    assert open(os.path.join(logs, "blas_1.txt")).read() in (share, "none")
 
 
 MPIEXEC = shutil.which("mpiexec")
@@ -315,3 +317,5 @@ def test_mpi_ranks_share_the_cores_of_their_node(sp, user_value):
     expected = user_value or str(max(1, os.cpu_count() // 2))
     for number in ("_1", "_2", "_3", "_4"):
         assert open(os.path.join(logs, f"env{number}.txt")).read() == expected
+        if not user_value:
+            assert open(os.path.join(logs, f"blas{number}.txt")).read() in (expected, "none")

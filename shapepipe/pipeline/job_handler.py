@@ -26,6 +26,7 @@ import collections
 import contextlib
 import ctypes
 import faulthandler
+import mmap
 import os
 import signal
 import sys
@@ -223,7 +224,8 @@ def apply_thread_limits(env):
     except ImportError:  # optional: then only libraries loaded later follow the variables
         return
     with contextlib.suppress(Exception):
-        threadpool_limits(limits=int(env["OMP_NUM_THREADS"]))
+        threadpool_limits(limits={"openmp": int(env["OMP_NUM_THREADS"]),
+                                  "blas": int(env["OPENBLAS_NUM_THREADS"])})
 
 
 # -- the worker processes -------------------------------------------------------------------
@@ -263,7 +265,7 @@ def _start_sentinel(worker_pid, close_fds):
         os._exit(0)
 
 
-def _worker_main(ctx, conn, env, parent):
+def _worker_main(ctx, conn, env, parent, seq):
     os.setpgid(0, 0)
     _die_with_parent(signal.SIGKILL, parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
@@ -283,6 +285,7 @@ def _worker_main(ctx, conn, env, parent):
     sentinel = _start_sentinel(os.getpid(), [conn.fileno()])
     apply_thread_limits(env)
     worker_module.IN_WORKER = True
+    worker_module.TIMEOUT_IS_FOR_CURRENT_JOB = lambda: seq[0] == seq[1]
     execute_module.NEW_SESSION = False
     conn.send((_HELLO, sentinel))
     while True:
@@ -293,6 +296,7 @@ def _worker_main(ctx, conn, env, parent):
         if batch is None:
             return 0
         for number, files in batch:
+            seq[0] += 1
             conn.send(run_job(ctx, number, files))
 
 
@@ -304,6 +308,10 @@ class _Worker:
         sys.stderr.flush()
         parent = os.getpid()
         conn, child = Pipe()
+        # Shared with the worker: [sequence number of the job it runs, of the job the main
+        # process times out]; the timeout signal only fails the job it was meant for.
+        self.seq = memoryview(mmap.mmap(-1, 16)).cast("q")
+        self.done = 0
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -313,7 +321,7 @@ class _Worker:
                     with contextlib.suppress(OSError):
                         other.conn.close()
                         os.close(other.pidfd)
-                code = _worker_main(ctx, child, env, parent)
+                code = _worker_main(ctx, child, env, parent, self.seq)
             finally:
                 os._exit(code)
         child.close()
@@ -409,11 +417,13 @@ def _run_pool(ctx, jobs, progress, workers, log):
         try:
             while w.conn.poll():
                 message = w.conn.recv()
-                if message[0] == _HELLO:
+                if message[0] == _HELLO:  # the worker is ready: its first job starts now
                     w.sentinel = message[1]
+                    w.job_start = time.monotonic()
                     continue
                 number, ok, error, seconds = message
                 w.queue.popleft()
+                w.done += 1
                 w.job_start, w.alarm_at = time.monotonic(), None
                 settle(number, ok, error, seconds)
         except (EOFError, OSError):
@@ -473,6 +483,7 @@ def _run_pool(ctx, jobs, progress, workers, log):
                     # then kill what it started: os.system() or a shell blocked in waitpid
                     # sees the signal only when its children are gone.
                     w.alarm_at = now
+                    w.seq[1] = w.done + 1
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(w.pid, signal.SIGALRM)
                     exclude = () if w.sentinel is None else (w.sentinel,)

@@ -239,15 +239,17 @@ def name_inputs(error, files):
 #: Set in SMP worker processes (job_handler): jobs there write print() output, programs'
 #: output and crash dumps to the job log through file descriptors 1 and 2.
 IN_WORKER = False
-#: Start (monotonic) of the job running in this worker, for the timeout signal's guard.
-_JOB_START = [None, None]
+#: Whether a job's own code runs in this worker (the timeout signal is for it, not for the
+#: framework's bookkeeping around it).
+_IN_JOB = [False]
+#: Set by job_handler in worker processes: whether the main process's timeout signal is
+#: meant for the job running now (and not the previous one, that just finished).
+TIMEOUT_IS_FOR_CURRENT_JOB = None
 
 
 def _on_worker_alarm(signum, frame):
-    # Sent by the main process when the running job passed its TIMEOUT. A job that just
-    # finished (the signal raced with its result) must not fail the next one.
-    start, timeout = _JOB_START
-    if start is not None and time.monotonic() - start >= 0.9 * timeout:
+    # Sent by the main process when the running job passed its TIMEOUT.
+    if _IN_JOB[0] and (TIMEOUT_IS_FOR_CURRENT_JOB is None or TIMEOUT_IS_FOR_CURRENT_JOB()):
         raise JobTimeout("job exceeded TIMEOUT")
 
 
@@ -309,6 +311,7 @@ def run_job(ctx, number, files):
         redirect = _redirect_python_streams(stream)
     try:
         with redirect:
+            _IN_JOB[0] = IN_WORKER
             runner = _runner(ctx)
             # Written directly: a logging call costs ~0.1 ms, as much as a no-op job.
             stream.write(f"{_stamp()} INFO {ctx.runner_name} {runner.version}, job {number}\n")
@@ -319,12 +322,10 @@ def run_job(ctx, number, files):
                     signal.setitimer(signal.ITIMER_REAL, ctx.timeout)
                 watchdog = _Watchdog(ctx, number, log)
                 watchdog.timer.start()
-            elif ctx.timeout:
-                _JOB_START[:] = [time.monotonic(), ctx.timeout]
             try:
                 result = runner(files, run_dirs, number, ctx.config, ctx.section, log)
             finally:
-                _JOB_START[0] = None
+                _IN_JOB[0] = False
                 if alarm and threading.current_thread() is threading.main_thread():
                     signal.setitimer(signal.ITIMER_REAL, 0)
                 if watchdog:

@@ -69,7 +69,12 @@ def tp_hostile_runner(input_file_list, run_dirs, file_number_string, config,
     elif action == "sleep":
         time.sleep(seconds)
     elif action == "env":
+        import numpy  # noqa: F401 - BLAS loaded, so that its thread count is known
+        from threadpoolctl import threadpool_info
+
+        blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
         _note(run_dirs, f"env{number}.txt", os.environ.get("OMP_NUM_THREADS", "unset"))
+        _note(run_dirs, f"blas{number}.txt", max(blas) if blas else "none")
     os.rename(os.path.join(run_dirs["output"], f"partial{number}.txt"),
               os.path.join(run_dirs["output"], f"done{number}.txt"))
     return None, None
