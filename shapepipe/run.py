@@ -414,7 +414,7 @@ class Pipeline:
                 _write_json(summary, summary_path)
                 update_manifest(self.manifest, entry)
         except KeyboardInterrupt as exc:
-            entry["interrupted"] = str(exc) or "SIGINT"
+            summary["interrupted"] = entry["interrupted"] = str(exc) or "SIGINT"
             raise
         finally:
             entry["end"] = _now()
@@ -646,7 +646,7 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else 2
     log = _setup_console(args)
     mpi_state = None
-    job_handler.install_signal_handlers()
+    restore_signals = job_handler.install_signal_handlers()
     try:
         if args.list_modules:
             return list_modules(args)
@@ -678,6 +678,7 @@ def main(argv=None):
         log.error("interrupted")
         return getattr(exc, "exit_code", 130)
     finally:
+        restore_signals()
         if mpi_state is not None and mpi_state.rank == 0:
             from shapepipe.pipeline import mpi
 

@@ -191,7 +191,7 @@ def test_interrupt_kills_jobs_records_run_and_exits(sp, signum, code):
     entry = manifest_entry(sp)
     assert entry["end"] and entry["status"][MODULE] == "interrupted"
     assert entry["interrupted"] == signal.Signals(signum).name
-    assert os.path.isfile(os.path.join(run_dir, "summary.json"))
+    assert sp.summary(run_dir)["interrupted"] == signal.Signals(signum).name
     assert not [n for n in os.listdir(module_dirs(run_dir)[0]) if n.startswith(".")]
 
 

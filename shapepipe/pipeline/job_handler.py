@@ -30,6 +30,7 @@ import mmap
 import os
 import signal
 import sys
+import threading
 import time
 from multiprocessing.connection import Pipe, wait
 
@@ -60,11 +61,24 @@ def _on_signal(signum, frame):
 def install_signal_handlers():
     """Turn SIGINT and SIGTERM (what batch schedulers send) into :class:`Interrupted`.
 
-    Call once in the main thread of the main process, before the run starts: the run then
-    stops handing out jobs, kills running ones and records itself as interrupted.
+    Call in the main thread of the main process, before the run starts: the run then stops
+    handing out jobs, kills running ones and records itself as interrupted.
+
+    Returns
+    -------
+    callable
+        Restores the previous handlers (for callers of ``main()`` in-process).
     """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {signum: signal.signal(signum, _on_signal)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore():
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    return restore
 
 
 class Progress:
@@ -439,8 +453,8 @@ def _run_pool(ctx, jobs, progress, workers, log):
             settle(number, False, reason)
             pending.extendleft(reversed(w.queue))
             w.queue.clear()
-        if log and not reason.startswith("timeout"):
-            log.warning("%s: %s", ctx.runner_name, reason)
+            if log and not reason.startswith("timeout"):
+                log.warning("%s: job %s: %s", ctx.runner_name, number, reason)
 
     try:
         for _ in range(min(workers, len(jobs))):

@@ -111,6 +111,10 @@ def close_records():
 STAGING_PREFIX = ".stage"
 
 
+# Staging directories this process created and has not removed.
+_STAGING_READY = set()
+
+
 def staging_dir(ctx):
     """This process's (thread's) staging directory for the module, empty between jobs."""
     name = f"{STAGING_PREFIX}{os.getpid()}"
@@ -135,6 +139,7 @@ def cleanup_staging(ctx, pid=None):
         if name.startswith(prefix) and (pid is None or name[len(prefix):len(prefix) + 1]
                                         in ("", "_")):
             shutil.rmtree(entry.path, ignore_errors=True)
+            _STAGING_READY.discard(entry.path)
 
 
 def read_records(path):
@@ -287,8 +292,10 @@ def run_job(ctx, number, files):
     """
     start = time.perf_counter()
     staging = staging_dir(ctx)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(staging)
+    if staging not in _STAGING_READY:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(staging)
+        _STAGING_READY.add(staging)
     log = job_logger(os.path.join(ctx.log_dir, f"process{number}.log"),
                      f"{ctx.runner_name}{number}", ctx.verbose)
     stream = log.handlers[0].stream
@@ -353,6 +360,7 @@ def run_job(ctx, number, files):
     finally:
         if not ok:  # partial outputs: the staging directory must be empty for the next job
             shutil.rmtree(staging, ignore_errors=True)
+            _STAGING_READY.discard(staging)
         elapsed = time.perf_counter() - start
         if IN_WORKER:
             sys.stdout.flush()
