@@ -20,6 +20,7 @@ Usage: python bench/bench_overhead.py [--jobs N] [--workers W] [--repeats R] [--
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -78,16 +79,23 @@ def plain_loop(data, out, names):
     return time.perf_counter() - start
 
 
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed_subprocess(cmd, log_path):
-    """Wall time of a command run with stdout and stderr to a file."""
+    """Wall time and CPU time (user + system, the process and its reaped descendants) of a
+    command run with stdout and stderr to a file."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cpu = _children_cpu()
     start = time.perf_counter()
     with open(log_path, "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {code} (see {log_path})")
-    return wall
+    return wall, _children_cpu() - cpu
 
 
 def write_config(path, data, out, workers, timeout, verbose):
@@ -116,14 +124,17 @@ def main_bench():
                 handle.write(f"payload {i}\n" * 4)
             names.append(name)
         user, inproc, joblib_loop, plains = [], [], [], []
+        user_cpu, joblib_cpu = [], []
         for repeat in range(args.repeats):
             # What a user sees: subprocess, default verbosity, TIMEOUT, output to a file.
             out = os.path.join(tmp, f"user{repeat}")
             config = os.path.join(tmp, f"user{repeat}.ini")
             write_config(config, data, out, args.workers, timeout=True, verbose=True)
-            user.append(timed_subprocess(
+            wall, cpu = timed_subprocess(
                 [sys.executable, os.path.join(REPO, "shapepipe_run.py"), "-c", config],
-                os.path.join(tmp, f"user{repeat}.log")))
+                os.path.join(tmp, f"user{repeat}.log"))
+            user.append(wall)
+            user_cpu.append(cpu)
             shutil.rmtree(out)
             # In-process, quiet, no TIMEOUT.
             out = os.path.join(tmp, f"inproc{repeat}")
@@ -137,9 +148,11 @@ def main_bench():
             shutil.rmtree(out)
             # References, same file work.
             out = os.path.join(tmp, f"joblib{repeat}")
-            joblib_loop.append(timed_subprocess(
+            wall, cpu = timed_subprocess(
                 [sys.executable, "-c", JOBLIB_LOOP, data, out, str(args.workers)],
-                os.path.join(tmp, f"joblib{repeat}.log")))
+                os.path.join(tmp, f"joblib{repeat}.log"))
+            joblib_loop.append(wall)
+            joblib_cpu.append(cpu)
             shutil.rmtree(out)
             out = os.path.join(tmp, f"plain{repeat}")
             plains.append(plain_loop(data, out, names))
@@ -160,7 +173,13 @@ def main_bench():
         print(f"reference: bare joblib loop, same file work   {ref:8.3f} s   ({each(joblib_loop)})")
         print(f"reference: plain loop, one process            {plain:8.3f} s   ({each(plains)})")
         print(f"user run per job                              {wall / args.jobs * 1e3:8.3f} ms")
-        print(f"ratio user run / joblib loop                  {wall / ref:8.2f}")
+        print(f"CPU time (user+sys, all processes): user run  {med(user_cpu):8.3f} s   "
+              f"({each(user_cpu)})")
+        print(f"CPU time (user+sys, all processes): joblib    {med(joblib_cpu):8.3f} s   "
+              f"({each(joblib_cpu)})")
+        print(f"ratio user run / joblib loop: wall            {wall / ref:8.2f}")
+        print(f"ratio user run / joblib loop: CPU time        "
+              f"{med(user_cpu) / med(joblib_cpu):8.2f}")
         print(f"ratio user run / ShapePipe 1.0.2 recorded     {wall / high:.2f}-{wall / low:.2f}"
               f"   (target <= 0.5; recorded {low}-{high} s, not measured here)")
     finally:

@@ -150,6 +150,22 @@ def test_worker_crash_fails_only_its_job_once(sp, capfd, action, how):
         assert "Fatal Python error: Segmentation fault" in job_log  # the crash dump
 
 
+def test_crash_inside_a_batch_of_small_jobs(sp):
+    # 300 jobs on 2 workers go out in batches of 4, reported per batch: the jobs of the
+    # crashed batch that had finished are settled from the records, the rest rerun.
+    numbers = [f"_{i}" for i in range(1, 301)]
+    sp.make_inputs(numbers)
+    assert sp.run(hostile_config(sp, "ACTION = exit\nON = _150\n")) == 1
+    run_dir = sp.runs()[-1]
+    summary = sp.summary(run_dir)["modules"][MODULE]
+    assert summary["failed"] == [{"number": "_150", "error": "worker process died "
+                                  "(exit code 1) while running this job"}]
+    assert summary["succeeded"] == 299
+    out, logs = module_dirs(run_dir)
+    assert len(os.listdir(out)) == 299
+    assert sorted(starts(logs)) == sorted(numbers), "a job ran twice or never"
+
+
 # -- item 6: SIGINT / SIGTERM, and workers never outlive the main process --------------------
 def start_run(sp, cfg):
     return subprocess.Popen([sys.executable, os.path.join(REPO, "shapepipe_run.py"), "-c", cfg,

@@ -40,6 +40,7 @@ from shapepipe.pipeline.worker import (
     append_record,
     cleanup_staging,
     close_records,
+    read_records,
     run_job,
     run_jobs_batch,
 )
@@ -245,6 +246,10 @@ def apply_thread_limits(env):
 # -- the worker processes -------------------------------------------------------------------
 _PR_SET_PDEATHSIG = 1
 _HELLO = "__worker__"
+# Slots of the memory a worker shares with the main process: jobs started, job the timeout
+# signal is for, start of the running job (monotonic ns), jobs finished.
+_STARTED, _TARGET, _START_NS, _FINISHED = range(4)
+_REPORT_NS = 250_000_000
 
 
 def _die_with_parent(signum, parent):
@@ -299,7 +304,7 @@ def _worker_main(ctx, conn, env, parent, seq):
     sentinel = _start_sentinel(os.getpid(), [conn.fileno()])
     apply_thread_limits(env)
     worker_module.IN_WORKER = True
-    worker_module.TIMEOUT_IS_FOR_CURRENT_JOB = lambda: seq[0] == seq[1]
+    worker_module.TIMEOUT_IS_FOR_CURRENT_JOB = lambda: seq[_STARTED] == seq[_TARGET]
     execute_module.NEW_SESSION = False
     conn.send((_HELLO, sentinel))
     while True:
@@ -309,9 +314,20 @@ def _worker_main(ctx, conn, env, parent, seq):
             return 0
         if batch is None:
             return 0
+        results = []
+        sent = time.monotonic_ns()
         for number, files in batch:
-            seq[0] += 1
-            conn.send(run_job(ctx, number, files))
+            # The main process reads these to know which job runs since when (no message
+            # per job: one per batch, or per quarter second for progress).
+            seq[_START_NS] = time.monotonic_ns()
+            seq[_STARTED] += 1
+            results.append(run_job(ctx, number, files))
+            seq[_FINISHED] = seq[_STARTED]
+            if time.monotonic_ns() - sent > _REPORT_NS:
+                conn.send(results)
+                results, sent = [], time.monotonic_ns()
+        if results:
+            conn.send(results)
 
 
 class _Worker:
@@ -322,10 +338,11 @@ class _Worker:
         sys.stderr.flush()
         parent = os.getpid()
         conn, child = Pipe()
-        # Shared with the worker: [sequence number of the job it runs, of the job the main
-        # process times out]; the timeout signal only fails the job it was meant for.
-        self.seq = memoryview(mmap.mmap(-1, 16)).cast("q")
-        self.done = 0
+        # Shared with the worker (see _STARTED...): which job runs since when, and which
+        # job the timeout signal is meant for.
+        self.seq = memoryview(mmap.mmap(-1, 8 * 4)).cast("q")
+        self.done = 0  # results received
+        self.alarm_seq = None  # the job the timeout signal was sent to
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -344,16 +361,21 @@ class _Worker:
         self.pid, self.conn = pid, conn
         self.pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
         self.sentinel = None
-        self.queue = collections.deque()  # jobs sent, in order; [0] is running
-        self.job_start = time.monotonic()
+        self.queue = collections.deque()  # jobs sent and not reported, in order
         self.alarm_at = None
         self.status = None
 
     def send(self, batch):
-        if not self.queue:
-            self.job_start = time.monotonic()
         self.queue.extend(batch)
         self.conn.send(batch)
+
+    def running(self):
+        """``(position in queue, start time)`` of the job running now, or None."""
+        started = self.seq[_STARTED]
+        position = started - self.done - 1
+        if started == self.seq[_FINISHED] or not 0 <= position < len(self.queue):
+            return None
+        return position, self.seq[_START_NS] / 1e9
 
     def kill(self):
         """Kill the worker and every process its jobs started; reap it."""
@@ -431,30 +453,38 @@ def _run_pool(ctx, jobs, progress, workers, log):
         try:
             while w.conn.poll():
                 message = w.conn.recv()
-                if message[0] == _HELLO:  # the worker is ready: its first job starts now
+                if message[0] == _HELLO:
                     w.sentinel = message[1]
-                    w.job_start = time.monotonic()
                     continue
-                number, ok, error, seconds = message
-                w.queue.popleft()
-                w.done += 1
-                w.job_start, w.alarm_at = time.monotonic(), None
-                settle(number, ok, error, seconds)
+                for number, ok, error, seconds in message:
+                    w.queue.popleft()
+                    settle(number, ok, error, seconds)
+                w.done += len(message)
         except (EOFError, OSError):
             return False
         return True
 
     def retire(w, reason):
-        """``w`` is dead or killed: fail its running job, requeue the others."""
+        """``w`` is dead or was killed: settle the jobs it finished (from the records: they
+        were not reported yet), fail the one it was running, requeue the others."""
         pool.remove(w)
-        if w.queue:
+        finished = min(w.seq[_FINISHED] - w.done, len(w.queue))
+        running = w.running()
+        if finished > 0:
+            records = read_records(ctx.record_path)
+            for _ in range(finished):
+                number = w.queue.popleft()[0]
+                state, why = records.get(number, ("fail", reason))
+                settle(number, state == "done", "" if state == "done" else why)
+        if running is not None:
             number = w.queue.popleft()[0]
             _fail_in_main(ctx, number, reason, w.pid)
             settle(number, False, reason)
-            pending.extendleft(reversed(w.queue))
-            w.queue.clear()
             if log and not reason.startswith("timeout"):
                 log.warning("%s: job %s: %s", ctx.runner_name, number, reason)
+        cleanup_staging(ctx, w.pid)
+        pending.extendleft(reversed(w.queue))
+        w.queue.clear()
 
     try:
         for _ in range(min(workers, len(jobs))):
@@ -467,10 +497,21 @@ def _run_pool(ctx, jobs, progress, workers, log):
             for w in pool:
                 while pending and len(w.queue) < depth:
                     w.send([pending.popleft() for _ in range(min(size, len(pending)))])
-            now = time.monotonic()
-            deadlines = [w.alarm_at + grace if w.alarm_at else w.job_start + timeout
-                         for w in pool if w.queue] if timeout else []
-            wait_for = max(0.0, min(deadlines) - now) if deadlines else None
+            wait_for = None
+            if timeout:
+                now = time.monotonic()
+                deadlines = []
+                for w in pool:
+                    if not w.queue:
+                        continue
+                    running = w.running()
+                    if running is None:  # between two jobs: look again soon
+                        deadlines.append(now + min(timeout, 0.2))
+                    elif w.alarm_seq == w.seq[_STARTED]:
+                        deadlines.append(w.alarm_at + grace)
+                    else:
+                        deadlines.append(running[1] + timeout)
+                wait_for = max(0.0, min(deadlines) - now) if deadlines else None
             handles = [w.conn for w in pool] + [w.pidfd for w in pool if w.pidfd is not None]
             wait(handles, wait_for)
             for w in list(pool):
@@ -490,19 +531,21 @@ def _run_pool(ctx, jobs, progress, workers, log):
                 continue
             now = time.monotonic()
             for w in list(pool):
-                if not w.queue:
+                running = w.running()
+                if running is None:
                     continue
-                if w.alarm_at is None and now - w.job_start >= timeout:
+                started = w.seq[_STARTED]
+                if w.alarm_seq != started and now - running[1] >= timeout:
                     # Signal the job (it fails in Python, with a traceback in its log),
                     # then kill what it started: os.system() or a shell blocked in waitpid
                     # sees the signal only when its children are gone.
-                    w.alarm_at = now
-                    w.seq[1] = w.done + 1
+                    w.alarm_seq, w.alarm_at = started, now
+                    w.seq[_TARGET] = started
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(w.pid, signal.SIGALRM)
                     exclude = () if w.sentinel is None else (w.sentinel,)
                     execute_module.kill_job_processes(w.pid, exclude)
-                elif w.alarm_at is not None and now - w.alarm_at >= grace:
+                elif w.alarm_seq == started and now - w.alarm_at >= grace:
                     w.kill()
                     retire(w, f"timeout after {timeout:g} s (hard kill: the job ignored "
                               "the alarm)")
@@ -512,8 +555,9 @@ def _run_pool(ctx, jobs, progress, workers, log):
             f"run stopped: {type(exc).__name__}"
         for w in list(pool):
             w.kill()
-            if w.queue:
-                _fail_in_main(ctx, w.queue[0][0], reason, w.pid)
+            running = w.running()
+            if running is not None:
+                _fail_in_main(ctx, w.queue[running[0]][0], reason, w.pid)
         pool.clear()
         raise
     finally:

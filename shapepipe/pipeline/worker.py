@@ -314,8 +314,10 @@ def run_job(ctx, number, files):
     if IN_WORKER:
         _redirect_fds(stream)
         redirect = contextlib.nullcontext()
-    else:
+    elif threading.current_thread() is threading.main_thread():
         redirect = _redirect_python_streams(stream)
+    else:  # sys.stdout is shared by the threads of the threading backend: left alone
+        redirect = contextlib.nullcontext()
     try:
         with redirect:
             _IN_JOB[0] = IN_WORKER
