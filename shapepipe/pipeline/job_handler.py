@@ -311,8 +311,14 @@ def _worker_main(ctx, conn, env, parent, seq):
         try:
             batch = conn.recv()
         except EOFError:
-            return 0
+            batch = None
         if batch is None:
+            # Reap the sentinel (no zombie left behind), then end this worker's process
+            # group, itself included: background processes a job left die with it.
+            with contextlib.suppress(OSError):
+                os.kill(sentinel, signal.SIGKILL)
+                os.waitpid(sentinel, 0)
+            os.killpg(os.getpid(), signal.SIGKILL)
             return 0
         results = []
         sent = time.monotonic_ns()

@@ -4,9 +4,9 @@ Rank 0 parses the configuration, resolves inputs, owns the run directory, the lo
 manifest and the summary. It also runs jobs itself: a dispatcher thread on rank 0 answers
 the other ranks (each asks for its next job when it finishes one, sending back the result
 of the previous one) while rank 0's main thread takes jobs from the same queue. Jobs run in
-the main thread of every rank, so TIMEOUT works exactly as in SMP mode (the alarm fires
-there, external programs are killed with their process group, a job stuck in compiled
-code kills its rank after the grace period).
+the main thread of every rank, where TIMEOUT is an alarm (external programs and the other
+processes the job started are killed, a job stuck in compiled code kills its rank after
+the grace period). BLAS/OpenMP threads: the node's cores shared between its ranks.
 
 If a rank dies, OpenMPI's ``mpiexec`` aborts the whole job with a message naming the rank
 and a non-zero exit code; outputs of finished jobs are complete (staged then renamed) and
