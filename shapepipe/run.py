@@ -89,6 +89,7 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else 2
     log = _setup_console(args)
     mpi_state = None
+    restore_signals = job_handler.install_signal_handlers()
     try:
         if args.list_modules:
             return list_modules(args)
@@ -117,10 +118,11 @@ def main(argv=None):
     except ConfigError as exc:
         log.error("ERROR: %s", exc)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # SIGINT -> 130, SIGTERM -> 143
         log.error("interrupted")
-        return 130
+        return getattr(exc, "exit_code", 130)
     finally:
+        restore_signals()
         if mpi_state is not None and mpi_state.rank == 0:
             from shapepipe.pipeline import mpi
 

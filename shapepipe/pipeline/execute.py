@@ -1,7 +1,10 @@
-"""Running external programs from runners.
+"""Running external programs from runners, and finding the processes a job started.
 
-Each program runs in its own process group, so that a job timeout (or any exception
-while waiting) kills the program and every process it started.
+In an SMP worker process (its own process group, see job_handler), a program stays in the
+worker's group: killing the group on a timeout, a crash or an interrupt takes the program
+and everything it started down with the job. Elsewhere (MPI ranks, the threading backend)
+each program runs in a process group of its own, killed as a group when the job's timeout
+(or any exception while waiting) interrupts it.
 """
 
 import contextlib
@@ -16,6 +19,9 @@ from shapepipe.pipeline.errors import ExecutionError
 # watchdog can kill them when the job is stuck past its timeout.
 _RUNNING = set()
 
+#: False in SMP worker processes: their programs stay in the worker's process group.
+NEW_SESSION = True
+
 
 def kill_running_children():
     """Kill the process groups of every program this process is running."""
@@ -25,7 +31,10 @@ def kill_running_children():
 
 def _kill_group(process):
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+        if NEW_SESSION:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
     with contextlib.suppress(Exception):
         process.wait(timeout=5)
 
@@ -65,7 +74,7 @@ def execute(command, cwd=None, env=None):
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            start_new_session=True,
+            start_new_session=NEW_SESSION,
         )
     except FileNotFoundError:
         raise ExecutionError(f"{args[0]}: program not found (not installed or not on PATH)") \
@@ -90,3 +99,79 @@ def execute(command, cwd=None, env=None):
         )
         raise ExecutionError(f"{shlex.join(args)}: {how}" + (f": {tail}" if tail else ""))
     return stdout, stderr
+
+
+def _process_table():
+    """``{pid: (ppid, pgrp)}`` of every process visible in /proc (Linux)."""
+    table = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:  # exited meanwhile
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and fields[0] != b"Z":
+            table[int(entry)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def job_processes(root, exclude=()):
+    """Processes started, directly or not, by process ``root``.
+
+    Every descendant of ``root`` and every member of their process groups and of ``root``'s
+    own group (children that were orphaned stay in the group of the job that started them),
+    except ``root`` itself, the members of ``exclude`` and the caller's process group.
+
+    Parameters
+    ----------
+    root : int
+        Process id of the worker (or rank) that ran the job.
+    exclude : iterable of int
+        Process ids never to return (e.g. the worker's own sentinel).
+
+    Returns
+    -------
+    set of int
+    """
+    table = _process_table()
+    children = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    descendants, stack = set(), [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in descendants:
+                descendants.add(child)
+                stack.append(child)
+    groups = {table[pid][1] for pid in descendants} | {table.get(root, (0, root))[1]}
+    groups.discard(os.getpgrp())
+    found = descendants | {pid for pid, (_, pgrp) in table.items() if pgrp in groups}
+    return found - {root, os.getpid(), *exclude}
+
+
+def kill_job_processes(root, exclude=(), rounds=3):
+    """SIGKILL every process :func:`job_processes` finds (repeated: a dying shell may fork).
+
+    Returns
+    -------
+    int
+        Number of processes signalled.
+    """
+    killed = 0
+    for _ in range(rounds):
+        pids = job_processes(root, exclude)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed

@@ -4,9 +4,9 @@ Rank 0 parses the configuration, resolves inputs, owns the run directory, the lo
 manifest and the summary. It also runs jobs itself: a dispatcher thread on rank 0 answers
 the other ranks (each asks for its next job when it finishes one, sending back the result
 of the previous one) while rank 0's main thread takes jobs from the same queue. Jobs run in
-the main thread of every rank, so TIMEOUT works exactly as in SMP mode (the alarm fires
-there, external programs are killed with their process group, a job stuck in compiled
-code kills its rank after the grace period).
+the main thread of every rank, where TIMEOUT is an alarm (external programs and the other
+processes the job started are killed, a job stuck in compiled code kills its rank after
+the grace period). BLAS/OpenMP threads: the node's cores shared between its ranks.
 
 If a rank dies, OpenMPI's ``mpiexec`` aborts the whole job with a message naming the rank
 and a non-zero exit code; outputs of finished jobs are complete (staged then renamed) and
@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 from shapepipe.pipeline.errors import ConfigError
-from shapepipe.pipeline.worker import run_job
+from shapepipe.pipeline.job_handler import apply_thread_limits, thread_env
+from shapepipe.pipeline.worker import cleanup_staging, run_job
 
 TAG_REQUEST = 11
 TAG_TASK = 12
@@ -61,9 +62,38 @@ def start(where):
             f"(pip install '.[mpi]'; Debian: apt-get install openmpi-bin libopenmpi-dev): {exc}"
         ) from None
     comm = MPI.COMM_WORLD
+    share_cores(comm, MPI)
     _STATE = MPIState(comm=comm, rank=comm.Get_rank(), size=comm.Get_size(), idle=[],
                       started=set())
     return _STATE
+
+
+def share_cores(comm, mpi):
+    """Limit BLAS/OpenMP threads of this rank to (cores on the node) / (ranks on the node).
+
+    As SMP workers do: multi-threaded BLAS in every rank oversubscribes the node. The ranks
+    of one node are those of the shared-memory communicator. Variables the user set are
+    left alone.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The world communicator.
+    mpi : module
+        ``mpi4py.MPI``.
+
+    Returns
+    -------
+    dict
+        The thread variables now in force.
+    """
+    node = comm.Split_type(mpi.COMM_TYPE_SHARED)
+    try:
+        env = thread_env(node.Get_size())
+    finally:
+        node.Free()
+    apply_thread_limits(env)
+    return env
 
 
 def worker_loop(state):
@@ -158,6 +188,7 @@ def run_mpi(ctx, jobs, progress):
         record(number, ok, error, seconds)
     if dispatcher is not None:
         dispatcher.join()
+    cleanup_staging(ctx)  # every rank has finished the module's jobs
     return results
 
 

@@ -513,6 +513,9 @@ class Pipeline:
                 any_failed |= record["status"] != "ok"
                 _write_json(summary, summary_path)
                 update_manifest(self.manifest, entry)
+        except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: recorded, then the exit code
+            summary["interrupted"] = entry["interrupted"] = str(exc) or "SIGINT"
+            raise
         finally:
             entry["end"] = _now()
             for name, status in entry["status"].items():

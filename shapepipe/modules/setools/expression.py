@@ -345,10 +345,16 @@ def tokenize(text):
 # -------------------------------------------------------------------------- parser
 
 
+#: Deepest nesting of parentheses, calls and unary signs an expression may have: far
+#: beyond any selection, far below Python's recursion limit.
+MAX_NESTING = 64
+
+
 class _Parser:
     def __init__(self, text):
         self.tokens = tokenize(text)
         self.pos = 0
+        self.depth = 0
 
     @property
     def tok(self):
@@ -400,6 +406,16 @@ class _Parser:
         return node
 
     def parse_unary(self):
+        # Every level of nesting passes here: the parser's recursion is bounded.
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise self.error(f"expression nested more than {MAX_NESTING} levels deep")
+            return self._parse_unary()
+        finally:
+            self.depth -= 1
+
+    def _parse_unary(self):
         if self.tok.kind == "op" and self.tok.text in "+-":
             op = self.advance().text
             operand = self.parse_unary()
@@ -479,8 +495,12 @@ def parse_expression(text, allow_compare=False, domains=None):
     ExpressionError
         With the column of the offending token.
     """
-    node = _Parser(text).parse_line(allow_compare)
-    domain = node.domain()
+    try:
+        node = _Parser(text).parse_line(allow_compare)
+        domain = node.domain()
+    except RecursionError:  # a chain of thousands of operators: too deep a tree to evaluate
+        raise ExpressionError("expression too long to evaluate (split it into several "
+                              "lines or masks)") from None
     if domains is not None and domain not in domains:
         wanted = " or ".join(describe_domain(d) for d in domains)
         raise ExpressionError(f"expected {wanted}, this gives {describe_domain(domain)}")

@@ -119,7 +119,12 @@ class Image:
                     thresh = np.inf if s.weight_thresh is None else s.weight_thresh
                     self.bad = ~(w < thresh)
                     rel_var = w * w
-            self.bad |= ~np.isfinite(self.raw)
+            finite = np.isfinite(self.raw)
+            if not finite.any():  # not the weight's fault: say what is wrong
+                raise SexConfigError("the science image has no finite pixel (all NaN or inf)")
+            self.bad |= ~finite
+            if self.bad.all():
+                raise SexConfigError("the weight image has no valid pixel")
             # SExtractor estimates the background from the weights as read, before the
             # interpolation of bad pixels.
             back_mask = self.bad.copy() if self.bad.any() else None
@@ -133,6 +138,8 @@ class Image:
                 self.bad = None
         elif not np.all(np.isfinite(self.raw)):
             self.bad = ~np.isfinite(self.raw)
+            if self.bad.all():
+                raise SexConfigError("the science image has no finite pixel (all NaN or inf)")
             back_mask = self.bad
         if self.bad is not None:
             self.raw = np.where(self.bad, np.float32(0), self.raw)
