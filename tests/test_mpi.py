@@ -140,8 +140,10 @@ def test_killed_rank_ends_run_then_resume_completes(sp):
                 if open(path).read() == "2":
                     number = os.path.basename(path)[4:-4]
                     pid_file = os.path.join(logs, f"child{number}.pid")
-                    if os.path.isfile(pid_file):
-                        run_dir, victim = runs[-1], int(open(pid_file).read())
+                    # The file may exist before its pid is written: wait for the digits.
+                    text = open(pid_file).read().strip() if os.path.isfile(pid_file) else ""
+                    if text.isdigit():
+                        run_dir, victim = runs[-1], int(text)
                         break
         time.sleep(0.02)
     assert victim is not None
