@@ -303,6 +303,14 @@ class Catalogue:
         else:
             thresh, noise, err = s.detect_thresh, None, None
         kern = kernel if (s.filter and kernel is not None) else None
+        self._kernel = kern
+        # The detection threshold per pixel (scalar when the noise is constant), kept for
+        # the blanking mask of the measurements.
+        if s.thresh_type == "RELATIVE":
+            self._thresh_image = (thresh * np.sqrt(det.var).astype(np.float32)
+                                  if det.var_is_map else np.float32(thresh * err))
+        else:
+            self._thresh_image = np.float32(thresh)
         sep.set_extract_pixstack(max(300000, det.raw.size // 4))
         sep.set_sub_object_limit(4096)
         objs, seg = sep.extract(
@@ -484,273 +492,153 @@ class Catalogue:
 
         return self._cached("background", compute)
 
-    def auto(self):
-        """Kron factor and FLUX_AUTO (SExtractor's computeautoflux)."""
+    def _kernel_args(self):
+        """Arrays shared by the compiled measurement loops (see ``_kernels``)."""
 
         def compute():
             img = self.meas
-            k_fact, r_min = self.s.phot_autoparams
-            kr, kflag = sep.kron_radius(img.sub, self.x, self.y, self.a, self.b, self.theta,
-                                        KRON_NSIG, mask=img.bad, **self._mask_kwargs)
-            kronfactor = np.where((kr > 0) & np.isfinite(kr), k_fact * kr, r_min)
-            kronfactor = np.maximum(kronfactor, r_min)
-            # Crowding: more than 10% of the Kron search ellipse in neighbours or bad pixels.
-            other = self.seg > 0
-            if img.bad is not None:
-                other = other | img.bad
-            n_other, _, _ = sep.sum_ellipse(other.astype(np.float32), self.x, self.y, self.a,
-                                            self.b, self.theta, KRON_NSIG, subpix=1)
-            area = np.pi * KRON_NSIG**2 * self.a * self.b
-            own = np.minimum(self.objs["npix"], area)
-            self.flags[(n_other - own) > CROWD_THRESHOLD * area] |= F_CROWDED
-            flux, fluxerr, flag = sep.sum_ellipse(
-                img.sub, self.x, self.y, self.a, self.b, self.theta, kronfactor, subpix=1,
-                **self._sum_kwargs())
-            flux, fluxerr = self._correct_masked(flux, fluxerr, flag, "ellipse", kronfactor)
-            self._aper_pb(*self._ellipse_extent(self.a, self.b, self.theta,
-                                                np.maximum(kronfactor, KRON_NSIG)))
-            kronfactor = np.where(flux > 0, kronfactor, 0.0)
-            return {"flux": flux, "fluxerr": fluxerr, "kron": kronfactor}
+            ny, nx = img.shape
+            bad = (img.bad.astype(np.uint8) if img.bad is not None
+                   else np.zeros((1, 1), dtype=np.uint8))
+            if img.bad is None:
+                bad = np.broadcast_to(bad, (ny, nx))
+            var = img.var if img.var_is_map else np.zeros((1, 1), dtype=np.float32)
+            return {"sub": img.sub, "var": var, "has_var": bool(img.var_is_map),
+                    "bad": bad, "blank": self.blank(), "seg": self.seg,
+                    "own": self.seg_ids, "corr": self.s.mask_type == "CORRECT",
+                    "gain": float(img.gain), "backvar": float(img.backsig) ** 2}
+
+        return self._cached("kernel_args", compute)
+
+    def blank(self):
+        """Pixels SExtractor blanks before measuring (MASK_TYPE BLANK or CORRECT).
+
+        SExtractor replaces every pixel detected above the threshold in the filtered
+        detection image by -BIG while it scans, then pastes an object's own pixels back
+        while it measures that object: neighbours (and detections too small to be
+        objects) are masked. A pixel of this mask is unusable for an object unless it
+        belongs to that object's footprint in the segmentation map.
+        """
+
+        def compute():
+            det = self.det
+            ny, nx = det.shape
+            if self.s.mask_type == "NONE":
+                return np.broadcast_to(np.zeros((1, 1), dtype=np.uint8), (ny, nx))
+            if self._kernel is not None:
+                from scipy.ndimage import correlate
+
+                filtered = correlate(det.sub, self._kernel.astype(np.float32),
+                                     mode="constant", cval=0.0)
+            else:
+                filtered = det.sub
+            above = filtered > self._thresh_image
+            # Detections smaller than DETECT_MINAREA stay blanked; the pixels of objects
+            # removed by CLEAN are pasted back by SExtractor (they are the ones above the
+            # threshold that sep's segmentation leaves unassigned in larger groups).
+            from scipy.ndimage import label
+
+            orphan = above & (self.seg == 0)
+            blank = self.seg > 0
+            if orphan.any():
+                lab, _ = label(above, structure=np.ones((3, 3), dtype=bool))
+                size = np.bincount(lab.ravel())
+                small = size < self.s.detect_minarea
+                small[0] = False
+                blank |= orphan & small[lab]
+            return blank.view(np.uint8)
+
+        return self._cached("blank", compute)
+
+    def auto(self):
+        """Kron factor and FLUX_AUTO (SExtractor's computeautoflux, compiled)."""
+
+        def compute():
+            from shapepipe.modules.sextractor import _kernels as K
+
+            k = self._kernel_args()
+            o = self.objs
+            kron_fact, kron_min = self.s.phot_autoparams
+            kron, flux, fluxerr, flags = K.auto_flux(
+                k["sub"], k["var"], k["has_var"], k["bad"], k["blank"], k["seg"], k["own"],
+                self.x, self.y, self.a, self.b, o["cxx"].astype(np.float64),
+                o["cyy"].astype(np.float64), o["cxy"].astype(np.float64), float(kron_fact),
+                float(kron_min), k["corr"], k["gain"], k["backvar"])
+            self.flags |= flags
+            return {"flux": flux, "fluxerr": fluxerr, "kron": kron}
 
         return self._cached("auto", compute)
 
-    def _correct_masked(self, flux, fluxerr, flag, shape, r):
-        """MASK_TYPE CORRECT: replace masked pixels by their mirror about the centre.
-
-        ``sep`` drops masked pixels; SExtractor's CORRECT mode replaces each by the pixel
-        symmetric about the object's centre. Only objects whose aperture contains masked
-        pixels (few: blends and bad pixels) are recomputed, on stamps.
-        """
-        if self.s.mask_type != "CORRECT":
-            return flux, fluxerr
-        todo = np.flatnonzero((flag & sep.APER_HASMASKED) != 0)
-        if todo.size == 0:
-            return flux, fluxerr
-        img = self.meas
-        flux = flux.copy()
-        fluxerr = fluxerr.copy()
-        r = np.broadcast_to(np.asarray(r, dtype=float), self.x.shape)
-        if shape == "ellipse":
-            rx, ry = self._ellipse_extent(self.a[todo], self.b[todo], self.theta[todo], r[todo])
-            half = np.ceil(np.maximum(rx, ry)).astype(int) + 1
-        else:
-            half = np.ceil(r[todo]).astype(int) + 1
-        var_full = img.var if img.var_is_map else None
-        for h, sel in _bucket_stamps(half):
-            j = todo[sel]
-            xc = np.rint(self.x[j]).astype(int)
-            yc = np.rint(self.y[j]).astype(int)
-            pix, inside = _stamps(img.sub, xc, yc, h, 0.0)
-            if inside is None:
-                inside = np.ones(pix.shape, dtype=bool)
-            segs, _ = _stamps(self.seg, xc, yc, h, 0)
-            masked = (segs != 0) & (segs != self.seg_ids[j][:, None, None])
-            if img.bad is not None:
-                masked |= _stamps(img.bad, xc, yc, h, True)[0]
-            masked &= inside
-            if var_full is not None:
-                var, _ = _stamps(var_full, xc, yc, h, 0.0)
-            else:
-                var = np.full(pix.shape, float(img.var), dtype=np.float32)
-            off = np.arange(-h, h + 1)
-            dx = (xc - self.x[j])[:, None, None] + off[None, None, :]
-            dy = (yc - self.y[j])[:, None, None] + off[None, :, None]
-            if shape == "ellipse":
-                cxx, cyy, cxy = sep.ellipse_coeffs(self.a[j], self.b[j], self.theta[j])
-                rr = (cxx[:, None, None] * dx * dx + cyy[:, None, None] * dy * dy
-                      + cxy[:, None, None] * dx * dy)
-                inap = rr <= (r[j] ** 2)[:, None, None]
-            else:
-                inap = dx * dx + dy * dy <= (r[j] ** 2)[:, None, None]
-            # Mirror of stamp pixel (i, k) about the object centre, as SExtractor does:
-            # x2 = int(2*mx + 0.49999 - x), in stamp coordinates.
-            mx = self.x[j] - (xc - h)
-            my = self.y[j] - (yc - h)
-            size = 2 * h + 1
-            kx = np.floor(2 * mx[:, None] + 0.49999 - np.arange(size)).astype(int)
-            ky = np.floor(2 * my[:, None] + 0.49999 - np.arange(size)).astype(int)
-            okx = (kx >= 0) & (kx < size)
-            oky = (ky >= 0) & (ky < size)
-            kx = np.clip(kx, 0, size - 1)
-            ky = np.clip(ky, 0, size - 1)
-            nidx = np.arange(len(j))[:, None, None]
-            mpix = pix[nidx, ky[:, :, None], kx[:, None, :]]
-            mvar = var[nidx, ky[:, :, None], kx[:, None, :]]
-            mmask = masked[nidx, ky[:, :, None], kx[:, None, :]] | ~(
-                oky[:, :, None] & okx[:, None, :]) | ~inside[nidx, ky[:, :, None],
-                                                             kx[:, None, :]]
-            good_mirror = ~mmask
-            val = np.where(masked, np.where(good_mirror, mpix, 0.0), pix)
-            vv = np.where(masked, np.where(good_mirror, mvar, 0.0), var)
-            use = inap & inside
-            tv = np.where(use, val, 0.0).sum(axis=(1, 2))
-            sig = np.where(use, vv, 0.0).sum(axis=(1, 2))
-            if img.gain > 0:
-                sig = sig + np.where(tv > 0, tv / img.gain, 0.0)
-            flux[j] = tv
-            fluxerr[j] = np.sqrt(sig)
-        return flux, fluxerr
-
     def aper(self):
-        """Fixed circular apertures (diameters PHOT_APERTURES), 5x5 sub-sampled."""
+        """Fixed circular apertures (diameters PHOT_APERTURES), 5x5 sub-sampled edges."""
 
         def compute():
-            img = self.meas
-            diam = np.asarray(self.s.phot_apertures, dtype=float)
+            from shapepipe.modules.sextractor import _kernels as K
+
+            k = self._kernel_args()
             fluxes, errs = [], []
-            for d in diam:
-                f, e, flag = sep.sum_circle(img.sub, self.x, self.y, d / 2.0,
-                                            subpix=APER_OVERSAMP, **self._sum_kwargs())
-                f, e = self._correct_masked(f, e, flag, "circle", d / 2.0)
+            for d in self.s.phot_apertures:
+                f, e, flags = K.aper_flux(
+                    k["sub"], k["var"], k["has_var"], k["bad"], k["blank"], k["seg"],
+                    k["own"], self.x, self.y, float(d) / 2.0, k["corr"], k["gain"],
+                    k["backvar"])
+                self.flags |= flags
                 fluxes.append(f)
                 errs.append(e)
-                self._aper_pb(d / 2.0, d / 2.0)
             return np.stack(fluxes, axis=1), np.stack(errs, axis=1)
 
         return self._cached("aper", compute)
 
-    def flux_radius(self):
-        """Fraction-of-light radii, normalised to FLUX_AUTO (SExtractor's growth curve)."""
-
+    def _growth(self):
         def compute():
-            img = self.meas
-            flux_auto = self.auto()["flux"]
-            rlim = GROWTH_NSIG * self.a
-            fracs = np.asarray(self.s.phot_fluxfrac, dtype=float)
-            kw = {"mask": img.bad, **self._mask_kwargs}
-            norm = np.where(flux_auto > 0, flux_auto, 1.0)
-            r = self._radius(fracs, rlim, norm, kw)
-            r[flux_auto <= 0] = 0.0
-            self._aper_pb(rlim + 1.5, rlim + 1.5)
-            return r
+            from shapepipe.modules.sextractor import _kernels as K
 
-        return self._cached("flux_radius", compute)
+            k = self._kernel_args()
+            fracs = np.asarray(self.s.phot_fluxfrac, dtype=np.float64)
+            radii, hl, flags = K.growth_radii(
+                k["sub"], k["bad"], k["blank"], k["seg"], k["own"], self.x, self.y, self.a,
+                self.auto()["flux"], fracs, 0.0, k["corr"])
+            self.flags |= flags
+            return radii, hl
 
-    def _radius(self, fracs, rlim, norm, kw):
-        """sep.flux_radius, first within a smaller circle (the cost grows as its area).
+        return self._cached("growth", compute)
 
-        Objects whose radius is not reached inside the small circle are redone out to
-        ``rlim`` (SExtractor's limit, 6 A_IMAGE).
-        """
-        img = self.meas
-        small = np.minimum(rlim, (1.5 if fracs.max() <= 0.5 else 3.0) * self.a + 1.0)
-        r, _ = sep.flux_radius(img.sub, self.x, self.y, small, fracs, normflux=norm,
-                               subpix=5, **kw)
-        r = r.reshape(self.n, len(fracs))
-        redo = np.flatnonzero((r >= 0.999 * small[:, None]).any(axis=1) & (small < rlim))
-        if redo.size:
-            kw_redo = dict(kw)
-            if "seg_id" in kw_redo:
-                kw_redo["seg_id"] = kw_redo["seg_id"][redo]
-            r2, _ = sep.flux_radius(img.sub, self.x[redo], self.y[redo], rlim[redo], fracs,
-                                    normflux=norm[redo], subpix=5, **kw_redo)
-            r[redo] = r2.reshape(redo.size, len(fracs))
-        return np.minimum(r, rlim[:, None])
+    def flux_radius(self):
+        """Fraction-of-light radii from the growth curve normalised to FLUX_AUTO."""
+        return self._growth()[0]
 
     def hl_radius(self):
-        def compute():
-            fracs = list(self.s.phot_fluxfrac)
-            if 0.5 in fracs:
-                hl = self.flux_radius()[:, fracs.index(0.5)]
-            else:
-                img = self.meas
-                flux_auto = self.auto()["flux"]
-                rlim = GROWTH_NSIG * self.a
-                norm = np.where(flux_auto > 0, flux_auto, 1.0)
-                kw = {"mask": img.bad, **self._mask_kwargs}
-                hl = self._radius(np.array([0.5]), rlim, norm, kw)[:, 0]
-            return np.maximum(np.abs(hl), GROWTH_MINHLRAD)
-
-        return self._cached("hl_radius", compute)
+        """Half-light radius as SExtractor uses it for the windowed measurements."""
+        return self._growth()[1]
 
     def win(self):
-        """Windowed positions and fluxes (SExtractor's compute_winpos), on stamps.
+        """Windowed positions, fluxes and moments (SExtractor's compute_winpos, compiled).
 
-        The Gaussian window is separable, so each iteration is a pair of batched
-        matrix-vector products per object (BLAS) instead of a loop over pixels. By design
-        the window is cut to a square of half-size > 4 sigma instead of SExtractor's
-        4-sigma circle: the pixels in between weigh less than exp(-8) = 3e-4.
+        The Gaussian window has sigma = 2 * half-light radius / 2.35 and is cut at 4 sigma
+        (11x11 sub-sampled edge); the centroid moves by twice the weighted offset for up
+        to 16 iterations, stopping when the step is below 1e-4 px or the windowed flux is
+        not positive. An estimate that jumps out of the object's 1-sigma footprint
+        ellipse, or has a non-positive flux or moments, is replaced by the isophotal
+        position, as SExtractor does.
         """
 
         def compute():
-            img = self.meas
+            from shapepipe.modules.sextractor import _kernels as K
+
+            k = self._kernel_args()
+            o = self.objs
             sig = self.hl_radius() * 2.0 / 2.35
-            raper = WINPOS_NSIG * sig
-            half = np.ceil(raper + 1.0).astype(int)
-            xw = self.x.copy()
-            yw = self.y.copy()
-            tv_all = np.zeros(self.n)
-            esum_all = np.zeros(self.n)
-            var_full = img.var if img.var_is_map else None
-            inv_gain = 1.0 / img.gain if img.gain > 0 else 0.0
-            for h, sel in _bucket_stamps(half):
-                xc = np.rint(self.x[sel]).astype(int)
-                yc = np.rint(self.y[sel]).astype(int)
-                pix, _ = _stamps(img.sub, xc, yc, h, 0.0)
-                if img.bad is not None:
-                    # Outside pixels come back as "bad" and are treated like them.
-                    bad = _stamps(img.bad, xc, yc, h, True)[0]
-                    # CORRECT-like: a bad pixel takes the value symmetric about the stamp
-                    # centre (0 if that one is bad too).
-                    mbad = bad[:, ::-1, ::-1]
-                    pix = np.where(bad, np.where(mbad, 0.0, pix[:, ::-1, ::-1]), pix)
-                pix = pix.astype(np.float32)
-                off = np.arange(-h, h + 1, dtype=np.float64)
-                gx = xc[:, None] + off[None, :]  # (n, S) pixel x coordinates
-                gy = yc[:, None] + off[None, :]
-                mx = self.x[sel].copy()
-                my = self.y[sel].copy()
-                s2 = (1.0 / (2.0 * sig[sel] ** 2))[:, None]
-                active = np.arange(len(sel))
-                for _ in range(WINPOS_NITERMAX):
-                    if active.size == 0:
-                        break
-                    dx = gx[active] - mx[active, None]
-                    dy = gy[active] - my[active, None]
-                    ex = np.exp(-dx * dx * s2[active]).astype(np.float32)
-                    ey = np.exp(-dy * dy * s2[active]).astype(np.float32)
-                    p = pix[active]
-                    px = np.matmul(p, ex[:, :, None])[:, :, 0]  # (m, S): sum over x
-                    pdx = np.matmul(p, (ex * dx)[:, :, None])[:, :, 0]
-                    t = np.einsum("ij,ij->i", ey, px, dtype=np.float64)
-                    sx = np.einsum("ij,ij->i", ey, pdx, dtype=np.float64)
-                    sy = np.einsum("ij,ij->i", ey * dy, px, dtype=np.float64)
-                    pos = t > 0
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        ddx = np.where(pos, sx / t, 0.0)
-                        ddy = np.where(pos, sy / t, 0.0)
-                    mx[active] += ddx * WINPOS_FAC
-                    my[active] += ddy * WINPOS_FAC
-                    done = (~pos) | (ddx * ddx + ddy * ddy < WINPOS_STEPMIN**2)
-                    active = active[~done]
-                # Flux and its error with the window at the final position.
-                dx = gx - mx[:, None]
-                dy = gy - my[:, None]
-                ex = np.exp(-dx * dx * s2).astype(np.float32)
-                ey = np.exp(-dy * dy * s2).astype(np.float32)
-                t = np.einsum("ij,ij->i", ey, np.matmul(pix, ex[:, :, None])[:, :, 0],
-                              dtype=np.float64)
-                if var_full is not None:
-                    var, _ = _stamps(var_full, xc, yc, h, 0.0)
-                    if img.bad is not None:
-                        var = np.where(bad, np.where(mbad, 0.0, var[:, ::-1, ::-1]), var)
-                    err = var.astype(np.float32)
-                else:
-                    err = np.full(pix.shape, float(img.var), dtype=np.float32)
-                if inv_gain > 0:
-                    err = err + np.maximum(pix, 0) * np.float32(inv_gain)
-                ex2, ey2 = ex * ex, ey * ey
-                esum = np.einsum("ij,ij->i", ey2, np.matmul(err, ex2[:, :, None])[:, :, 0],
-                                 dtype=np.float64)
-                xw[sel] = mx
-                yw[sel] = my
-                tv_all[sel] = t
-                esum_all[sel] = esum
-                self._aper_pb(raper[sel], raper[sel], sel)
+            out, niter, wflag, flags = K.win_pos(
+                k["sub"], k["var"], k["has_var"], k["bad"], k["blank"], k["seg"], k["own"],
+                self.x, self.y, sig, o["cxx"].astype(np.float64), o["cyy"].astype(np.float64),
+                o["cxy"].astype(np.float64), k["corr"], k["gain"], k["backvar"])
+            self.flags |= flags
+            esum = out[:, 3]
             with np.errstate(divide="ignore", invalid="ignore"):
-                snr = np.where(esum_all > 1.0 / BIG, tv_all / np.sqrt(esum_all), BIG)
-            return {"x": xw, "y": yw, "flux": tv_all, "fluxerr": np.sqrt(esum_all),
-                    "snr": snr}
+                snr = np.where(esum > 1.0 / BIG, out[:, 2] / np.sqrt(esum), BIG)
+            return {"x": out[:, 0], "y": out[:, 1], "flux": out[:, 2],
+                    "fluxerr": np.sqrt(esum), "snr": snr, "x2": out[:, 4], "y2": out[:, 5],
+                    "xy": out[:, 6], "niter": niter, "flag": wflag}
 
         return self._cached("win", compute)
 

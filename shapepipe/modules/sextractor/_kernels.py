@@ -1,0 +1,482 @@
+"""Compiled per-object measurement loops, following SExtractor 2.25's definitions.
+
+SExtractor measures each object on an image where the pixels detected above the threshold
+and belonging to *other* objects are blanked (MASK_TYPE BLANK/CORRECT): a blanked or
+bad-weight pixel is skipped (Kron radius) or replaced by the pixel symmetric about the
+object's centre, or 0 when that one is blanked too (CORRECT). Each measurement visits a
+different set of pixels (ellipse, circle with sub-sampled edges, iterated Gaussian window),
+so the loops below run per object over its own window, compiled with numba (cached on
+disk). They reproduce SExtractor's photom.c (AUTO, APER), growth.c (FLUX_RADIUS and the
+half-light radius) and winpos.c (XWIN/YWIN, FLUX_WIN, the windowed moments): the same
+pixel windows, sub-pixel sampling, mirror rule, iteration and give-up rules.
+
+Pixel masks passed in: ``bad`` (uint8, unusable pixels of the image: zero weight,
+non-finite), ``blank`` (uint8, pixels detected above the threshold in the filtered
+detection image) and ``seg`` (int32, the segmentation map): a pixel is unusable for object
+``own`` when ``bad`` or when ``blank`` and ``seg != own``.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+BIG = 1e30
+F_CROWDED, F_APERT_PB = 1, 16
+KRON_NSIG = 6.0
+CROWD_THRESHOLD = 0.1
+APER_OVERSAMP = 5
+GROWTH_NSTEP = 64
+GROWTH_OVERSAMP = 5
+GROWTH_NSIG = 6.0
+GROWTH_MINHLRAD = 0.5
+WINPOS_NITERMAX = 16
+WINPOS_NSIG = 4.0
+WINPOS_OVERSAMP = 11
+WINPOS_STEPMIN = 1e-4
+WINPOS_FAC = 2.0
+
+
+@njit(cache=True, inline="always")
+def _unusable(bad, blank, seg, own, y, x):
+    return bad[y, x] != 0 or (blank[y, x] != 0 and seg[y, x] != own)
+
+
+@njit(cache=True, inline="always")
+def _pixel(sub, var, has_var, bad, blank, seg, own, y, x, x2, y2, corr, backvar):
+    """(value, variance) of pixel (y, x) for object ``own``, with SExtractor's CORRECT rule.
+
+    ``x2``, ``y2`` is the mirror pixel (already computed by the caller's rule).
+    """
+    v = var[y, x] if has_var else backvar
+    if not _unusable(bad, blank, seg, own, y, x):
+        return sub[y, x], v
+    ny, nx = sub.shape
+    if corr and x2 >= 0 and x2 < nx and y2 >= 0 and y2 < ny \
+            and not _unusable(bad, blank, seg, own, y2, x2):
+        return sub[y2, x2], (var[y2, x2] if has_var else backvar)
+    return 0.0, (0.0 if has_var else backvar)
+
+
+@njit(cache=True)
+def auto_flux(sub, var, has_var, bad, blank, seg, own, mx, my, a, b, cxx, cyy, cxy,
+              kron_fact, kron_min, corr, gain, backvar):
+    """Kron factor, FLUX_AUTO, its error and flag bits (SExtractor's computeautoflux).
+
+    Returns
+    -------
+    kron, flux, fluxerr : numpy.ndarray
+    flags : numpy.ndarray of int16 (CROWDED, APERT_PB bits)
+    """
+    n = mx.size
+    ny, nx = sub.shape
+    kron = np.zeros(n)
+    flux = np.zeros(n)
+    fluxerr = np.zeros(n)
+    flags = np.zeros(n, dtype=np.int16)
+    for i in range(n):
+        x0, y0 = mx[i], my[i]
+        c2x, c2y, c2xy = cxx[i], cyy[i], cxy[i]
+        dxl = c2x - c2xy * c2xy / (4.0 * c2y)
+        dxl = KRON_NSIG / math.sqrt(dxl) if dxl > 0 else 0.0
+        dyl = c2y - c2xy * c2xy / (4.0 * c2x)
+        dyl = KRON_NSIG / math.sqrt(dyl) if dyl > 0 else 0.0
+        klim2 = KRON_NSIG * KRON_NSIG
+        xmin, xmax = int(np.rint(x0 - dxl)), int(np.rint(x0 + dxl)) + 1
+        ymin, ymax = int(np.rint(y0 - dyl)), int(np.rint(y0 + dyl)) + 1
+        if xmin < 0:
+            xmin = 0
+            flags[i] |= F_APERT_PB
+        if xmax > nx:
+            xmax = nx
+            flags[i] |= F_APERT_PB
+        if ymin < 0:
+            ymin = 0
+            flags[i] |= F_APERT_PB
+        if ymax > ny:
+            ymax = ny
+            flags[i] |= F_APERT_PB
+        r1 = 0.0
+        v1 = 0.0
+        area = 0
+        areab = 0
+        for y in range(ymin, ymax):
+            dy = y - y0
+            for x in range(xmin, xmax):
+                dx = x - x0
+                r2 = c2x * dx * dx + c2y * dy * dy + c2xy * dx * dy
+                if r2 <= klim2:
+                    if _unusable(bad, blank, seg, own[i], y, x):
+                        areab += 1
+                    else:
+                        area += 1
+                        p = sub[y, x]
+                        r1 += math.sqrt(r2) * p
+                        v1 += p
+        area += areab
+        if area == 0:
+            continue
+        if r1 > 0.0 and v1 > 0.0:
+            kf = kron_fact * r1 / v1
+            if kf < kron_min:
+                kf = kron_min
+        else:
+            kf = kron_min
+        if areab > CROWD_THRESHOLD * area:
+            flags[i] |= F_CROWDED
+        dxl = c2x - c2xy * c2xy / (4.0 * c2y)
+        dxl = kf / math.sqrt(dxl) if dxl > 0 else 0.0
+        dyl = c2y - c2xy * c2xy / (4.0 * c2x)
+        dyl = kf / math.sqrt(dyl) if dyl > 0 else 0.0
+        klim2 = kf * kf
+        xmin, xmax = int(np.rint(x0 - dxl)), int(np.rint(x0 + dxl)) + 1
+        ymin, ymax = int(np.rint(y0 - dyl)), int(np.rint(y0 + dyl)) + 1
+        if xmin < 0:
+            xmin = 0
+            flags[i] |= F_APERT_PB
+        if xmax > nx:
+            xmax = nx
+            flags[i] |= F_APERT_PB
+        if ymin < 0:
+            ymin = 0
+            flags[i] |= F_APERT_PB
+        if ymax > ny:
+            ymax = ny
+            flags[i] |= F_APERT_PB
+        area = 0
+        areab = 0
+        tv = 0.0
+        sigtv = 0.0
+        m2x = 2.0 * x0 + 0.49999
+        m2y = 2.0 * y0 + 0.49999
+        for y in range(ymin, ymax):
+            dy = y - y0
+            for x in range(xmin, xmax):
+                dx = x - x0
+                if c2x * dx * dx + c2y * dy * dy + c2xy * dx * dy <= klim2:
+                    area += 1
+                    if _unusable(bad, blank, seg, own[i], y, x):
+                        areab += 1
+                    p, v = _pixel(sub, var, has_var, bad, blank, seg, own[i], y, x,
+                                  int(m2x - x), int(m2y - y), corr, backvar)
+                    sigtv += v
+                    tv += p
+                    if has_var and gain > 0 and p > 0:
+                        sigtv += p / gain * v / backvar
+        if areab > CROWD_THRESHOLD * area:
+            flags[i] |= F_CROWDED
+        if (not has_var) and gain > 0 and tv > 0:
+            sigtv += tv / gain
+        flux[i] = tv
+        fluxerr[i] = math.sqrt(sigtv)
+        kron[i] = kf if tv > 0 else 0.0
+    return kron, flux, fluxerr, flags
+
+
+@njit(cache=True)
+def aper_flux(sub, var, has_var, bad, blank, seg, own, mx, my, raper, corr, gain, backvar):
+    """FLUX_APER and its error in a circle of radius ``raper`` (computeaperflux)."""
+    n = mx.size
+    ny, nx = sub.shape
+    flux = np.zeros(n)
+    fluxerr = np.zeros(n)
+    flags = np.zeros(n, dtype=np.int16)
+    raper2 = raper * raper
+    rint = raper - 0.75
+    rintlim2 = rint * rint if rint > 0 else 0.0
+    rextlim2 = (raper + 0.75) ** 2
+    scale = 1.0 / APER_OVERSAMP
+    scale2 = scale * scale
+    off = 0.5 * (scale - 1.0)
+    for i in range(n):
+        x0, y0 = mx[i], my[i]
+        xmin = int(x0 - raper + 0.499999)
+        xmax = int(x0 + raper + 1.499999)
+        ymin = int(y0 - raper + 0.499999)
+        ymax = int(y0 + raper + 1.499999)
+        if xmin < 0:
+            xmin = 0
+            flags[i] |= F_APERT_PB
+        if xmax > nx:
+            xmax = nx
+            flags[i] |= F_APERT_PB
+        if ymin < 0:
+            ymin = 0
+            flags[i] |= F_APERT_PB
+        if ymax > ny:
+            ymax = ny
+            flags[i] |= F_APERT_PB
+        m2x = 2.0 * x0 + 0.49999
+        m2y = 2.0 * y0 + 0.49999
+        tv = 0.0
+        sigtv = 0.0
+        for y in range(ymin, ymax):
+            for x in range(xmin, xmax):
+                dx = x - x0
+                dy = y - y0
+                r2 = dx * dx + dy * dy
+                if r2 >= rextlim2:
+                    continue
+                if r2 > rintlim2:
+                    locarea = 0.0
+                    sdy = dy + off
+                    for _sy in range(APER_OVERSAMP):
+                        sdx = dx + off
+                        for _sx in range(APER_OVERSAMP):
+                            if sdx * sdx + sdy * sdy < raper2:
+                                locarea += scale2
+                            sdx += scale
+                        sdy += scale
+                else:
+                    locarea = 1.0
+                p, v = _pixel(sub, var, has_var, bad, blank, seg, own[i], y, x,
+                              int(m2x - x), int(m2y - y), corr, backvar)
+                sigtv += v * locarea
+                tv += locarea * p
+                if has_var and gain > 0 and p > 0:
+                    sigtv += p / gain * v / backvar
+        if (not has_var) and gain > 0 and tv > 0:
+            sigtv += tv / gain
+        flux[i] = tv
+        fluxerr[i] = math.sqrt(sigtv)
+    return flux, fluxerr, flags
+
+
+@njit(cache=True)
+def growth_radii(sub, bad, blank, seg, own, mx, my, a, flux_auto, fracs, min_aper, corr):
+    """FLUX_RADIUS for each fraction and the half-light radius (makeavergrowth).
+
+    Returns
+    -------
+    radii : numpy.ndarray (n, len(fracs))
+    hl : numpy.ndarray
+        Half-light radius as SExtractor uses it internally (>= GROWTH_MINHLRAD).
+    flags : numpy.ndarray of int16 (APERT_PB)
+    """
+    n = mx.size
+    ny, nx = sub.shape
+    nf = fracs.size
+    radii = np.zeros((n, nf))
+    hl = np.zeros(n)
+    flags = np.zeros(n, dtype=np.int16)
+    growth = np.zeros(GROWTH_NSTEP)
+    scale = 1.0 / GROWTH_OVERSAMP
+    scale2 = scale * scale
+    off = 0.5 * (scale - 1.0)
+    for i in range(n):
+        x0, y0 = mx[i], my[i]
+        growth[:] = 0.0
+        rlim = GROWTH_NSIG * a[i]
+        if rlim < min_aper:
+            rlim = min_aper
+        raper = rlim + 1.5
+        rextlim2 = raper * raper
+        stepdens = GROWTH_NSTEP / rlim
+        step = 1.0 / stepdens
+        prevmargin = 0.75
+        nextmargin = step - 0.75
+        xmin = int(x0 - raper + 0.499999)
+        xmax = int(x0 + raper + 1.499999)
+        ymin = int(y0 - raper + 0.499999)
+        ymax = int(y0 + raper + 1.499999)
+        if xmin < 0:
+            xmin = 0
+            flags[i] |= F_APERT_PB
+        if xmax > nx:
+            xmax = nx
+            flags[i] |= F_APERT_PB
+        if ymin < 0:
+            ymin = 0
+            flags[i] |= F_APERT_PB
+        if ymax > ny:
+            ymax = ny
+            flags[i] |= F_APERT_PB
+        m2x = 2.0 * x0 + 0.49999
+        m2y = 2.0 * y0 + 0.49999
+        for y in range(ymin, ymax):
+            for x in range(xmin, xmax):
+                dx = x - x0
+                dy = y - y0
+                r2 = dx * dx + dy * dy
+                if r2 >= rextlim2:
+                    continue
+                p, _v = _pixel(sub, sub, False, bad, blank, seg, own[i], y, x,
+                               int(m2x - x), int(m2y - y), corr, 0.0)
+                r = math.sqrt(r2)
+                d = r - step * math.floor(r / step)  # fmod for r >= 0
+                if d < prevmargin or d > nextmargin:
+                    sdy = dy + off
+                    for _sy in range(GROWTH_OVERSAMP):
+                        sdx = dx + off
+                        for _sx in range(GROWTH_OVERSAMP):
+                            j = int(math.sqrt(sdx * sdx + sdy * sdy) * stepdens)
+                            if j < GROWTH_NSTEP:
+                                growth[j] += scale2 * p
+                            sdx += scale
+                        sdy += scale
+                else:
+                    j = int(r * stepdens)
+                    if j < GROWTH_NSTEP:
+                        growth[j] += p
+        acc = 0.0
+        for k in range(GROWTH_NSTEP):
+            growth[k] += acc
+            acc = growth[k]
+        for f in range(nf + 1):
+            frac = fracs[f] if f < nf else 0.5
+            tv = frac * flux_auto[i]
+            k = 0
+            while k < GROWTH_NSTEP - 1 and growth[k] < tv:
+                k += 1
+            if k > 0:
+                dg = growth[k] - growth[k - 1]
+                r = step * (k + (tv - growth[k - 1]) / dg if dg != 0.0 else k)
+            else:
+                r = step * (tv / growth[0] if growth[0] != 0.0 else 0.0)
+            if f < nf:
+                radii[i, f] = r if r <= rlim else rlim
+            else:
+                r = abs(r)
+                if r > rlim:
+                    r = rlim
+                hl[i] = r if r >= GROWTH_MINHLRAD else GROWTH_MINHLRAD
+    return radii, hl, flags
+
+
+@njit(cache=True)
+def win_pos(sub, var, has_var, bad, blank, seg, own, posx, posy, sig, cxx, cyy, cxy,
+            corr, gain, backvar):
+    """Windowed centroid, flux and moments (SExtractor's compute_winpos).
+
+    ``posx``, ``posy`` are the 0-based isophotal barycentres (the first guess, and the
+    fallback when the windowed estimate is rejected).
+
+    Returns
+    -------
+    out : numpy.ndarray (n, 7)
+        x, y (0-based), flux, error sum (variance), mx2, my2, mxy.
+    niter : numpy.ndarray of int32
+    win_flag : numpy.ndarray of int16
+        SExtractor's FLAGS_WIN (non-zero: reverted to the isophotal position).
+    flags : numpy.ndarray of int16 (APERT_PB)
+    """
+    n = posx.size
+    ny, nx = sub.shape
+    out = np.zeros((n, 7))
+    niter = np.zeros(n, dtype=np.int32)
+    wflag = np.zeros(n, dtype=np.int16)
+    flags = np.zeros(n, dtype=np.int16)
+    scale = 1.0 / WINPOS_OVERSAMP
+    scale2 = scale * scale
+    off = 0.5 * (scale - 1.0)
+    invgain = 1.0 / gain if gain > 0 else 0.0
+    for i in range(n):
+        s = sig[i]
+        invtwosig2 = 1.0 / (2.0 * s * s)
+        raper = WINPOS_NSIG * s
+        raper2 = raper * raper
+        rint = raper - 0.75
+        rintlim2 = rint * rint if rint > 0 else 0.0
+        rextlim2 = (raper + 0.75) ** 2
+        mx = posx[i]
+        my = posy[i]
+        tv = esum = mx2 = my2 = mxy = 0.0
+        dxpos = dypos = 0.0
+        it = 0
+        while it < WINPOS_NITERMAX:
+            xmin = int(mx - raper + 0.499999)
+            xmax = int(mx + raper + 1.499999)
+            ymin = int(my - raper + 0.499999)
+            ymax = int(my + raper + 1.499999)
+            m2x = mx * 2.0 + 0.49999
+            m2y = my * 2.0 + 0.49999
+            if xmin < 0:
+                xmin = 0
+                flags[i] |= F_APERT_PB
+            if xmax > nx:
+                xmax = nx
+                flags[i] |= F_APERT_PB
+            if ymin < 0:
+                ymin = 0
+                flags[i] |= F_APERT_PB
+            if ymax > ny:
+                ymax = ny
+                flags[i] |= F_APERT_PB
+            tv = esum = mx2 = my2 = mxy = 0.0
+            dxpos = dypos = 0.0
+            for y in range(ymin, ymax):
+                for x in range(xmin, xmax):
+                    dx = x - mx
+                    dy = y - my
+                    r2 = dx * dx + dy * dy
+                    if r2 >= rextlim2:
+                        continue
+                    if r2 > rintlim2:
+                        locarea = 0.0
+                        sdy = dy + off
+                        for _sy in range(WINPOS_OVERSAMP):
+                            sdx = dx + off
+                            for _sx in range(WINPOS_OVERSAMP):
+                                if sdx * sdx + sdy * sdy < raper2:
+                                    locarea += scale2
+                                sdx += scale
+                            sdy += scale
+                    else:
+                        locarea = 1.0
+                    locarea *= math.exp(-r2 * invtwosig2)
+                    p, v = _pixel(sub, var, has_var, bad, blank, seg, own[i], y, x,
+                                  int(m2x - x), int(m2y - y), corr, backvar)
+                    locpix = locarea * p
+                    tv += locpix
+                    dxpos += locpix * dx
+                    dypos += locpix * dy
+                    err = v
+                    if invgain > 0 and p > 0:
+                        if has_var:
+                            err += p * invgain * v / backvar
+                        else:
+                            err += p * invgain
+                    esum += locarea * locarea * err
+                    mx2 += locpix * dx * dx
+                    my2 += locpix * dy * dy
+                    mxy += locpix * dx * dy
+            it += 1
+            if tv > 0.0:
+                dxpos /= tv
+                dypos /= tv
+                mx += dxpos * WINPOS_FAC
+                my += dypos * WINPOS_FAC
+            else:
+                break
+            if dxpos * dxpos + dypos * dypos < WINPOS_STEPMIN * WINPOS_STEPMIN:
+                break
+        niter[i] = it
+        if tv != 0.0:
+            mx2 = mx2 / tv - dxpos * dxpos
+            my2 = my2 / tv - dypos * dypos
+            mxy = mxy / tv - dxpos * dypos
+        temp2 = mx2 * my2 - mxy * mxy
+        ddx = mx - posx[i]
+        ddy = my - posy[i]
+        f = 0
+        if ddx * ddx > 1.0 and ddy * ddy > 1.0 and \
+                cxx[i] * ddx * ddx + cyy[i] * ddy * ddy + cxy[i] * ddx * ddy > 1.0:
+            f |= 8
+        if tv <= 0.0:
+            f |= 4
+        if mx2 < 0.0 or my2 < 0.0:
+            f |= 2
+        if temp2 < 0.0:
+            f |= 1
+        wflag[i] = f
+        if f:
+            mx = posx[i]
+            my = posy[i]
+        out[i, 0] = mx
+        out[i, 1] = my
+        out[i, 2] = tv
+        out[i, 3] = esum
+        out[i, 4] = mx2
+        out[i, 5] = my2
+        out[i, 6] = mxy
+    return out, niter, wflag, flags
