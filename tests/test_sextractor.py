@@ -184,8 +184,8 @@ def test_parse_param_vectors_and_comments(tmp_path):
 
 def test_unsupported_parameter_is_named(tmp_path, sim):
     param = tmp_path / "p.param"
-    param.write_text("NUMBER\nCLASS_STAR\nSPREAD_MODEL\n")
-    with pytest.raises(SexConfigError, match="CLASS_STAR, SPREAD_MODEL"):
+    param.write_text("NUMBER\nSPREAD_MODEL\nFLUX_PETRO\n")
+    with pytest.raises(SexConfigError, match="SPREAD_MODEL, FLUX_PETRO"):
         run_sextractor(sim["ccd"]["image"], str(tmp_path / "x.cat"), sim["sex"],
                        param_file=str(param), conv_file=sim["conv"])
     param.write_text("NUMBER\nFLUX_APER(4)\n")

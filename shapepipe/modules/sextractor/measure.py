@@ -677,6 +677,43 @@ class Catalogue:
 
         return self._cached("win", compute)
 
+    def pixel_scale(self, what):
+        """Arcsec per pixel: PIXEL_SCALE, or from the WCS when it is 0 (as SExtractor)."""
+        scale = self.s.pixel_scale
+        if scale <= 0:
+            if self.wcs is None:
+                raise SexConfigError(f"{what} with PIXEL_SCALE 0 needs a WCS in the image "
+                                     "header")
+            from astropy.wcs.utils import proj_plane_pixel_scales
+
+            scale = float(np.sqrt(np.prod(proj_plane_pixel_scales(self.wcs.celestial)))) \
+                * 3600.0
+        return scale
+
+    def class_star(self):
+        """CLASS_STAR from SExtractor's neural network (STARNNW_NAME, SEEING_FWHM)."""
+        from shapepipe.modules.sextractor import classify
+
+        s = self.s
+        if not s.starnnw_name:
+            raise SexConfigError("CLASS_STAR needs STARNNW_NAME (e.g. "
+                                 "/usr/share/source-extractor/default.nnw)")
+        if s.seeing_fwhm <= 0:
+            raise SexConfigError(f"CLASS_STAR needs SEEING_FWHM > 0 (arcsec), got "
+                                 f"{s.seeing_fwhm:g} (a PSF model is not supported)")
+        try:
+            brain = classify.read_nnw(s.starnnw_name)
+        except classify.NNWError as exc:
+            raise SexConfigError(str(exc)) from None
+        it = self.iso()
+        areas = classify.iso_areas(it["pix"], it["oid"], it["peak"], it["thresh"], self.n)
+        if s.thresh_type == "RELATIVE":
+            field_thresh = s.analysis_thresh * self.meas.backsig
+        else:
+            field_thresh = s.analysis_thresh
+        return classify.class_star(brain, areas, it["peak"], field_thresh, s.seeing_fwhm,
+                                   self.pixel_scale("CLASS_STAR"))
+
     def imaflags(self):
         """OR of the flag-image values over each footprint, and the count of flagged pixels."""
 
@@ -849,15 +886,9 @@ def compute_columns(cat, params):
         if name == "FWHM_IMAGE":
             return cat.fwhm()
         if name == "FWHM_WORLD":
-            scale = s.pixel_scale
-            if scale <= 0:
-                if cat.wcs is None:
-                    raise SexConfigError("FWHM_WORLD with PIXEL_SCALE 0 needs a WCS")
-                from astropy.wcs.utils import proj_plane_pixel_scales
-
-                scale = float(np.sqrt(np.prod(proj_plane_pixel_scales(cat.wcs.celestial)))) \
-                    * 3600.0
-            return cat.fwhm() * scale / 3600.0
+            return cat.fwhm() * cat.pixel_scale(name) / 3600.0
+        if name == "CLASS_STAR":
+            return cat.class_star()
         if name in ("IMAFLAGS_ISO", "NIMAFLAGS_ISO"):
             f, c = cat.imaflags()
             return f if name == "IMAFLAGS_ISO" else c
