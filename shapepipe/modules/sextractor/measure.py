@@ -497,14 +497,13 @@ class Catalogue:
 
         def compute():
             img = self.meas
-            ny, nx = img.shape
-            bad = (img.bad.astype(np.uint8) if img.bad is not None
-                   else np.zeros((1, 1), dtype=np.uint8))
-            if img.bad is None:
-                bad = np.broadcast_to(bad, (ny, nx))
+            # One mask read per pixel in the loops: bit 1 blanked, bit 2 bad.
+            mask = np.array(self.blank(), dtype=np.uint8)
+            if img.bad is not None:
+                mask |= img.bad.view(np.uint8) << 1
             var = img.var if img.var_is_map else np.zeros((1, 1), dtype=np.float32)
             return {"sub": img.sub, "var": var, "has_var": bool(img.var_is_map),
-                    "bad": bad, "blank": self.blank(), "seg": self.seg,
+                    "mask": mask, "seg": self.seg,
                     "own": self.seg_ids, "corr": self.s.mask_type == "CORRECT",
                     "gain": float(img.gain), "backvar": float(img.backsig) ** 2}
 
@@ -515,75 +514,40 @@ class Catalogue:
 
         SExtractor replaces every pixel detected above the threshold in the filtered
         detection image by -BIG while it scans, then pastes an object's own pixels back
-        while it measures that object: neighbours (and detections too small to be
-        objects) are masked. A pixel of this mask is unusable for an object unless it
-        belongs to that object's footprint in the segmentation map.
+        while it measures that object: neighbours, and detections too small to be objects,
+        are masked. The pixels of objects removed by CLEAN are pasted back, except those
+        on their top row: SExtractor blanks each row one row late (the filter still needs
+        it), after the paste-back. (When the CLEANed object completed before the one that
+        absorbed it, that row is pasted back too; which object absorbed which is not known
+        here, and blanking it always agrees best with SExtractor on M13 and comp.fits.)
+        A pixel of this mask is unusable for an object unless it belongs to that object's
+        footprint in the segmentation map.
         """
 
         def compute():
+            from shapepipe.modules.sextractor import _kernels as K
+
             det = self.det
             ny, nx = det.shape
             if self.s.mask_type == "NONE":
                 return np.broadcast_to(np.zeros((1, 1), dtype=np.uint8), (ny, nx))
-            if self._kernel is not None:
-                from scipy.ndimage import correlate
-
-                filtered = correlate(det.sub, self._kernel.astype(np.float32),
-                                     mode="constant", cval=0.0)
-            else:
-                filtered = det.sub
-            above = filtered > self._thresh_image
-            # Detections smaller than DETECT_MINAREA stay blanked; the pixels of objects
-            # removed by CLEAN are pasted back by SExtractor (they are the ones above the
-            # threshold that sep's segmentation leaves unassigned in larger groups).
-            from scipy.ndimage import label
-
-            orphan = above & (self.seg == 0)
-            blank = self.seg > 0
-            if orphan.any():
-                lab, _ = label(above, structure=np.ones((3, 3), dtype=bool))
-                size = np.bincount(lab.ravel())
-                small = size < self.s.detect_minarea
-                small[0] = False
-                blank |= orphan & small[lab]
-                rest = orphan & ~small[lab]
-                if rest.any():
-                    blank |= self._cleaned_top_rows(rest, lab)
-            return blank.view(np.uint8)
+            blank = (self.seg > 0).view(np.uint8)
+            kernel = (np.ones((1, 1)) if self._kernel is None
+                      else np.asarray(self._kernel, dtype=np.float64))
+            thr = self._thresh_image
+            has_map = np.ndim(thr) == 2
+            orphan = K.orphan_mask(det.sub, kernel, float(thr) if not has_map else 0.0,
+                                   thr if has_map else np.zeros((1, 1), np.float32), has_map,
+                                   self.seg)
+            ys, xs = np.nonzero(orphan)
+            if ys.size:
+                seg_ymax = np.zeros(len(self.rank), dtype=np.int64)
+                seg_ymax[self.seg_ids] = self.objs["ymax"]
+                K.blank_orphans(blank, orphan, self.seg, seg_ymax, ys, xs,
+                                int(self.s.detect_minarea))
+            return blank
 
         return self._cached("blank", compute)
-
-    @staticmethod
-    def _cleaned_top_rows(rest, lab):
-        """Pixels of CLEANed objects that SExtractor leaves blanked.
-
-        SExtractor pastes a CLEANed object's pixels back into the image, but it blanks
-        the detected pixels of each row one row late (the filter still needs them): the
-        pixels on the top row of the victim's detection are blanked after the paste-back
-        and stay blanked. (When the victim completed before its absorber they are pasted
-        back too; which object absorbed which is not known here, and measured on M13 and
-        comp.fits, blanking them always agrees best with SExtractor.)
-
-        Parameters
-        ----------
-        rest : numpy.ndarray of bool
-            Detected pixels that no kept object owns (the CLEANed objects).
-        lab : numpy.ndarray of int
-            Labels of the 8-connected detections (groups above the threshold).
-
-        Returns
-        -------
-        numpy.ndarray of bool
-        """
-        gy = np.nonzero(lab)[0]
-        top = np.zeros(lab.max() + 1, dtype=np.int64)
-        np.maximum.at(top, lab[lab > 0], gy)
-        ys, xs = np.nonzero(rest)
-        group = lab[ys, xs]
-        out = np.zeros(rest.shape, dtype=bool)
-        stay = ys == top[group]
-        out[ys[stay], xs[stay]] = True
-        return out
 
     def auto(self):
         """Kron factor and FLUX_AUTO (SExtractor's computeautoflux, compiled)."""
@@ -595,7 +559,7 @@ class Catalogue:
             o = self.objs
             kron_fact, kron_min = self.s.phot_autoparams
             kron, flux, fluxerr, flags = K.auto_flux(
-                k["sub"], k["var"], k["has_var"], k["bad"], k["blank"], k["seg"], k["own"],
+                k["sub"], k["var"], k["has_var"], k["mask"], k["seg"], k["own"],
                 self.x, self.y, self.a, self.b, o["cxx"].astype(np.float64),
                 o["cyy"].astype(np.float64), o["cxy"].astype(np.float64), float(kron_fact),
                 float(kron_min), k["corr"], k["gain"], k["backvar"])
@@ -614,7 +578,7 @@ class Catalogue:
             fluxes, errs = [], []
             for d in self.s.phot_apertures:
                 f, e, flags = K.aper_flux(
-                    k["sub"], k["var"], k["has_var"], k["bad"], k["blank"], k["seg"],
+                    k["sub"], k["var"], k["has_var"], k["mask"], k["seg"],
                     k["own"], self.x, self.y, float(d) / 2.0, k["corr"], k["gain"],
                     k["backvar"])
                 self.flags |= flags
@@ -631,7 +595,7 @@ class Catalogue:
             k = self._kernel_args()
             fracs = np.asarray(self.s.phot_fluxfrac, dtype=np.float64)
             radii, hl, flags = K.growth_radii(
-                k["sub"], k["bad"], k["blank"], k["seg"], k["own"], self.x, self.y, self.a,
+                k["sub"], k["mask"], k["seg"], k["own"], self.x, self.y, self.a,
                 self.auto()["flux"], fracs, 0.0, k["corr"])
             self.flags |= flags
             return radii, hl
@@ -664,7 +628,7 @@ class Catalogue:
             o = self.objs
             sig = self.hl_radius() * 2.0 / 2.35
             out, niter, wflag, flags = K.win_pos(
-                k["sub"], k["var"], k["has_var"], k["bad"], k["blank"], k["seg"], k["own"],
+                k["sub"], k["var"], k["has_var"], k["mask"], k["seg"], k["own"],
                 self.x, self.y, sig, o["cxx"].astype(np.float64), o["cyy"].astype(np.float64),
                 o["cxy"].astype(np.float64), k["corr"], k["gain"], k["backvar"])
             self.flags |= flags
