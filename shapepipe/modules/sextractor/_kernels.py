@@ -387,12 +387,112 @@ def growth_radii(sub, mask, seg, own, mx, my, a, flux_auto, fracs, min_aper, cor
 
 
 @njit(cache=True)
+def _win_sums(sub, var, has_var, mask, seg, own, mx, my, sig, corr, invgain, backvar, full,
+              hrow):
+    """One pass of the windowed sums at (mx, my) (the body of SExtractor's iteration).
+
+    Returns (tv, dxpos, dypos, esum, mx2, my2, mxy, apert_pb); the error and moment sums
+    only when ``full`` (the iterations need the first three only). ``hrow`` is scratch
+    space of WINPOS_OVERSAMP values.
+    """
+    ny, nx = sub.shape
+    scale = 1.0 / WINPOS_OVERSAMP
+    scale2 = scale * scale
+    off = 0.5 * (scale - 1.0)
+    invtwosig2 = 1.0 / (2.0 * sig * sig)
+    raper = WINPOS_NSIG * sig
+    raper2 = raper * raper
+    rint = raper - 0.75
+    rintlim2 = rint * rint if rint > 0 else 0.0
+    rextlim2 = (raper + 0.75) ** 2
+    xmin = int(mx - raper + 0.499999)
+    xmax = int(mx + raper + 1.499999)
+    ymin = int(my - raper + 0.499999)
+    ymax = int(my + raper + 1.499999)
+    pb = False
+    if xmin < 0:
+        xmin = 0
+        pb = True
+    if xmax > nx:
+        xmax = nx
+        pb = True
+    if ymin < 0:
+        ymin = 0
+        pb = True
+    if ymax > ny:
+        ymax = ny
+        pb = True
+    m2x = mx * 2.0 + 0.49999
+    m2y = my * 2.0 + 0.49999
+    tv = esum = mx2 = my2 = mxy = 0.0
+    dxpos = dypos = 0.0
+    # The Gaussian is separable: one exp per column and per row.
+    ex = np.empty(max(xmax - xmin, 0))
+    for x in range(xmin, xmax):
+        ex[x - xmin] = math.exp(-(x - mx) * (x - mx) * invtwosig2)
+    for y in range(ymin, ymax):
+        dy = y - my
+        ey = math.exp(-dy * dy * invtwosig2)
+        # Half-chords of the aperture circle at the sub-pixel rows of this pixel row
+        # (negative: the sub-row misses the circle).
+        sdy = dy + off
+        for k in range(WINPOS_OVERSAMP):
+            rhs = raper2 - sdy * sdy
+            hrow[k] = math.sqrt(rhs) if rhs > 0 else -1.0
+            sdy += scale
+        for x in range(xmin, xmax):
+            dx = x - mx
+            r2 = dx * dx + dy * dy
+            if r2 >= rextlim2:
+                continue
+            if r2 > rintlim2:
+                # Sub-pixels (dx + off + k*scale) inside the circle, counted per sub-row.
+                count = 0
+                a = dx + off
+                for k in range(WINPOS_OVERSAMP):
+                    h = hrow[k]
+                    if h > 0:
+                        kmin = math.floor((-h - a) / scale) + 1
+                        kmax = math.ceil((h - a) / scale) - 1
+                        if kmin < 0:
+                            kmin = 0
+                        if kmax > WINPOS_OVERSAMP - 1:
+                            kmax = WINPOS_OVERSAMP - 1
+                        if kmax >= kmin:
+                            count += kmax - kmin + 1
+                locarea = count * scale2
+            else:
+                locarea = 1.0
+            locarea *= ex[x - xmin] * ey
+            p, v = _pixel(sub, var, has_var, mask, seg, own, y, x, int(m2x - x),
+                          int(m2y - y), corr, backvar)
+            locpix = locarea * p
+            tv += locpix
+            dxpos += locpix * dx
+            dypos += locpix * dy
+            if full:
+                err = v
+                if invgain > 0 and p > 0:
+                    if has_var:
+                        err += p * invgain * v / backvar
+                    else:
+                        err += p * invgain
+                esum += locarea * locarea * err
+                mx2 += locpix * dx * dx
+                my2 += locpix * dy * dy
+                mxy += locpix * dx * dy
+    return tv, dxpos, dypos, esum, mx2, my2, mxy, pb
+
+
+@njit(cache=True)
 def win_pos(sub, var, has_var, mask, seg, own, posx, posy, sig, cxx, cyy, cxy,
             corr, gain, backvar):
     """Windowed centroid, flux and moments (SExtractor's compute_winpos).
 
     ``posx``, ``posy`` are the 0-based isophotal barycentres (the first guess, and the
-    fallback when the windowed estimate is rejected).
+    fallback when the windowed estimate is rejected). The iterations accumulate only the
+    flux and first moments; the error and second-moment sums, which SExtractor reports
+    from its last pass, are computed in one more pass at that position.
 
     Returns
     -------
@@ -404,81 +504,25 @@ def win_pos(sub, var, has_var, mask, seg, own, posx, posy, sig, cxx, cyy, cxy,
     flags : numpy.ndarray of int16 (APERT_PB)
     """
     n = posx.size
-    ny, nx = sub.shape
     out = np.zeros((n, 7))
     niter = np.zeros(n, dtype=np.int32)
     wflag = np.zeros(n, dtype=np.int16)
     flags = np.zeros(n, dtype=np.int16)
-    scale = 1.0 / WINPOS_OVERSAMP
-    off = 0.5 * (scale - 1.0)
     invgain = 1.0 / gain if gain > 0 else 0.0
+    hrow = np.empty(WINPOS_OVERSAMP)
     for i in range(n):
         s = sig[i]
-        invtwosig2 = 1.0 / (2.0 * s * s)
-        raper = WINPOS_NSIG * s
-        raper2 = raper * raper
-        rint = raper - 0.75
-        rintlim2 = rint * rint if rint > 0 else 0.0
-        rextlim2 = (raper + 0.75) ** 2
         mx = posx[i]
         my = posy[i]
-        tv = esum = mx2 = my2 = mxy = 0.0
-        dxpos = dypos = 0.0
+        lastx, lasty = mx, my
         it = 0
         while it < WINPOS_NITERMAX:
-            xmin = int(mx - raper + 0.499999)
-            xmax = int(mx + raper + 1.499999)
-            ymin = int(my - raper + 0.499999)
-            ymax = int(my + raper + 1.499999)
-            m2x = mx * 2.0 + 0.49999
-            m2y = my * 2.0 + 0.49999
-            if xmin < 0:
-                xmin = 0
+            lastx, lasty = mx, my
+            tv, dxpos, dypos, _e, _a, _b, _c, pb = _win_sums(
+                sub, var, has_var, mask, seg, own[i], mx, my, s, corr, invgain, backvar,
+                False, hrow)
+            if pb:
                 flags[i] |= F_APERT_PB
-            if xmax > nx:
-                xmax = nx
-                flags[i] |= F_APERT_PB
-            if ymin < 0:
-                ymin = 0
-                flags[i] |= F_APERT_PB
-            if ymax > ny:
-                ymax = ny
-                flags[i] |= F_APERT_PB
-            tv = esum = mx2 = my2 = mxy = 0.0
-            dxpos = dypos = 0.0
-            ex = np.empty(max(xmax - xmin, 0))
-            for x in range(xmin, xmax):
-                ex[x - xmin] = math.exp(-(x - mx) * (x - mx) * invtwosig2)
-            for y in range(ymin, ymax):
-                dy = y - my
-                ey = math.exp(-dy * dy * invtwosig2)
-                for x in range(xmin, xmax):
-                    dx = x - mx
-                    r2 = dx * dx + dy * dy
-                    if r2 >= rextlim2:
-                        continue
-                    if r2 > rintlim2:
-                        locarea = _edge_area(dx, dy, off, scale, WINPOS_OVERSAMP, raper2)
-                    else:
-                        locarea = 1.0
-                    # The Gaussian is separable: one exp per row and per column.
-                    locarea *= ex[x - xmin] * ey
-                    p, v = _pixel(sub, var, has_var, mask, seg, own[i], y, x,
-                                  int(m2x - x), int(m2y - y), corr, backvar)
-                    locpix = locarea * p
-                    tv += locpix
-                    dxpos += locpix * dx
-                    dypos += locpix * dy
-                    err = v
-                    if invgain > 0 and p > 0:
-                        if has_var:
-                            err += p * invgain * v / backvar
-                        else:
-                            err += p * invgain
-                    esum += locarea * locarea * err
-                    mx2 += locpix * dx * dx
-                    my2 += locpix * dy * dy
-                    mxy += locpix * dx * dy
             it += 1
             if tv > 0.0:
                 dxpos /= tv
@@ -490,7 +534,12 @@ def win_pos(sub, var, has_var, mask, seg, own, posx, posy, sig, cxx, cyy, cxy,
             if dxpos * dxpos + dypos * dypos < WINPOS_STEPMIN * WINPOS_STEPMIN:
                 break
         niter[i] = it
+        tv, dxpos, dypos, esum, mx2, my2, mxy, pb = _win_sums(
+            sub, var, has_var, mask, seg, own[i], lastx, lasty, s, corr, invgain, backvar,
+            True, hrow)
         if tv != 0.0:
+            dxpos /= tv
+            dypos /= tv
             mx2 = mx2 / tv - dxpos * dxpos
             my2 = my2 / tv - dypos * dypos
             mxy = mxy / tv - dxpos * dypos
