@@ -79,7 +79,7 @@ def _prefix(opts):
     input_module=["split_exp_runner", "mask_runner"],
     file_pattern=["image", "weight", "pipeline_flag"],
     file_ext=[".fits", ".fits", ".fits"],
-    depends=["numpy", "astropy", "sep"],
+    depends=["numpy", "astropy", "sep", "numba"],
     executes=[],
     numbering_scheme="-0000000-0",
     run_method="parallel",

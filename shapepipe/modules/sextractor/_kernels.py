@@ -464,7 +464,9 @@ def _win_sums(sub, var, has_var, mask, seg, own, mx, my, sig, corr, invgain, bac
             else:
                 locarea = 1.0
             locarea *= ex[x - xmin] * ey
-            p, v = _pixel(sub, var, has_var, mask, seg, own, y, x, int(m2x - x),
+            # The variance map is read only in the final pass (the iterations do not
+            # need it).
+            p, v = _pixel(sub, var, has_var and full, mask, seg, own, y, x, int(m2x - x),
                           int(m2y - y), corr, backvar)
             locpix = locarea * p
             tv += locpix
@@ -635,25 +637,32 @@ def orphan_mask(sub, kernel, thresh, thresh_map, has_map, seg):
 
     The filter is SExtractor's correlation with the .conv kernel, zero outside the image
     (``kernel`` of shape (1, 1) and value 1 for no filtering); the threshold is ``thresh``
-    or, with ``has_map``, ``thresh_map`` per pixel. One pass, no temporary images.
+    or, with ``has_map``, ``thresh_map`` per pixel. One pass, no temporary images; the
+    interior runs without bounds tests.
     """
     ny, nx = sub.shape
     kh, kw = kernel.shape
     cy, cx = kh // 2, kw // 2
     out = np.zeros((ny, nx), dtype=np.uint8)
     for y in range(ny):
+        inner_y = y >= cy and y + kh - cy <= ny
         for x in range(nx):
             if seg[y, x] != 0:
                 continue
             acc = 0.0
-            for i in range(kh):
-                yy = y + i - cy
-                if yy < 0 or yy >= ny:
-                    continue
-                for j in range(kw):
-                    xx = x + j - cx
-                    if xx >= 0 and xx < nx:
-                        acc += kernel[i, j] * sub[yy, xx]
+            if inner_y and x >= cx and x + kw - cx <= nx:
+                for i in range(kh):
+                    for j in range(kw):
+                        acc += kernel[i, j] * sub[y + i - cy, x + j - cx]
+            else:
+                for i in range(kh):
+                    yy = y + i - cy
+                    if yy < 0 or yy >= ny:
+                        continue
+                    for j in range(kw):
+                        xx = x + j - cx
+                        if xx >= 0 and xx < nx:
+                            acc += kernel[i, j] * sub[yy, xx]
             t = thresh_map[y, x] if has_map else thresh
             if acc > t:
                 out[y, x] = 1
