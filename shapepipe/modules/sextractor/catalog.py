@@ -16,8 +16,8 @@ import numpy as np
 from astropy.io import fits
 
 from shapepipe.modules.sextractor.columns import COLUMNS
-from shapepipe.utils.atomic import write_fits, write_text
-from shapepipe.utils.ldac import write_ldac
+from shapepipe.utils.atomic import atomic_path, write_text
+from shapepipe.utils.ldac import blank_pad_imheads, imhead_hdu
 
 CATALOG_TYPES = ("FITS_LDAC", "FITS_1.0", "ASCII_HEAD", "ASCII")
 
@@ -87,7 +87,24 @@ def fits10_primary(extra):
     return hdu
 
 
-def write_catalog(path, catalog_type, imhead, table_hdu, fits10_keys=None):
+def _append_table(path, hdu, table, extname):
+    """Append a binary table HDU: ``hdu``'s header (rows set to ``table``'s), then the rows.
+
+    ``table`` is a packed big-endian record array matching the header's columns, so its
+    bytes are the FITS rows; written directly, without astropy's table copies.
+    """
+    header = hdu.header.copy()
+    header["NAXIS1"] = table.dtype.itemsize
+    header["NAXIS2"] = len(table)
+    header["EXTNAME"] = extname
+    data = np.ascontiguousarray(table).tobytes()
+    with open(path, "ab") as handle:
+        handle.write(header.tostring(endcard=True, padding=True).encode("ascii"))
+        handle.write(data)
+        handle.write(b"\0" * (-len(data) % 2880))
+
+
+def write_catalog(path, catalog_type, imhead, table_hdu, table, fits10_keys=None):
     """Write the catalogue atomically in ``catalog_type``.
 
     Parameters
@@ -98,18 +115,23 @@ def write_catalog(path, catalog_type, imhead, table_hdu, fits10_keys=None):
     imhead : astropy.io.fits.Header
         Image header (LDAC_IMHEAD of FITS_LDAC).
     table_hdu : astropy.io.fits.BinTableHDU
-        The objects.
+        Table HDU with the column definitions (its rows are not used).
+    table : numpy.ndarray
+        The objects: a packed big-endian record array with the same columns.
     fits10_keys : dict, optional
         Keywords of the FITS_1.0 primary header: key -> (value, comment).
     """
     if catalog_type == "FITS_LDAC":
-        write_ldac(path, imhead, table_hdu)
+        with atomic_path(path) as tmp:
+            fits.HDUList([fits.PrimaryHDU(), imhead_hdu(imhead)]).writeto(tmp)
+            blank_pad_imheads(tmp)
+            _append_table(tmp, table_hdu, table, "LDAC_OBJECTS")
     elif catalog_type == "FITS_1.0":
-        table_hdu.header["EXTNAME"] = "OBJECTS"
-        write_fits(fits.HDUList([fits10_primary(fits10_keys or {}), table_hdu]), path)
+        with atomic_path(path) as tmp:
+            fits.HDUList([fits10_primary(fits10_keys or {})]).writeto(tmp)
+            _append_table(tmp, table_hdu, table, "OBJECTS")
     elif catalog_type in ("ASCII_HEAD", "ASCII"):
-        write_text(ascii_text(np.asarray(table_hdu.data), header=catalog_type == "ASCII_HEAD"),
-                   path)
+        write_text(ascii_text(table, header=catalog_type == "ASCII_HEAD"), path)
     else:  # pragma: no cover - settings validate the type
         raise ValueError(f"CATALOG_TYPE {catalog_type}: supported types are "
                          f"{', '.join(CATALOG_TYPES)}")

@@ -63,7 +63,7 @@ def _wcs(header):
 
 
 def _table_hdu(columns):
-    """Build the LDAC_OBJECTS table directly as a big-endian record array.
+    """Build the objects table as a big-endian record array, and its (empty) table HDU.
 
     FITS tables are big-endian: filling a big-endian array once avoids astropy's column
     copy and the byte swap at write time (the VIGNET column alone is ~35 MB per CCD).
@@ -83,7 +83,10 @@ def _table_hdu(columns):
     table = np.empty(n, dtype=fields)
     for name, values, _ in columns:
         table[name] = values
-    hdu = fits.BinTableHDU(data=table)
+    # The header comes from an empty table of the same layout: building astropy's table
+    # object around the rows (VIGNET alone is ~35 MB per CCD) would copy them twice; the
+    # rows are written as they are (see catalog.write_catalog).
+    hdu = fits.BinTableHDU(data=table[:0])
     for i, (name, _, shape) in enumerate(columns, start=1):
         _, unit, disp, comment = COLUMNS[name]
         hdu.header[f"TTYPE{i}"] = (name, comment)
@@ -92,7 +95,7 @@ def _table_hdu(columns):
         hdu.header[f"TDISP{i}"] = disp
         if name == "VIGNET":
             hdu.header[f"TDIM{i}"] = f"({shape[1]}, {shape[0]})"
-    return hdu
+    return hdu, table
 
 
 def _imhead(header, image, settings):
@@ -272,8 +275,9 @@ def run_sextractor(
                              f"file asks for {', '.join(world)}")
     cat = Catalogue(meas, det, settings, kernel, flag=flag, header=header, wcs=wcs)
     columns = compute_columns(cat, params)
+    hdu, table = _table_hdu(columns)
     write_catalog(output_path, settings.catalog_type, _imhead(header, meas, settings),
-                  _table_hdu(columns), _fits10_keys(image_path, sex_file, settings, meas, cat,
+                  hdu, table, _fits10_keys(image_path, sex_file, settings, meas, cat,
                                                     len(params)))
 
     if checkimages is None:
