@@ -388,12 +388,12 @@ def growth_radii(sub, mask, seg, own, mx, my, a, flux_auto, fracs, min_aper, cor
 
 @njit(cache=True)
 def _win_sums(sub, var, has_var, mask, seg, own, mx, my, sig, corr, invgain, backvar, full,
-              hrow):
+              glo, ghi):
     """One pass of the windowed sums at (mx, my) (the body of SExtractor's iteration).
 
     Returns (tv, dxpos, dypos, esum, mx2, my2, mxy, apert_pb); the error and moment sums
-    only when ``full`` (the iterations need the first three only). ``hrow`` is scratch
-    space of WINPOS_OVERSAMP values.
+    only when ``full`` (the iterations need the first three only). ``glo``, ``ghi`` are
+    scratch space of WINPOS_OVERSAMP integers.
     """
     ny, nx = sub.shape
     scale = 1.0 / WINPOS_OVERSAMP
@@ -433,12 +433,19 @@ def _win_sums(sub, var, has_var, mask, seg, own, mx, my, sig, corr, invgain, bac
     for y in range(ymin, ymax):
         dy = y - my
         ey = math.exp(-dy * dy * invtwosig2)
-        # Half-chords of the aperture circle at the sub-pixel rows of this pixel row
-        # (negative: the sub-row misses the circle).
+        # Sub-pixel columns inside the aperture circle on each sub-row of this pixel row:
+        # sub-column g = N x + j sits at x + off + j/N, inside when its distance to mx is
+        # below the half-chord h; [glo, ghi] (empty when glo > ghi) per sub-row.
         sdy = dy + off
         for k in range(WINPOS_OVERSAMP):
             rhs = raper2 - sdy * sdy
-            hrow[k] = math.sqrt(rhs) if rhs > 0 else -1.0
+            if rhs > 0:
+                h = math.sqrt(rhs)
+                glo[k] = math.floor(WINPOS_OVERSAMP * (mx - off - h)) + 1
+                ghi[k] = math.ceil(WINPOS_OVERSAMP * (mx - off + h)) - 1
+            else:
+                glo[k] = 1
+                ghi[k] = 0
             sdy += scale
         for x in range(xmin, xmax):
             dx = x - mx
@@ -446,20 +453,15 @@ def _win_sums(sub, var, has_var, mask, seg, own, mx, my, sig, corr, invgain, bac
             if r2 >= rextlim2:
                 continue
             if r2 > rintlim2:
-                # Sub-pixels (dx + off + k*scale) inside the circle, counted per sub-row.
+                # Sub-pixels of this pixel inside the circle: interval overlaps.
                 count = 0
-                a = dx + off
+                g0 = WINPOS_OVERSAMP * x
+                g1 = g0 + WINPOS_OVERSAMP - 1
                 for k in range(WINPOS_OVERSAMP):
-                    h = hrow[k]
-                    if h > 0:
-                        kmin = math.floor((-h - a) / scale) + 1
-                        kmax = math.ceil((h - a) / scale) - 1
-                        if kmin < 0:
-                            kmin = 0
-                        if kmax > WINPOS_OVERSAMP - 1:
-                            kmax = WINPOS_OVERSAMP - 1
-                        if kmax >= kmin:
-                            count += kmax - kmin + 1
+                    lo = glo[k] if glo[k] > g0 else g0
+                    hi = ghi[k] if ghi[k] < g1 else g1
+                    if hi >= lo:
+                        count += hi - lo + 1
                 locarea = count * scale2
             else:
                 locarea = 1.0
@@ -511,7 +513,8 @@ def win_pos(sub, var, has_var, mask, seg, own, posx, posy, sig, cxx, cyy, cxy,
     wflag = np.zeros(n, dtype=np.int16)
     flags = np.zeros(n, dtype=np.int16)
     invgain = 1.0 / gain if gain > 0 else 0.0
-    hrow = np.empty(WINPOS_OVERSAMP)
+    glo = np.empty(WINPOS_OVERSAMP, dtype=np.int64)
+    ghi = np.empty(WINPOS_OVERSAMP, dtype=np.int64)
     for i in range(n):
         s = sig[i]
         mx = posx[i]
@@ -522,7 +525,7 @@ def win_pos(sub, var, has_var, mask, seg, own, posx, posy, sig, cxx, cyy, cxy,
             lastx, lasty = mx, my
             tv, dxpos, dypos, _e, _a, _b, _c, pb = _win_sums(
                 sub, var, has_var, mask, seg, own[i], mx, my, s, corr, invgain, backvar,
-                False, hrow)
+                False, glo, ghi)
             if pb:
                 flags[i] |= F_APERT_PB
             it += 1
@@ -538,7 +541,7 @@ def win_pos(sub, var, has_var, mask, seg, own, posx, posy, sig, cxx, cyy, cxy,
         niter[i] = it
         tv, dxpos, dypos, esum, mx2, my2, mxy, pb = _win_sums(
             sub, var, has_var, mask, seg, own[i], lastx, lasty, s, corr, invgain, backvar,
-            True, hrow)
+            True, glo, ghi)
         if tv != 0.0:
             dxpos /= tv
             dypos /= tv
