@@ -631,26 +631,36 @@ def blank_orphans(blank, orphan, seg, seg_ymax, ys, xs, minarea):
         small = size < minarea and not touches
         for k in range(size):
             if small or comp_y[k] == top:
-                blank[comp_y[k], comp_x[k]] = 1
+                blank[comp_y[k], comp_x[k]] |= 1
 
 
 @njit(cache=True)
-def orphan_mask(sub, kernel, thresh, thresh_map, has_map, seg):
-    """uint8 map of the pixels above the threshold in the filtered image with seg == 0.
+def detection_mask(sub, kernel, thresh, thresh_map, has_map, seg, bad, has_bad, blanking):
+    """The measurement mask and the detected pixels no object owns, in one pass.
 
-    The filter is SExtractor's correlation with the .conv kernel, zero outside the image
-    (``kernel`` of shape (1, 1) and value 1 for no filtering); the threshold is ``thresh``
-    or, with ``has_map``, ``thresh_map`` per pixel. One pass, no temporary images; the
-    interior runs without bounds tests.
+    Returns ``mask`` (uint8: bit 1 where ``seg > 0`` when ``blanking``, bit 2 where
+    ``bad``), ``orphan`` (uint8: 1 where ``seg == 0`` but the filtered image, SExtractor's
+    correlation with the .conv kernel, zero outside the image, is above the threshold
+    ``thresh`` or ``thresh_map``) and the flat indices of the orphan pixels.
     """
     ny, nx = sub.shape
     kh, kw = kernel.shape
     cy, cx = kh // 2, kw // 2
-    out = np.zeros((ny, nx), dtype=np.uint8)
+    mask = np.zeros((ny, nx), dtype=np.uint8)
+    orphan = np.zeros((ny, nx), dtype=np.uint8)
+    idx = np.empty(4096, dtype=np.int64)
+    n = 0
     for y in range(ny):
         inner_y = y >= cy and y + kh - cy <= ny
         for x in range(nx):
+            m = np.uint8(2) if has_bad and bad[y, x] != 0 else np.uint8(0)
             if seg[y, x] != 0:
+                if blanking:
+                    m |= 1
+                mask[y, x] = m
+                continue
+            mask[y, x] = m
+            if not blanking:
                 continue
             acc = 0.0
             if inner_y and x >= cx and x + kw - cx <= nx:
@@ -668,5 +678,11 @@ def orphan_mask(sub, kernel, thresh, thresh_map, has_map, seg):
                             acc += kernel[i, j] * sub[yy, xx]
             t = thresh_map[y, x] if has_map else thresh
             if acc > t:
-                out[y, x] = 1
-    return out
+                orphan[y, x] = 1
+                if n == idx.size:
+                    grown = np.empty(2 * idx.size, dtype=np.int64)
+                    grown[:n] = idx[:n]
+                    idx = grown
+                idx[n] = y * nx + x
+                n += 1
+    return mask, orphan, idx[:n]

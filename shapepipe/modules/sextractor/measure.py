@@ -498,9 +498,7 @@ class Catalogue:
         def compute():
             img = self.meas
             # One mask read per pixel in the loops: bit 1 blanked, bit 2 bad.
-            mask = np.array(self.blank(), dtype=np.uint8)
-            if img.bad is not None:
-                mask |= img.bad.view(np.uint8) << 1
+            mask = self.blank()
             var = img.var if img.var_is_map else np.zeros((1, 1), dtype=np.float32)
             return {"sub": img.sub, "var": var, "has_var": bool(img.var_is_map),
                     "mask": mask, "seg": self.seg,
@@ -510,7 +508,10 @@ class Catalogue:
         return self._cached("kernel_args", compute)
 
     def blank(self):
-        """Pixels SExtractor blanks before measuring (MASK_TYPE BLANK or CORRECT).
+        """The measurement mask: bit 1 blanked as by SExtractor, bit 2 bad pixels.
+
+        Bit 1: the pixels SExtractor blanks before measuring (MASK_TYPE BLANK or CORRECT);
+        bit 2: the image's unusable pixels (zero weight, non-finite).
 
         SExtractor replaces every pixel detected above the threshold in the filtered
         detection image by -BIG while it scans, then pastes an object's own pixels back
@@ -528,24 +529,23 @@ class Catalogue:
             from shapepipe.modules.sextractor import _kernels as K
 
             det = self.det
-            ny, nx = det.shape
-            if self.s.mask_type == "NONE":
-                return np.broadcast_to(np.zeros((1, 1), dtype=np.uint8), (ny, nx))
-            blank = (self.seg > 0).view(np.uint8)
             kernel = (np.ones((1, 1)) if self._kernel is None
                       else np.asarray(self._kernel, dtype=np.float64))
             thr = self._thresh_image
             has_map = np.ndim(thr) == 2
-            orphan = K.orphan_mask(det.sub, kernel, float(thr) if not has_map else 0.0,
-                                   thr if has_map else np.zeros((1, 1), np.float32), has_map,
-                                   self.seg)
-            ys, xs = np.nonzero(orphan)
-            if ys.size:
+            bad = self.meas.bad
+            mask, orphan, idx = K.detection_mask(
+                det.sub, kernel, float(thr) if not has_map else 0.0,
+                thr if has_map else np.zeros((1, 1), np.float32), has_map, self.seg,
+                bad.view(np.uint8) if bad is not None else np.zeros((1, 1), np.uint8),
+                bad is not None, self.s.mask_type != "NONE")
+            if idx.size:
+                ys, xs = np.divmod(idx, det.shape[1])
                 seg_ymax = np.zeros(len(self.rank), dtype=np.int64)
                 seg_ymax[self.seg_ids] = self.objs["ymax"]
-                K.blank_orphans(blank, orphan, self.seg, seg_ymax, ys, xs,
+                K.blank_orphans(mask, orphan, self.seg, seg_ymax, ys, xs,
                                 int(self.s.detect_minarea))
-            return blank
+            return mask
 
         return self._cached("blank", compute)
 
