@@ -136,8 +136,13 @@ DOT_CONV_FILE = {conv}
         print(f"repeats: {repeat} (machine shared with other jobs: expect noise)")
         print("all times:", {k: [round(x, 2) for x in v] for k, v in times.items()})
         print(f"SExtractor (source-extractor 2.25), {args.ccds} runs : {med['sextractor']:.3f} s")
-        print(f"shapepipe_run.py, 1 worker, fresh process : {med['ours']:.3f} s  "
-              f"ratio {med['ours'] / med['sextractor']:.2f}x  (target <= 0.8x)")
+        # The load of a shared machine changes between runs: the ratio of each
+        # back-to-back pair is the robust figure.
+        pairs = np.array(times["ours"]) / np.array(times["sextractor"])
+        print(f"shapepipe_run.py, 1 worker, fresh process : {med['ours']:.3f} s")
+        print(f"ratio ours/SExtractor per back-to-back pair: "
+              f"{', '.join(f'{r:.2f}' for r in pairs)}; median {np.median(pairs):.2f}x "
+              "(target <= 0.8x)")
         runs = sorted(d for d in os.listdir(out_dir) if d.startswith("bench_sex"))
         our_cat = os.path.join(out_dir, runs[-1], "sextractor_runner", "output",
                                f"sexcat-{2000000:07d}-0.fits")
