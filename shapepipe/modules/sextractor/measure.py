@@ -1,10 +1,11 @@
-"""Detection and measurement with ``sep``, following SExtractor's definitions.
+"""Detection with ``sep`` and measurement following SExtractor 2.25, object by object.
 
-``extract`` takes image arrays and settings and returns the catalogue columns. All
-measurements are vectorised over objects: ``sep``'s C routines for the apertures, Kron
-radii and growth curves, numpy on gathered pixel lists or fixed-size stamps for the rest
-(windowed positions and fluxes, FWHM, isophotal quantities, flag-image OR, vignets).
-Only the columns the ``.param`` file asks for are computed.
+``Catalogue`` detects (sep's extraction and deblending, SExtractor's algorithm) and computes
+the requested columns lazily. The measurements SExtractor makes on its blanked image (AUTO,
+APER, the growth curve and FLUX_RADIUS, the windowed positions and fluxes) run SExtractor's
+own per-object loops, compiled (``_kernels``), on the same mask (``Catalogue.blank``);
+isophotal quantities, FWHM, flag-image OR and vignets are numpy on gathered pixel lists;
+CLASS_STAR is in ``classify``. Only the columns the ``.param`` file asks for are computed.
 
 Coordinates are 0-based inside this module (numpy and ``sep``); catalogue pixel columns
 are converted to SExtractor's 1-based convention with ``shapepipe.utils.pixels``.
@@ -18,16 +19,7 @@ from shapepipe.modules.sextractor.config_files import SexConfigError
 from shapepipe.utils.pixels import numpy_to_fits
 
 BIG = 1e30
-# SExtractor constants (define.h, photom.h, winpos.h, growth.h).
-KRON_NSIG = 6.0
-CROWD_THRESHOLD = 0.1
-WINPOS_NSIG = 4.0
-WINPOS_FAC = 2.0
-WINPOS_NITERMAX = 16
-WINPOS_STEPMIN = 1e-4
-GROWTH_NSIG = 6.0
-GROWTH_MINHLRAD = 0.5
-APER_OVERSAMP = 5
+# SExtractor's measurement constants are in _kernels (photom.h, winpos.h, growth.h).
 
 # SExtractor FLAGS bits.
 F_CROWDED, F_MERGED, F_SATUR, F_TRUNC, F_APERT_PB, F_ISO_PB, F_DOVERFLOW = 1, 2, 4, 8, 16, 32, 64
@@ -238,52 +230,6 @@ def interpolate_bad(data, var, bad, xlag, ylag, data_too=True):
     return data, var, still
 
 
-def _bucket_stamps(half):
-    """Group object indices by stamp half-size rounded up to a few values (fewer passes)."""
-    edges = np.array([4, 6, 8, 11, 16, 23, 32, 45, 64, 90, 128, 181, 256, 512, 1024, 4096])
-    which = np.searchsorted(edges, half)
-    which = np.minimum(which, len(edges) - 1)
-    for k in np.unique(which):
-        yield int(edges[k]), np.flatnonzero(which == k)
-
-
-def _stamps(array, xc, yc, half, fill):
-    """Gather (n, 2*half+1, 2*half+1) stamps centred on integer pixels, ``fill`` outside.
-
-    Stamps inside the image are copied through a sliding-window view (contiguous row
-    copies, ~10x faster than element-wise fancy indexing); the few that cross the border
-    go through fancy indexing.
-
-    Returns
-    -------
-    stamps : numpy.ndarray
-    inside : numpy.ndarray of bool or None
-        Which stamp pixels are in the image; None when all are.
-    """
-    ny, nx = array.shape
-    size = 2 * half + 1
-    n = len(xc)
-    out = np.empty((n, size, size), dtype=array.dtype)
-    full = (xc - half >= 0) & (xc + half < nx) & (yc - half >= 0) & (yc + half < ny)
-    if size <= min(nx, ny) and full.any():
-        windows = np.lib.stride_tricks.sliding_window_view(array, (size, size))
-        out[full] = windows[yc[full] - half, xc[full] - half]
-    if full.all():
-        return out, None
-    edge = np.flatnonzero(~full)
-    off = np.arange(-half, half + 1)
-    rows = yc[edge, None] + off
-    cols = xc[edge, None] + off
-    rin = (rows >= 0) & (rows < ny)
-    cin = (cols >= 0) & (cols < nx)
-    part = array[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
-    part_in = rin[:, :, None] & cin[:, None, :]
-    out[edge] = np.where(part_in, part, np.asarray(fill, dtype=array.dtype))
-    inside = np.ones((n, size, size), dtype=bool)
-    inside[edge] = part_in
-    return out, inside
-
-
 class Catalogue:
     """Detections of one image and their lazily computed measurements."""
 
@@ -349,9 +295,6 @@ class Catalogue:
         self.flags[(sflag & sep.OBJ_MERGED) != 0] |= F_MERGED
         self.flags[(sflag & sep.OBJ_TRUNC) != 0] |= F_TRUNC
         self.flags[(sflag & sep.OBJ_DOVERFLOW) != 0] |= F_DOVERFLOW
-        self._mask_kwargs = {}
-        if s.mask_type != "NONE":
-            self._mask_kwargs = {"segmap": self.seg, "seg_id": self.seg_ids}
 
     def numbered_segmentation(self):
         """Segmentation map with the catalogue's NUMBER values (0: background)."""
@@ -366,31 +309,6 @@ class Catalogue:
         if name not in self._cache:
             self._cache[name] = func()
         return self._cache[name]
-
-    def _aper_pb(self, rx, ry, sel=slice(None)):
-        """Flag objects whose measurement box (half-sizes rx, ry) leaves the image."""
-        ny, nx = self.meas.shape
-        x, y = self.x[sel], self.y[sel]
-        out = (x - rx < -0.5) | (x + rx > nx - 0.5) | (y - ry < -0.5) | (y + ry > ny - 0.5)
-        self.flags[np.arange(self.n)[sel][out]] |= F_APERT_PB
-
-    @staticmethod
-    def _ellipse_extent(a, b, theta, r):
-        c, s_ = np.cos(theta), np.sin(theta)
-        rx = r * np.sqrt((a * c) ** 2 + (b * s_) ** 2)
-        ry = r * np.sqrt((a * s_) ** 2 + (b * c) ** 2)
-        return rx, ry
-
-    def _sum_kwargs(self):
-        img = self.meas
-        kw = {"mask": img.bad, **self._mask_kwargs}
-        if img.var_is_map:
-            kw["var"] = img.var
-        else:
-            kw["err"] = float(np.sqrt(img.var))
-        if img.gain > 0:
-            kw["gain"] = img.gain
-        return kw
 
     # ----------------------------------------------------------- pixel lists
     def pixels(self):
