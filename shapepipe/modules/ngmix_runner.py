@@ -44,6 +44,9 @@ KEYS = [
     Key("SEED", "int", default=0,
         help="random seed; with the object id it fixes the object's random numbers"),
     Key("MODEL", "str", default="gauss", choices=sorted(MODELS), help="galaxy model"),
+    Key("MASK_NEIGHBOURS", "bool", default=True,
+        help="mask the pixels nearer to another catalogue object than to the object (its "
+             "Voronoi cell, as DES's uberseg); metacal fills them with the object's model"),
     Key("MAX_MASKED_FRACTION", "float", default=MAX_MASKED_FRACTION,
         help="epochs with a larger fraction of masked vignet pixels are dropped (ShapePipe: 1/3)"),
 ]
@@ -132,7 +135,8 @@ def ngmix_runner(input_file_list, run_dirs, file_number_string, config, module_c
         lambda names: read_exp_wcs(log_wcs, names), output, seed=opts["SEED"],
         model=opts["MODEL"].lower(), zero_point=opts["MAG_ZP"],
         pixel_scale=opts["PIXEL_SCALE"], id_min=opts["ID_OBJ_MIN"], id_max=opts["ID_OBJ_MAX"],
-        part=part, n_part=n_part, max_masked_fraction=opts["MAX_MASKED_FRACTION"], log=w_log)
+        part=part, n_part=n_part, max_masked_fraction=opts["MAX_MASKED_FRACTION"], log=w_log,
+        mask_neighbours=opts["MASK_NEIGHBOURS"])
     w_log.info("wrote %s: %d objects, %d measured, %d flagged, %d epochs", output,
                counts["objects"], counts["measured"], counts["flagged"], counts["epochs"])
     return None, None

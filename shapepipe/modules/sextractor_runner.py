@@ -94,7 +94,7 @@ def _check_keys(config, section):
     input_module=["split_exp_runner", "mask_runner"],
     file_pattern=["image", "weight", "pipeline_flag"],
     file_ext=[".fits", ".fits", ".fits"],
-    depends=["numpy", "astropy", "sep"],
+    depends=["numpy", "astropy", "sep", "numba"],
     executes=[],
     numbering_scheme="-0000000-0",
     run_method="parallel",

@@ -13,8 +13,12 @@ For each object, each epoch present in the image store becomes one
 :class:`~shapepipe.modules.ngmix.observation.Observation`: image minus background, the
 weight, flagged pixels masked, the PSF vignet, and the local Jacobian of the CCD WCS at the
 object, centred where :func:`shapepipe.utils.pixels.stamp_corner` put the object in the
-stamp. A bad epoch (no PSF, a missing vignet, no header for its exposure-CCD, more than a
-third of its pixels masked, an undecodable entry) is dropped from that object only; an object
+stamp. Pixels nearer to another catalogue object than to this one are masked too (the
+Voronoi cell of the object, as DES's "uberseg" masks neighbours): metacal fills them with the
+object's own model, so a neighbour's light is neither measured nor sheared into the object's
+images, and a sheared fit cannot jump onto the neighbour. A bad epoch (no PSF, a missing
+vignet, no header for its exposure-CCD, more than a third of its pixels flagged, an
+undecodable entry) is dropped from that object only; an object
 left without a usable epoch gets a flagged row (``FLAG_NO_EPOCHS``, NaN measurements). Stores
 are read object by object, so memory does not grow with the number of objects beyond the
 output tables.
@@ -111,6 +115,23 @@ def read_tile_positions(cat_path, ra_col="XWIN_WORLD", dec_col="YWIN_WORLD"):
     return ids, ra, dec
 
 
+def _neighbour_finder(ra, dec, radius):
+    """``near(row) -> rows within radius (arcsec)``, from a KD-tree of tangent-plane positions."""
+    from scipy.spatial import cKDTree
+
+    if len(ra) == 0:
+        return lambda row: []
+    ra0, dec0 = np.deg2rad(np.median(ra)), np.deg2rad(np.median(dec))
+    r, d = np.deg2rad(ra), np.deg2rad(dec)
+    cosc = np.sin(dec0) * np.sin(d) + np.cos(dec0) * np.cos(d) * np.cos(r - ra0)
+    xi = np.cos(d) * np.sin(r - ra0) / cosc
+    eta = (np.cos(dec0) * np.sin(d) - np.sin(dec0) * np.cos(d) * np.cos(r - ra0)) / cosc
+    xy = np.rad2deg(np.column_stack([xi, eta])) * 3600.0
+    ok = np.all(np.isfinite(xy), axis=1)
+    tree = cKDTree(np.where(ok[:, None], xy, 1e12))
+    return lambda row: tree.query_ball_point(xy[row], radius) if ok[row] else []
+
+
 class StoreReader:
     """Read-only access by key to a stamp store (``shapepipe.utils.stamp_store`` layout).
 
@@ -202,8 +223,32 @@ def split_epoch(epoch):
     return exp_name, int(ccd)
 
 
+def neighbour_mask(shape, dx, dy, nx, ny):
+    """Pixels of a stamp nearer to a neighbour than to the object (its Voronoi complement).
+
+    Parameters
+    ----------
+    shape : tuple
+        Stamp shape ``(ny, nx)``.
+    dx, dy : float
+        Object position in the stamp (0-based).
+    nx, ny : numpy.ndarray
+        Neighbour positions in the stamp (0-based; outside the stamp is fine).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    own = (xx - dx) ** 2 + (yy - dy) ** 2
+    mask = np.zeros(shape, bool)
+    for x, y in zip(np.atleast_1d(nx), np.atleast_1d(ny)):
+        mask |= (xx - x) ** 2 + (yy - y) ** 2 < own
+    return mask
+
+
 def epoch_observation(image, background, weight, flag, psf, wcs, ra, dec,
-                      max_masked_fraction=MAX_MASKED_FRACTION):
+                      max_masked_fraction=MAX_MASKED_FRACTION, neighbours=None):
     """Observation of one epoch of one object from its vignets.
 
     Parameters
@@ -218,7 +263,10 @@ def epoch_observation(image, background, weight, flag, psf, wcs, ra, dec,
     ra, dec : float
         Object position (deg).
     max_masked_fraction : float
-        Epochs with a larger fraction of masked pixels are not used.
+        Epochs with a larger fraction of flagged pixels are not used.
+    neighbours : (numpy.ndarray, numpy.ndarray), optional
+        RA, Dec (deg) of the other catalogue objects near this one: pixels nearer to one of
+        them than to the object are masked (not counted in the flagged fraction).
 
     Returns
     -------
@@ -237,14 +285,17 @@ def epoch_observation(image, background, weight, flag, psf, wcs, ra, dec,
     x, y = float(x), float(y)
     if not (np.isfinite(x) and np.isfinite(y)):
         raise ValueError(f"position ({ra}, {dec}) does not map onto the CCD grid")
-    _x0, _y0, dx, dy = stamp_corner(x, y, image.shape[0])
+    x0, y0, dx, dy = stamp_corner(x, y, image.shape[0])
+    if neighbours is not None and len(neighbours[0]):
+        nx, ny = wcs.all_world2pix(neighbours[0], neighbours[1], 0)
+        mask = mask | neighbour_mask(image.shape, dx, dy, nx - x0, ny - y0)
     local = Jacobian.from_wcs(wcs, x, y)
     return Observation(np.asarray(image, float) - background, weight,
                        Jacobian(dx, dy, local.matrix), psf=psf, mask=mask)
 
 
 def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None,
-                        max_masked_fraction=MAX_MASKED_FRACTION):
+                        max_masked_fraction=MAX_MASKED_FRACTION, neighbours=None):
     """Observations of one object from the stores; bad epochs are dropped and counted.
 
     Parameters
@@ -258,7 +309,7 @@ def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None,
     counts : collections.Counter
         Updated with the reasons of dropped epochs and objects.
     log : logging.Logger, optional
-    max_masked_fraction : float
+    max_masked_fraction, neighbours :
         See :func:`epoch_observation`.
 
     Returns
@@ -286,7 +337,8 @@ def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None,
         return []
     obs_list = []
     for epoch in sorted(image_entry):
-        obs = _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction)
+        obs = _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction,
+                                 neighbours)
         if isinstance(obs, str):
             counts[obs] += 1
             counts["dropped_epochs"] += 1
@@ -300,7 +352,7 @@ def object_observations(obj_id, ra, dec, stores, exp_wcs, counts, log=None,
     return obs_list
 
 
-def _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction):
+def _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction, neighbours):
     """One epoch's Observation from the object's store entries, or why it is dropped."""
     if not _has_epoch(entries["psf"], epoch):
         return "no_psf"
@@ -314,7 +366,7 @@ def _epoch_observation(epoch, entries, exp_wcs, ra, dec, max_masked_fraction):
             return "no_header"
         return epoch_observation(arrays["image"], arrays["background"], arrays["weight"],
                                  arrays["flag"], arrays["psf"], wcs, ra, dec,
-                                 max_masked_fraction)
+                                 max_masked_fraction, neighbours)
     except (ValueError, TypeError, np.linalg.LinAlgError):
         # Malformed entry: not a VIGNET array, shapes that differ, a PSF of zero sum...
         return "bad_entry"
@@ -330,7 +382,8 @@ def flagged_rows(obj_id, flags):
 
 def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="gauss",
                  zero_point=30.0, pixel_scale=0.187, id_min=-1, id_max=-1, part=1, n_part=1,
-                 max_masked_fraction=MAX_MASKED_FRACTION, log=None, progress_interval=20.0):
+                 max_masked_fraction=MAX_MASKED_FRACTION, log=None, progress_interval=20.0,
+                 mask_neighbours=True, neighbour_radius=14.0):
     """Measure the objects of one tile (or one split part of it) and write the catalogue.
 
     Parameters
@@ -359,6 +412,12 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
         Epochs with a larger masked fraction are dropped.
     log : logging.Logger, optional
         Progress (every ``progress_interval`` seconds at most) and counts.
+    mask_neighbours : bool
+        Mask the pixels nearer to another catalogue object (see the module docstring).
+    neighbour_radius : float
+        Neighbours are looked for within this radius (arcsec). A neighbour farther than twice
+        the stamp's half-diagonal (2 x 6.7" for 51 pixels of 0.187") cannot be nearer than
+        the object to any pixel of the stamp.
 
     Returns
     -------
@@ -368,6 +427,7 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
     """
     ids, ra, dec = read_tile_positions(cat_path)
     rows_idx = select_rows(ids, id_min, id_max, part, n_part)
+    near = _neighbour_finder(ra, dec, neighbour_radius) if mask_neighbours else None
     exp_wcs = ExposureWCS(read_wcs)
     priors = Priors(cen_sigma=pixel_scale)
     counts = collections.Counter()
@@ -388,8 +448,12 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
             stores[role] = StoreReader(store_paths[role])
         for k, r in enumerate(rows_idx):
             obj_id = int(ids[r])
+            neighbours = None
+            if near is not None:
+                others = [j for j in near(r) if j != r]
+                neighbours = (ra[others], dec[others])
             obs_list = object_observations(obj_id, ra[r], dec[r], stores, exp_wcs, counts, log,
-                                           max_masked_fraction)
+                                           max_masked_fraction, neighbours)
             counts["epochs"] += len(obs_list)
             if not obs_list:
                 put(k, flagged_rows(obj_id, FLAG_NO_EPOCHS))

@@ -69,6 +69,7 @@ COLUMNS = {
     "ISOAREAF_IMAGE": ("J", "pixel**2", "I9", "Isophotal area (filtered) above Detection "
                        "threshold"),
     "VIGNET": ("E", "count", "G12.7", "Pixel data around detection"),
+    "CLASS_STAR": ("E", "", "F6.3", "S/G classifier output"),
 }
 
 # Parameters that are vectors, and the configuration list that sets their maximum length.

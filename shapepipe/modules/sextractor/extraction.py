@@ -15,6 +15,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from shapepipe.modules.sextractor.catalog import write_catalog
 from shapepipe.modules.sextractor.columns import COLUMNS, NUMPY_TYPES
 from shapepipe.modules.sextractor.config_files import SexConfigError, parse_conv, parse_param
 from shapepipe.modules.sextractor.measure import (
@@ -25,7 +26,6 @@ from shapepipe.modules.sextractor.measure import (
 )
 from shapepipe.modules.sextractor.settings import SexSettings
 from shapepipe.utils.atomic import write_fits
-from shapepipe.utils.ldac import write_ldac
 
 
 def read_image(path, what="image"):
@@ -63,7 +63,7 @@ def _wcs(header):
 
 
 def _table_hdu(columns):
-    """Build the LDAC_OBJECTS table directly as a big-endian record array.
+    """Build the objects table as a big-endian record array, and its (empty) table HDU.
 
     FITS tables are big-endian: filling a big-endian array once avoids astropy's column
     copy and the byte swap at write time (the VIGNET column alone is ~35 MB per CCD).
@@ -83,7 +83,10 @@ def _table_hdu(columns):
     table = np.empty(n, dtype=fields)
     for name, values, _ in columns:
         table[name] = values
-    hdu = fits.BinTableHDU(data=table)
+    # The header comes from an empty table of the same layout: building astropy's table
+    # object around the rows (VIGNET alone is ~35 MB per CCD) would copy them twice; the
+    # rows are written as they are (see catalog.write_catalog).
+    hdu = fits.BinTableHDU(data=table[:0])
     for i, (name, _, shape) in enumerate(columns, start=1):
         _, unit, disp, comment = COLUMNS[name]
         hdu.header[f"TTYPE{i}"] = (name, comment)
@@ -92,7 +95,7 @@ def _table_hdu(columns):
         hdu.header[f"TDISP{i}"] = disp
         if name == "VIGNET":
             hdu.header[f"TDIM{i}"] = f"({shape[1]}, {shape[0]})"
-    return hdu
+    return hdu, table
 
 
 def _imhead(header, image, settings):
@@ -112,6 +115,42 @@ def _imhead(header, image, settings):
     head["SEXMGZPT"] = (settings.mag_zeropoint, "Zero-point used for magnitudes")
     head["SEXAPED1"] = (settings.phot_apertures[0], "Aperture diameter #1 (pixels)")
     return head
+
+
+def _fits10_keys(image_path, sex_file, settings, image, cat, nparams):
+    """Extraction keywords of a FITS_1.0 primary header (a subset of SExtractor's)."""
+    s = settings
+    return {
+        "FITSFILE": (os.path.basename(image_path), "File name of the analysed image"),
+        "SEXIMASX": (image.shape[1], "IMAGE WIDTH (PIXELS)"),
+        "SEXIMASY": (image.shape[0], "IMAGE HEIGHT (PIXELS)"),
+        "SEXPIXS": (s.pixel_scale, "PIXEL SCALE (ARCSEC)"),
+        "SEXSFWHM": (s.seeing_fwhm, "SEEING FWHM (ARCSEC)"),
+        "SEXGAIN": (image.gain, "GAIN (IN E- PER ADU)"),
+        "SEXBKGND": (image.back_level, "MEDIAN BACKGROUND (ADU)"),
+        "SEXBKDEV": (image.backsig, "MEDIAN RMS (ADU)"),
+        "SEXCONFF": (os.path.basename(sex_file), "CONFIGURATION FILENAME"),
+        "SEXTHLDT": ("SIGMA" if s.thresh_type == "RELATIVE" else "ADU", "THRESHOLD TYPE"),
+        "SEXTHLD": (s.detect_thresh, "THRESHOLD"),
+        "SEXMINAR": (s.detect_minarea, "EXTRACTION MINIMUM AREA (PIXELS)"),
+        "SEXCONV": (bool(s.filter), "CONVOLUTION FLAG"),
+        "SEXDBLDN": (s.deblend_nthresh, "NUMBER OF SUB-THRESHOLDS"),
+        "SEXDBLDC": (s.deblend_mincont, "CONTRAST PARAMETER"),
+        "SEXCLN": (bool(s.clean), "CLEANING FLAG"),
+        "SEXCLNPA": (s.clean_param, "CLEANING PARAMETER"),
+        "SEXAPERD": (s.phot_apertures[0], "1ST APERTURE DIAMETER (PIXELS)"),
+        "SEXAPEK1": (s.phot_autoparams[0], "KRON PARAMETER"),
+        "SEXAPEK3": (s.phot_autoparams[1], "KRON MINIMUM RADIUS"),
+        "SEXSATLV": (image.satur, "SATURATION LEVEL (ADU)"),
+        "SEXMGZPT": (s.mag_zeropoint, "MAGNITUDE ZERO-POINT"),
+        "SEXBKGSX": (s.back_size[0], "BACKGROUND MESH WIDTH (PIXELS)"),
+        "SEXBKGSY": (s.back_size[1], "BACKGROUND MESH HEIGHT (PIXELS)"),
+        "SEXBKGFX": (s.back_filtersize[0], "BACKGROUND FILTER WIDTH"),
+        "SEXBKGFY": (s.back_filtersize[1], "BACKGROUND FILTER HEIGHT"),
+        "SEXPBKGT": (s.backphoto_type, "PHOTOM BACKGROUND TYPE"),
+        "SEXNFIN": (cat.n, "NB OF FINAL EXTRACTED OBJECTS"),
+        "SEXNPARA": (nparams, "NB OF PARAMETERS PER OBJECT"),
+    }
 
 
 def _check_image(kind, cat, image, kernel):
@@ -236,7 +275,10 @@ def run_sextractor(
                              f"file asks for {', '.join(world)}")
     cat = MeasuredSources(meas, det, settings, kernel, flag=flag, header=header, wcs=wcs)
     columns = compute_columns(cat, params)
-    write_ldac(output_path, _imhead(header, meas, settings), _table_hdu(columns))
+    hdu, table = _table_hdu(columns)
+    write_catalog(output_path, settings.catalog_type, _imhead(header, meas, settings),
+                  hdu, table, _fits10_keys(image_path, sex_file, settings, meas, cat,
+                                                    len(params)))
 
     if checkimages is None:
         checkimages = list(zip(settings.check_types, settings.check_names))

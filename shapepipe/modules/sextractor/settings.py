@@ -16,7 +16,7 @@ IGNORED_KEYS = {
     "MEMORY_PIXSTACK", "MEMORY_BUFSIZE", "VERBOSE_TYPE", "HEADER_SUFFIX", "WRITE_XML",
     "XML_NAME", "XSL_URL", "NTHREADS", "FITS_UNSIGNED", "ASSOC_NAME", "ASSOC_DATA",
     "ASSOC_PARAMS", "ASSOC_RADIUS", "ASSOC_TYPE",
-    "ASSOCSELEC_TYPE", "ASSOCCOORD_TYPE", "SEEING_FWHM", "STARNNW_NAME", "MAG_GAMMA",
+    "ASSOCSELEC_TYPE", "ASSOCCOORD_TYPE", "MAG_GAMMA",
     "PHOT_PETROPARAMS", "PSF_NAME", "PSF_NMAX", "PATTERN_TYPE", "SOM_NAME", "WEIGHT_IMAGE",
     "FLAG_IMAGE", "CHECKIMAGE_NAME", "BACKPHOTO_THICK", "WEIGHT_GAIN", "DETECT_TYPE",
     "CATALOG_TYPE", "CHECKIMAGE_TYPE", "PSFDISPLAY_TYPE", "GAIN_KEY", "SATUR_KEY",
@@ -101,6 +101,8 @@ class SexSettings:
     interp_maxxlag: int = 16
     interp_maxylag: int = 16
     catalog_type: str = "FITS_LDAC"
+    seeing_fwhm: float = 0.0
+    starnnw_name: str = ""
     check_types: list = field(default_factory=list)
     check_names: list = field(default_factory=list)
     filter_name: str = ""
@@ -148,7 +150,8 @@ class SexSettings:
                 != "CCD":
             raise SexConfigError("DETECT_TYPE = PHOTO: only CCD (linear) data are supported")
         if "CATALOG_TYPE" in raw:
-            s.catalog_type = _choice("CATALOG_TYPE", raw["CATALOG_TYPE"], ("FITS_LDAC",))
+            s.catalog_type = _choice("CATALOG_TYPE", raw["CATALOG_TYPE"],
+                                     ("FITS_LDAC", "FITS_1.0", "ASCII_HEAD", "ASCII"))
         if "RESCALE_WEIGHTS" in raw:
             s.rescale_weights = _bool("RESCALE_WEIGHTS", raw["RESCALE_WEIGHTS"])
         if "GAIN_KEY" in raw and raw["GAIN_KEY"]:
@@ -277,4 +280,6 @@ _HANDLERS = {
     "INTERP_TYPE": _set("interp_type", lambda k, t: _choice(k, t, ("NONE", "VAR_ONLY", "ALL"))),
     "INTERP_MAXXLAG": _set("interp_maxxlag", _one_int),
     "INTERP_MAXYLAG": _set("interp_maxylag", _one_int),
+    "SEEING_FWHM": _set("seeing_fwhm", _one_float),
+    "STARNNW_NAME": _set("starnnw_name", lambda k, t: t[0] if t else ""),
 }
