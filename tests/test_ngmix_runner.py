@@ -295,3 +295,13 @@ def test_n_split_through_the_pipeline(tile, sp):
             if name != "nfev":
                 np.testing.assert_allclose(tab[name], ref[name], rtol=1e-6, atol=1e-7,
                                            err_msg=f"{t} {name}")
+
+
+def test_neighbour_mask_is_the_voronoi_complement():
+    from shapepipe.modules.ngmix.tile import neighbour_mask
+
+    mask = neighbour_mask((21, 21), 10.0, 10.0, np.array([18.0, 10.0]), np.array([10.0, -30.0]))
+    # Pixels nearer to the neighbour at x = 18 (beyond x = 14) are masked; the one far below
+    # the stamp owns the bottom rows only beyond the bisector at y = -10 (none).
+    assert not mask[:, :15].any() and mask[:, 15:].all()
+    assert not neighbour_mask((5, 5), 2.0, 2.0, np.array([]), np.array([])).any()
