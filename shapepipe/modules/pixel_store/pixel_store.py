@@ -22,6 +22,8 @@ from collections import namedtuple
 import h5py
 import numpy as np
 
+from shapepipe.modules.pixel_store.h5reader import H5Reader
+
 __all__ = ["ImageNameSet", "ImageSet", "PixelStore", "superpixelize", "flux_calibration"]
 
 #: File names of one exposure (any may be None).
@@ -149,7 +151,7 @@ def _as_size(nside_full):
     return size
 
 
-class PixelStore:
+class PixelStore(H5Reader):
     """Super-pixel store of exposures in an HDF5 file (forcepho's ``PixelStore``).
 
     Parameters
@@ -344,23 +346,6 @@ class PixelStore:
             group.move(tmp, leaf)
 
     # -- reading ----------------------------------------------------------------------------
-    @property
-    def data(self):
-        """An open read handle of the file (cached; :meth:`close` closes it)."""
-        handle = getattr(self, "_read_handle", None)
-        if handle is None or not handle.id.valid:
-            handle = h5py.File(self.h5file, "r")
-            self._read_handle = handle
-        return handle
-
-    def close(self):
-        """Close the read handle, if open."""
-        handle = getattr(self, "_read_handle", None)
-        if handle is not None:
-            if handle.id.valid:
-                handle.close()
-            self._read_handle = None
-
     def exposures(self):
         """List of ``(band, expID)`` in the store."""
         out = []

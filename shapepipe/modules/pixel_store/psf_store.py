@@ -28,6 +28,7 @@ from shapepipe.modules.ngmix import (
     fit_psf_em,
     levenberg_marquardt,
 )
+from shapepipe.modules.pixel_store.h5reader import H5Reader
 from shapepipe.modules.psfex.dotpsf import read_psf
 from shapepipe.utils.pixels import numpy_to_fits
 
@@ -209,7 +210,7 @@ def psf_mixtures_from_model(psf_path, locations, n_gauss=3, nradii=1, stamp_size
     return params.reshape(nloc, nradii * n_gauss), stamps, flags
 
 
-class PSFStore:
+class PSFStore(H5Reader):
     """Gaussian-mixture PSFs by band (and exposure), forcepho's ``PSFStore``.
 
     Parameters
@@ -220,22 +221,6 @@ class PSFStore:
 
     def __init__(self, h5file):
         self.h5file = os.fspath(h5file)
-
-    @property
-    def data(self):
-        """An open read handle (cached; :meth:`close` closes it)."""
-        handle = getattr(self, "_read_handle", None)
-        if handle is None or not handle.id.valid:
-            handle = h5py.File(self.h5file, "r")
-            self._read_handle = handle
-        return handle
-
-    def close(self):
-        """Close the read handle, if open."""
-        handle = getattr(self, "_read_handle", None)
-        if handle is not None and handle.id.valid:
-            handle.close()
-        self._read_handle = None
 
     def add_psf(self, band, locations, params, expID=None, **attrs):
         """Write (or replace) the mixtures of a band, or of one exposure of a band.
