@@ -113,7 +113,6 @@ def main(argv=None):
         if args.dry_run:
             pipeline.dry_run(run_log)
             return 0
-        pipeline.start_workers()  # only now: every config error is reported before
         return pipeline.run(_executor_factory(pipeline))
     except ConfigError as exc:
         log.error("ERROR: %s", exc)

@@ -103,15 +103,21 @@ def test_setools_syntax_error_before_any_job(sp, capsys, tmp_path):
 # -- issue 21 item 3: workers -------------------------------------------------------------------
 def test_no_worker_pool_before_validation(sp, capsys, monkeypatch):
     started = []
-    monkeypatch.setattr(job_handler, "warm_pool", lambda n: started.append(n))
-    sp.make_inputs(["_1"])
+    real = job_handler.run_smp
+
+    def spy(ctx, jobs, progress, workers, *args, **kwargs):
+        started.append(workers)
+        return real(ctx, jobs, progress, workers, *args, **kwargs)
+
+    monkeypatch.setattr(job_handler, "run_smp", spy)
+    sp.make_inputs(["_1", "_2"])
     cfg = sp.config("", modules="no_such_runner", workers=8)
     _fails_before_any_job(sp, cfg, capsys, "unknown module")
     cfg = sp.config("[TP_COPY_RUNNER]\nSLEEP = x\n", workers=8)
     _fails_before_any_job(sp, cfg, capsys, "SLEEP = 'x'")
     assert started == []
     assert main(["-c", sp.config("", workers=2), "-q"]) == 0
-    assert started == [min(2, os.cpu_count())]  # a valid config: started, after validation
+    assert started == [2]  # a valid config: workers started, after validation
 
 
 def test_workers_capped_at_job_count_and_warned_above_cores(sp, capsys, monkeypatch):
@@ -123,7 +129,6 @@ def test_workers_capped_at_job_count_and_warned_above_cores(sp, capsys, monkeypa
         return real(ctx, jobs, progress, workers, *args, **kwargs)
 
     monkeypatch.setattr(job_handler, "run_smp", spy)
-    monkeypatch.setattr(job_handler, "warm_pool", lambda n: None)
     sp.make_inputs(["_1", "_2", "_3"])
     many = (os.cpu_count() or 1) + 50
     assert main(["-c", sp.config("", workers=many)]) == 0

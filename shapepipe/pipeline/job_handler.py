@@ -207,10 +207,6 @@ def _run_threads(ctx, jobs, progress, workers):
     return results
 
 
-def warm_pool(workers):
-    """Kept for callers of the former loky pool: forked workers start in milliseconds."""
-
-
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

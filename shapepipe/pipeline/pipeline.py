@@ -343,15 +343,6 @@ class Pipeline:
         """
         return max(1, min(self.workers, n_jobs))
 
-    def start_workers(self):
-        """Start the SMP worker processes in the background, once the config is valid.
-
-        Never before validation: a config error must not cost a pool start. Their start-up
-        then overlaps with creating the run directory and binding the first module's files.
-        """
-        if self.mode == "SMP" and self.workers > 1 and self.backend == "loky":
-            job_handler.warm_pool(min(self.workers, self.cores))
-
     def _warn(self, message):
         self.warnings.append(message)
         self.log.warning(message)
