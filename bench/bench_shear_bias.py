@@ -107,7 +107,7 @@ def _observation(st, k, e, jacobian):
 
 
 def run_chunk(first, count, n_epoch, design="m", noiseless=False, seed=SEED, case="standard",
-              psf_g_mean=(0.0, 0.0)):
+              psf_g_mean=(0.0, 0.0), fill="model"):
     """Draw and measure groups ``first .. first + count - 1``: their :func:`group_sums`.
 
     ``noiseless``: the same galaxies (same random draws) with negligible noise, measured
@@ -128,7 +128,8 @@ def run_chunk(first, count, n_epoch, design="m", noiseless=False, seed=SEED, cas
             oid = gi * 2 + (st["rot"][k] == 90 and not rotate_noise)
             obs = [_observation(st, k, e, options.get("jacobian")) for e in range(n_epoch)]
             rows.append(measure_object(obs, oid, seed=seed, noise_sign=st["nsign"][k],
-                                       noise_rotation=st["nrot"][k], fixnoise=not noiseless))
+                                       noise_rotation=st["nrot"][k], fixnoise=not noiseless,
+                                       bad_pixel_fill=fill))
             sign.append(st["sign"][k])
             group.append(gi - first)
             weight.append(st["snr_weight"])
@@ -147,7 +148,7 @@ def _save(path, groups, next_index):
 
 
 def run(n_gal, n_epoch, processes, design="m", noiseless=False, save=None, resume=False,
-        progress=True, seed=SEED, case="standard", psf_g_mean=(0.0, 0.0)):
+        progress=True, seed=SEED, case="standard", psf_g_mean=(0.0, 0.0), fill="model"):
     """Per-galaxy sums of ``n_gal`` groups, measured in blocks (saved after each block)."""
     done, start = [], 0
     if save and resume and os.path.exists(save):
@@ -161,8 +162,8 @@ def run(n_gal, n_epoch, processes, design="m", noiseless=False, save=None, resum
     t0 = time.perf_counter()
     for block in range(start, n_gal, BLOCK):
         stop = min(block + BLOCK, n_gal)
-        tasks = [(s, min(CHUNK, stop - s), n_epoch, design, noiseless, seed, case, psf_g_mean)
-                 for s in range(block, stop, CHUNK)]
+        tasks = [(s, min(CHUNK, stop - s), n_epoch, design, noiseless, seed, case, psf_g_mean,
+                  fill) for s in range(block, stop, CHUNK)]
         if processes > 1:
             parts = pool(delayed(run_chunk)(*t) for t in tasks)
         else:
@@ -235,6 +236,8 @@ def main(argv=None):
     parser.add_argument("--case", default="standard", choices=sorted(CASES),
                         help="galaxies and observing conditions (see CASES)")
     parser.add_argument("--designs", default="c,m", help="designs to run: c, m or c,m")
+    parser.add_argument("--fill", default="model", choices=("model", "symmetric"),
+                        help="how metacal fills masked pixels (measure_object bad_pixel_fill)")
     parser.add_argument("--psf-g-mean", default="0,0",
                         help="mean PSF shear g1,g2 added to every PSF: design c then measures "
                              "the leakage alpha = c / g (e.g. 0.03,0.03)")
@@ -269,8 +272,8 @@ def main(argv=None):
                          "--overwrite to start again")
     print(f"metacal shear bias, shear ({SHEAR[0]:.5f}, {SHEAR[1]:.5f}), S/N 10-100, "
           f"exp galaxies, Moffat PSFs; case {args.case}, seed {args.seed}, mean PSF shear "
-          f"{psf_g_mean}; {args.processes} process(es)")
-    common = dict(seed=args.seed, case=args.case, psf_g_mean=psf_g_mean)
+          f"{psf_g_mean}, masked-pixel fill {args.fill}; {args.processes} process(es)")
+    common = dict(seed=args.seed, case=args.case, psf_g_mean=psf_g_mean, fill=args.fill)
     for n_epoch in epochs:
         n_gal = args.n_gal or ((64 if args.quick else 2000) // n_epoch)
         n_gal_c = args.n_gal_c or max(n_gal // 8, 16)

@@ -47,6 +47,9 @@ KEYS = [
     Key("MASK_NEIGHBOURS", "bool", default=True,
         help="mask the pixels nearer to another catalogue object than to the object (its "
              "Voronoi cell, as DES's uberseg); metacal fills them with the object's model"),
+    Key("BAD_PIXEL_FILL", "str", default="model", choices=["model", "symmetric"],
+        help="how metacal fills masked pixels: a Gaussian model fit, or the galaxy's "
+             "point-symmetric mirror where it is good (less biased on stamps; bench/RESULTS.md)"),
     Key("MAX_MASKED_FRACTION", "float", default=MAX_MASKED_FRACTION,
         help="epochs with a larger fraction of masked vignet pixels are dropped (ShapePipe: 1/3)"),
 ]
@@ -136,7 +139,7 @@ def ngmix_runner(input_file_list, run_dirs, file_number_string, config, module_c
         model=opts["MODEL"].lower(), zero_point=opts["MAG_ZP"],
         pixel_scale=opts["PIXEL_SCALE"], id_min=opts["ID_OBJ_MIN"], id_max=opts["ID_OBJ_MAX"],
         part=part, n_part=n_part, max_masked_fraction=opts["MAX_MASKED_FRACTION"], log=w_log,
-        mask_neighbours=opts["MASK_NEIGHBOURS"])
+        mask_neighbours=opts["MASK_NEIGHBOURS"], bad_pixel_fill=opts["BAD_PIXEL_FILL"])
     w_log.info("wrote %s: %d objects, %d measured, %d flagged, %d epochs", output,
                counts["objects"], counts["measured"], counts["flagged"], counts["epochs"])
     return None, None

@@ -383,7 +383,7 @@ def flagged_rows(obj_id, flags):
 def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="gauss",
                  zero_point=30.0, pixel_scale=0.187, id_min=-1, id_max=-1, part=1, n_part=1,
                  max_masked_fraction=MAX_MASKED_FRACTION, log=None, progress_interval=20.0,
-                 mask_neighbours=True, neighbour_radius=14.0):
+                 mask_neighbours=True, neighbour_radius=14.0, bad_pixel_fill="model"):
     """Measure the objects of one tile (or one split part of it) and write the catalogue.
 
     Parameters
@@ -414,6 +414,8 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
         Progress (every ``progress_interval`` seconds at most) and counts.
     mask_neighbours : bool
         Mask the pixels nearer to another catalogue object (see the module docstring).
+    bad_pixel_fill : {"model", "symmetric"}
+        How metacal fills masked pixels (see ``measure_object``).
     neighbour_radius : float
         Neighbours are looked for within this radius (arcsec). A neighbour farther than twice
         the stamp's half-diagonal (2 x 6.7" for 51 pixels of 0.187") cannot be nearer than
@@ -463,7 +465,8 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     put(k, measure_object(obs_list, obj_id, seed=seed, model=model,
-                                          priors=priors, zero_point=zero_point))
+                                          priors=priors, zero_point=zero_point,
+                                          bad_pixel_fill=bad_pixel_fill))
                 counts["measured"] += 1
             except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
                 # A numerical failure of one object must not cost the tile: flag it.
