@@ -86,6 +86,24 @@ def _edge_area(dx, dy, off, scale, nsub, raper2):
     return count * scale * scale
 
 
+@njit(cache=True, inline="always")
+def _clip_box(xmin, xmax, ymin, ymax, nx, ny):
+    """A pixel box clipped to the image, and whether it had to be (SExtractor's APERT_PB)."""
+    clipped = xmin < 0 or xmax > nx or ymin < 0 or ymax > ny
+    return max(xmin, 0), min(xmax, nx), max(ymin, 0), min(ymax, ny), clipped
+
+
+@njit(cache=True, inline="always")
+def _ellipse_box(x0, y0, c2x, c2y, c2xy, lim):
+    """Pixel box (end exclusive) of the ellipse c2x dx^2 + c2y dy^2 + c2xy dx dy <= lim^2."""
+    dxl = c2x - c2xy * c2xy / (4.0 * c2y)
+    dxl = lim / math.sqrt(dxl) if dxl > 0 else 0.0
+    dyl = c2y - c2xy * c2xy / (4.0 * c2x)
+    dyl = lim / math.sqrt(dyl) if dyl > 0 else 0.0
+    return (int(np.rint(x0 - dxl)), int(np.rint(x0 + dxl)) + 1,
+            int(np.rint(y0 - dyl)), int(np.rint(y0 + dyl)) + 1)
+
+
 @njit(cache=True)
 def auto_flux(sub, var, has_var, mask, seg, own, mx, my, a, b, cxx, cyy, cxy,
               kron_fact, kron_min, corr, gain, backvar):
@@ -105,24 +123,10 @@ def auto_flux(sub, var, has_var, mask, seg, own, mx, my, a, b, cxx, cyy, cxy,
     for i in range(n):
         x0, y0 = mx[i], my[i]
         c2x, c2y, c2xy = cxx[i], cyy[i], cxy[i]
-        dxl = c2x - c2xy * c2xy / (4.0 * c2y)
-        dxl = KRON_NSIG / math.sqrt(dxl) if dxl > 0 else 0.0
-        dyl = c2y - c2xy * c2xy / (4.0 * c2x)
-        dyl = KRON_NSIG / math.sqrt(dyl) if dyl > 0 else 0.0
         klim2 = KRON_NSIG * KRON_NSIG
-        xmin, xmax = int(np.rint(x0 - dxl)), int(np.rint(x0 + dxl)) + 1
-        ymin, ymax = int(np.rint(y0 - dyl)), int(np.rint(y0 + dyl)) + 1
-        if xmin < 0:
-            xmin = 0
-            flags[i] |= F_APERT_PB
-        if xmax > nx:
-            xmax = nx
-            flags[i] |= F_APERT_PB
-        if ymin < 0:
-            ymin = 0
-            flags[i] |= F_APERT_PB
-        if ymax > ny:
-            ymax = ny
+        xmin, xmax, ymin, ymax = _ellipse_box(x0, y0, c2x, c2y, c2xy, KRON_NSIG)
+        xmin, xmax, ymin, ymax, clipped = _clip_box(xmin, xmax, ymin, ymax, nx, ny)
+        if clipped:
             flags[i] |= F_APERT_PB
         r1 = 0.0
         v1 = 0.0
@@ -152,24 +156,10 @@ def auto_flux(sub, var, has_var, mask, seg, own, mx, my, a, b, cxx, cyy, cxy,
             kf = kron_min
         if areab > CROWD_THRESHOLD * area:
             flags[i] |= F_CROWDED
-        dxl = c2x - c2xy * c2xy / (4.0 * c2y)
-        dxl = kf / math.sqrt(dxl) if dxl > 0 else 0.0
-        dyl = c2y - c2xy * c2xy / (4.0 * c2x)
-        dyl = kf / math.sqrt(dyl) if dyl > 0 else 0.0
         klim2 = kf * kf
-        xmin, xmax = int(np.rint(x0 - dxl)), int(np.rint(x0 + dxl)) + 1
-        ymin, ymax = int(np.rint(y0 - dyl)), int(np.rint(y0 + dyl)) + 1
-        if xmin < 0:
-            xmin = 0
-            flags[i] |= F_APERT_PB
-        if xmax > nx:
-            xmax = nx
-            flags[i] |= F_APERT_PB
-        if ymin < 0:
-            ymin = 0
-            flags[i] |= F_APERT_PB
-        if ymax > ny:
-            ymax = ny
+        xmin, xmax, ymin, ymax = _ellipse_box(x0, y0, c2x, c2y, c2xy, kf)
+        xmin, xmax, ymin, ymax, clipped = _clip_box(xmin, xmax, ymin, ymax, nx, ny)
+        if clipped:
             flags[i] |= F_APERT_PB
         area = 0
         areab = 0
@@ -221,17 +211,8 @@ def aper_flux(sub, var, has_var, mask, seg, own, mx, my, raper, corr, gain, back
         xmax = int(x0 + raper + 1.499999)
         ymin = int(y0 - raper + 0.499999)
         ymax = int(y0 + raper + 1.499999)
-        if xmin < 0:
-            xmin = 0
-            flags[i] |= F_APERT_PB
-        if xmax > nx:
-            xmax = nx
-            flags[i] |= F_APERT_PB
-        if ymin < 0:
-            ymin = 0
-            flags[i] |= F_APERT_PB
-        if ymax > ny:
-            ymax = ny
+        xmin, xmax, ymin, ymax, clipped = _clip_box(xmin, xmax, ymin, ymax, nx, ny)
+        if clipped:
             flags[i] |= F_APERT_PB
         m2x = 2.0 * x0 + 0.49999
         m2y = 2.0 * y0 + 0.49999
@@ -409,19 +390,7 @@ def _win_sums(sub, var, has_var, mask, seg, own, mx, my, sig, corr, invgain, bac
     xmax = int(mx + raper + 1.499999)
     ymin = int(my - raper + 0.499999)
     ymax = int(my + raper + 1.499999)
-    pb = False
-    if xmin < 0:
-        xmin = 0
-        pb = True
-    if xmax > nx:
-        xmax = nx
-        pb = True
-    if ymin < 0:
-        ymin = 0
-        pb = True
-    if ymax > ny:
-        ymax = ny
-        pb = True
+    xmin, xmax, ymin, ymax, pb = _clip_box(xmin, xmax, ymin, ymax, nx, ny)
     m2x = mx * 2.0 + 0.49999
     m2y = my * 2.0 + 0.49999
     tv = esum = mx2 = my2 = mxy = 0.0
