@@ -63,10 +63,12 @@ def field_seed(seed, index):
     return int(seed) * 1000 + int(index)
 
 
-def write_configs(out_dir, model, processes):
-    """Copies of the example configs with the PSF model and the worker count chosen.
+def write_configs(out_dir, model, processes, seed_by="position"):
+    """Copies of the example configs with the PSF model, the worker count and the seeding chosen.
 
-    Config files are data: only the two keys are replaced, by line.
+    Config files are data: only these keys are replaced, by line. ``seed_by="position"`` sets
+    ngmix_runner's ``SEED_BY = POSITION``: an object gets the same metacal noise in both
+    halves of a field (common random numbers), whatever its detection number there.
     """
     os.makedirs(out_dir, exist_ok=True)
     psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
@@ -77,6 +79,10 @@ def write_configs(out_dir, model, processes):
         text = re.sub(r"(?im)^SMP_BATCH_SIZE\s*=.*$", f"SMP_BATCH_SIZE = {processes}", text)
         if name == "config_tile.ini":
             text = re.sub(r"(?im)^ME_DOT_PSF_DIR\s*=.*$", f"ME_DOT_PSF_DIR = {psf_dir}", text)
+            text, n = re.subn(r"(?im)^SEED_BY\s*=.*$", f"SEED_BY = {seed_by.upper()}", text)
+            if n != 1:
+                raise SystemExit(f"{name}: expected one SEED_BY line in [NGMIX_RUNNER], "
+                                 f"found {n}")
         path = os.path.join(out_dir, name)
         write_text(text, path)
         paths[name] = path
@@ -133,13 +139,14 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
     -------
     dict
         ``g`` (n, 2) ellipticities, ``R`` (n, 2, 2) shear responses of the selected objects,
-        ``R_S`` (2, 2) selection response, ``psf`` (n, 2) PSF shears, ``snr``, ``t_ratio``.
+        ``R_S`` (2, 2) selection response, ``psf`` (n, 2) PSF shears, ``snr``, ``t_ratio``,
+        ``truth_idx`` (the matched truth row, -1 for none).
     """
     cat = sv.load_catalogues(files)
     tables = sv.metacal_tables(cat)
+    truth, _ = sv.load_truth(truth_dir)
+    idx = sv.match(cat["XWIN_WORLD"], cat["YWIN_WORLD"], truth["RA"], truth["DEC"])
     if true_galaxies:
-        truth, _ = sv.load_truth(truth_dir)
-        idx = sv.match(cat["XWIN_WORLD"], cat["YWIN_WORLD"], truth["RA"], truth["DEC"])
         is_gal = np.zeros(len(idx), bool)
         is_gal[idx >= 0] = truth["IS_STAR"][idx[idx >= 0]] == 0
         select = _restricted(select, is_gal)
@@ -153,7 +160,7 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
     return {"g": np.column_stack([ns["g1"], ns["g2"]]), "R": resp.reshape(-1, 2, 2),
             "R_S": selection_response(tables, select, step=sv.STEP),
             "psf": np.asarray(cat["NGMIX_ELL_PSFo_NOSHEAR"], float).reshape(-1, 2)[sel],
-            "snr": ns["snr"], "t_ratio": t_ratio}
+            "snr": ns["snr"], "t_ratio": t_ratio, "truth_idx": idx[sel]}
 
 
 def _estimate(parts, rows=None):
@@ -216,8 +223,19 @@ def biases(fields, shear, bins=None):
     return out
 
 
-def leakage(normal, leaky):
-    """alpha_i = (c_leak - c) / (psf_leak - psf), jackknife errors over both field sets."""
+def leakage(normal, leaky, paired=True):
+    """alpha_i = (c_leak - c) / (psf_leak - psf), with jackknife errors.
+
+    Parameters
+    ----------
+    normal, leaky : list of dict
+        Fields without and with the PSF offset (``{"plus": ..., "minus": ...}`` each).
+    paired : bool
+        ``leaky[j]`` is ``normal[j]``'s sky with the PSF offset (same objects, shapes and
+        noise): the jackknife leaves out one pair at a time, so the shape noise common to a
+        pair cancels in the error as in the estimate. Otherwise the two sets are independent
+        and each is jackknifed separately.
+    """
     def c_and_psf(fields):
         ep, _ = _estimate([f["plus"] for f in fields])
         em, _ = _estimate([f["minus"] for f in fields])
@@ -229,20 +247,56 @@ def leakage(normal, leaky):
         c1, p1 = c_and_psf(leak)
         return (c1 - c0) / (p1 - p0)
 
+    def result(value, err):
+        return {"alpha1": float(value[0]), "alpha2": float(value[1]),
+                "alpha1_err": float(err[0]), "alpha2_err": float(err[1])}
+
     value = alpha(normal, leaky)
+    if paired:
+        if len(normal) < len(leaky):
+            raise ValueError("paired leakage needs a normal field for every leakage field")
+        normal = normal[:len(leaky)]
+        k = len(leaky)
+        if k < 2:
+            return result(value, np.full(2, np.nan))
+        jack = np.array([alpha([f for j, f in enumerate(normal) if j != i],
+                               [f for j, f in enumerate(leaky) if j != i]) for i in range(k)])
+        return result(value, np.sqrt((k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2,
+                                                          axis=0)))
     var = np.zeros(2)
     for fields, other, first in ((normal, leaky, True), (leaky, normal, False)):
         k = len(fields)
         if k < 2:
-            return {"alpha1": float(value[0]), "alpha2": float(value[1]),
-                    "alpha1_err": np.nan, "alpha2_err": np.nan}
+            return result(value, np.full(2, np.nan))
         jack = np.array([alpha([f for j, f in enumerate(fields) if j != i], other) if first
                          else alpha(other, [f for j, f in enumerate(fields) if j != i])
                          for i in range(k)])
         var += (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
-    err = np.sqrt(var)
-    return {"alpha1": float(value[0]), "alpha2": float(value[1]),
-            "alpha1_err": float(err[0]), "alpha2_err": float(err[1])}
+    return result(value, np.sqrt(var))
+
+
+def pairing(field):
+    """How alike the two halves of a field are: selected objects matched through the truth.
+
+    Returns
+    -------
+    dict
+        ``selected`` (plus, minus), ``both`` (truth objects selected in both halves),
+        ``flips`` (selected in one half only), ``diff_std`` (std of g_plus - g_minus over
+        ``both``, per component): with common random numbers the difference is the shear's
+        doing, about 2 g R, plus little noise.
+    """
+    p, m = field["plus"], field["minus"]
+    sel_p = p["truth_idx"][p["truth_idx"] >= 0]
+    sel_m = m["truth_idx"][m["truth_idx"] >= 0]
+    common, ip, im = np.intersect1d(sel_p, sel_m, assume_unique=True, return_indices=True)
+    rows_p = np.flatnonzero(p["truth_idx"] >= 0)[ip]
+    rows_m = np.flatnonzero(m["truth_idx"] >= 0)[im]
+    diff = p["g"][rows_p] - m["g"][rows_m]
+    return {"selected": [int(len(p["g"])), int(len(m["g"]))], "both": int(len(common)),
+            "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(common)),
+            "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
+                                            else np.full(2, np.nan))]}
 
 
 def plot(path, summary):
@@ -282,7 +336,7 @@ def _label(lo, hi):
     return f"{lo:g}-{hi:g}" if hi < 1e8 else f">{lo:g}"
 
 
-def analyse(field_info, shear, cuts, log):
+def analyse(field_info, shear, cuts, log, paired_leakage=True):
     """The summary dict from the catalogues of every field."""
     select = sv.make_selector(cuts)
     normal, leaky, normal_truth = [], [], []
@@ -302,9 +356,10 @@ def analyse(field_info, shear, cuts, log):
                          for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:])]
     summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi)), bin=_label(lo, hi))
                           for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
-    summary["per_field"] = [biases([f], shear) for f in normal]
+    summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f)) for f in normal]
     if leaky:
-        summary["leakage"] = leakage(normal, leaky)
+        summary["leakage"] = leakage(normal, leaky, paired=paired_leakage)
+        summary["leakage"]["paired"] = bool(paired_leakage)
     return summary
 
 
@@ -323,6 +378,11 @@ def format_summary(s):
     for key, name in (("by_snr", "S/N"), ("by_size", "T/Tpsf")):
         lines.append(f"  m by {name}: " + "; ".join(
             f"{r['bin']}: {r['m']:+.4f} +- {r['m_err']:.4f} ({r['n_objects']})" for r in s[key]))
+    for k, f in enumerate(s["per_field"]):
+        pr = f["pairing"]
+        lines.append(f"  field {k}: m = {f['m']:+.4f}; selected {pr['selected'][0]} / "
+                     f"{pr['selected'][1]}, in both {pr['both']}, in one only {pr['flips']}; "
+                     f"std(g+ - g-) = {pr['diff_std'][0]:.4f}, {pr['diff_std'][1]:.4f}")
     if "leakage" in s:
         lk = s["leakage"]
         lines.append(f"  alpha1 = {lk['alpha1']:+.4f} +- {lk['alpha1_err']:.4f}   "
@@ -346,6 +406,10 @@ def main(argv=None):
     parser.add_argument("--model", choices=("psf_model", "psfex"), default="psf_model",
                         help="PSF model used by the tile chain")
     parser.add_argument("--full", action="store_true", help="MegaCam-size fields (slow)")
+    parser.add_argument("--seed-by", choices=("position", "id"), default="position",
+                        help="ngmix_runner SEED_BY: position (default) gives an object the "
+                             "same metacal noise in both halves; id reproduces runs made "
+                             "before this option (E1)")
     parser.add_argument("--snr-min", type=float, default=10.0)
     parser.add_argument("--t-ratio-min", type=float, default=0.5)
     parser.add_argument("--report", action="store_true",
@@ -353,6 +417,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.fields < 1 or args.leakage_fields < 0 or args.processes < 1:
         parser.error("--fields >= 1, --leakage-fields >= 0, --processes >= 1")
+    if args.leakage_fields > args.fields:
+        parser.error(f"--leakage-fields {args.leakage_fields}: at most --fields "
+                     f"({args.fields}), each leakage field repeats a normal field's sky")
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     start = time.time()
@@ -363,6 +430,10 @@ def main(argv=None):
     plan = {"seed": args.seed, "fields": args.fields, "leakage_fields": args.leakage_fields,
             "psf_g_offset": list(args.psf_g_offset), "shear": list(args.shear),
             "model": args.model, "full": args.full}
+    if args.seed_by != "id":
+        # Plans written before the option existed ran with "id" and do not record it.
+        plan["seed_by"] = args.seed_by
+        plan["leakage_sky"] = "paired"
     plan_path = os.path.join(out, "plan.json")
     if os.path.isfile(plan_path):
         with open(plan_path, encoding="utf-8") as handle:
@@ -371,24 +442,29 @@ def main(argv=None):
             parser.error(f"{plan_path} records another plan ({old}); use another --output")
     else:
         write_text(json.dumps(plan, indent=1) + "\n", plan_path)
-    configs = write_configs(os.path.join(out, "configs"), args.model, args.processes)
+    configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
+                            args.seed_by)
     field_info = []
     for k in range(args.fields + args.leakage_fields):
         leak = k >= args.fields
+        # Leakage field j is normal field j's sky (same seed: objects, shapes, noise) with the
+        # PSF offset: alpha comes from per-field differences in which shape noise cancels.
+        sky = k - args.fields if leak else k
         fdir = os.path.join(out, "fields", f"{'leak' if leak else 'field'}_{k:03d}")
         if args.report:
             done = [os.path.join(fdir, f"{h}.done") for h in HALVES]
             if not all(os.path.isfile(d) for d in done):
                 log(f"{os.path.basename(fdir)}: not done, left out of the report")
                 continue
-        cats = run_field(fdir, field_seed(args.seed, k), args.shear,
+        cats = run_field(fdir, field_seed(args.seed, sky), args.shear,
                          args.psf_g_offset if leak else None, configs, args.processes,
                          args.full, log)
         field_info.append({"cats": cats, "leakage": leak,
                            "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
     cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
             "spread_class": 1}
-    summary = analyse(field_info, args.shear, cuts, log)
+    summary = analyse(field_info, args.shear, cuts, log,
+                      paired_leakage=plan.get("leakage_sky") == "paired")
     summary["plan"] = plan
     write_text(json.dumps(summary, indent=1, default=float) + "\n",
                os.path.join(out, "shear_bias.json"))

@@ -237,6 +237,32 @@ def test_same_id_same_noise_and_flags(noisy_set):
     assert again["noshear"]["g1"] == ns["g1"][k]
     other = measure_object(obs, st["id"][k] + 1000, seed=3, noise_sign=st["nsign"][k])
     assert other["noshear"]["g1"] != ns["g1"][k]
+    # A seed label replaces the id in the seeds only: same numbers, the row keeps its id.
+    relabelled = measure_object(obs, st["id"][k] + 1000, seed=3, noise_sign=st["nsign"][k],
+                                seed_label=st["id"][k])
+    assert relabelled["noshear"]["g1"] == ns["g1"][k]
+    assert relabelled["noshear"]["id"] == st["id"][k] + 1000
+
+
+def test_position_labels_are_sky_cells():
+    from shapepipe.modules.ngmix.tile import position_labels
+
+    ra = np.array([216.0, 216.0 + 0.2 / 3600, 216.0 + 1.2 / 3600, 359.9999, -0.0001, 0.0])
+    dec = np.array([51.0, 51.0, 51.0, -89.99, 10.0, 89.9999])
+    lab = position_labels(ra, dec, cell=1.0)
+    assert lab.dtype == np.int64
+    assert lab[0] == lab[1] != lab[2]  # same 1" cell; the next cell
+    assert lab[3] == lab[3] and lab[4] == position_labels([359.9999], [10.0])[0]  # RA wraps
+    assert len(set(lab.tolist())) == 5
+    # Positions jittered by far less than a cell keep their label (common random numbers).
+    rng = np.random.default_rng(0)
+    ra0 = 216.0 + rng.uniform(0, 0.5, 1000)
+    dec0 = 51.0 + rng.uniform(0, 0.5, 1000)
+    jitter = 0.01 / 3600  # 0.01 arcsec
+    same = position_labels(ra0, dec0) == position_labels(ra0 + jitter, dec0 - jitter)
+    assert 0.97 < same.mean() < 1.0
+    with pytest.raises(ValueError, match="cell"):
+        position_labels(ra, dec, cell=0.0)
 
 
 def test_masked_pixels_are_filled():

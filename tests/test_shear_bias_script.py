@@ -62,14 +62,49 @@ def test_leakage_is_the_change_of_c_with_the_psf(sb):
     normal = _fields(3, shear, m=0.0, c=(5e-4, 0.0), seed=1, sigma_e=0.01)
     leaky = _fields(3, shear, m=0.0, c=(5e-4, 0.0), psf=(0.03, 0.03), alpha=0.1, seed=2,
                     sigma_e=0.01)
-    lk = sb.leakage(normal, leaky)
+    lk = sb.leakage(normal, leaky, paired=False)
     assert lk["alpha1"] == pytest.approx(0.1, abs=0.02)
     assert lk["alpha2"] == pytest.approx(0.1, abs=0.02)
     assert np.isfinite(lk["alpha1_err"])
+
+
+def _with_psf(fields, psf, alpha, seed):
+    # The same skies (shapes and noise) seen through a PSF with a mean shear ``psf``.
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in fields:
+        new = {}
+        for half in ("plus", "minus"):
+            h = dict(f[half])
+            shift = alpha * np.asarray(psf) * h["R"].diagonal(axis1=1, axis2=2)
+            h["g"] = h["g"] + shift + 1e-4 * rng.standard_normal(h["g"].shape)
+            h["psf"] = h["psf"] + np.asarray(psf)
+            new[half] = h
+        out.append(new)
+    return out
+
+
+def test_paired_leakage_cancels_the_shape_noise(sb):
+    shear = (0.02, 0.0)
+    # Full shape noise: independent skies cannot measure alpha from 4 fields, paired ones can.
+    normal = _fields(4, shear, m=0.0, c=(0.0, 0.0), seed=3, n=2000)
+    leaky = _with_psf(normal, (0.03, 0.03), alpha=0.05, seed=4)
+    paired = sb.leakage(normal, leaky, paired=True)
+    assert paired["alpha1"] == pytest.approx(0.05, abs=3e-3)
+    assert paired["alpha2"] == pytest.approx(0.05, abs=3e-3)
+    assert 0 < paired["alpha1_err"] < 3e-3
+    unpaired = sb.leakage(normal, _with_psf(_fields(4, shear, m=0.0, c=(0.0, 0.0), seed=5,
+                                                    n=2000), (0.03, 0.03), 0.05, 6),
+                          paired=False)
+    assert unpaired["alpha1_err"] > 10 * paired["alpha1_err"]
 
 
 def test_configs_are_copied_with_the_model_and_workers(sb, tmp_path):
     paths = sb.write_configs(str(tmp_path), "psfex", 3)
     tile = open(paths["config_tile.ini"]).read()
     assert "ME_DOT_PSF_DIR = last:psfex_runner" in tile and "SMP_BATCH_SIZE = 3" in tile
+    assert "SEED_BY = POSITION" in tile and "SEED_BY = ID" not in tile
+    tile_id = open(sb.write_configs(str(tmp_path / "id"), "psf_model", 1, "id")
+                   ["config_tile.ini"]).read()
+    assert "SEED_BY = ID" in tile_id
     assert sb.field_seed(7, 2) != sb.field_seed(7, 3)

@@ -13,7 +13,8 @@ that object only; counts are in the job log.
 
 Keys: LOG_WCS (log_exp_headers.sqlite: the file, its directory or a module reference),
 MAG_ZP, PIXEL_SCALE, ID_OBJ_MIN, ID_OBJ_MAX (-1 = no limit), SEED, MODEL,
-MAX_MASKED_FRACTION (epochs more masked than this are dropped; ShapePipe's 1/3).
+MAX_MASKED_FRACTION (epochs more masked than this are dropped; ShapePipe's 1/3), SEED_BY
+(ID or POSITION) and SEED_CELL.
 
 N_SPLIT: the runner supports splitting a tile into k jobs (``run_dirs["split"] = (part, k)``);
 part i measures the i-th contiguous slice of the selected objects and :func:`combine`
@@ -43,6 +44,11 @@ KEYS = [
     Key("ID_OBJ_MAX", "int", default=-1, help="largest NUMBER measured (<= 0: no limit)"),
     Key("SEED", "int", default=0,
         help="random seed; with the object id it fixes the object's random numbers"),
+    Key("SEED_BY", "str", default="ID", choices=["ID", "POSITION"],
+        help="what fixes an object's random numbers with SEED: its NUMBER (ID), or its sky "
+             "position on a SEED_CELL grid (POSITION: the same numbers in every simulation of "
+             "the same sky, for paired shear-bias tests)"),
+    Key("SEED_CELL", "float", default=1.0, help="grid cell (arcsec) of SEED_BY = POSITION"),
     Key("MODEL", "str", default="gauss", choices=sorted(MODELS), help="galaxy model"),
     Key("MASK_NEIGHBOURS", "bool", default=True,
         help="mask the pixels nearer to another catalogue object than to the object (its "
@@ -139,7 +145,8 @@ def ngmix_runner(input_file_list, run_dirs, file_number_string, config, module_c
         model=opts["MODEL"].lower(), zero_point=opts["MAG_ZP"],
         pixel_scale=opts["PIXEL_SCALE"], id_min=opts["ID_OBJ_MIN"], id_max=opts["ID_OBJ_MAX"],
         part=part, n_part=n_part, max_masked_fraction=opts["MAX_MASKED_FRACTION"], log=w_log,
-        mask_neighbours=opts["MASK_NEIGHBOURS"], bad_pixel_fill=opts["BAD_PIXEL_FILL"])
+        mask_neighbours=opts["MASK_NEIGHBOURS"], bad_pixel_fill=opts["BAD_PIXEL_FILL"],
+        seed_by=opts["SEED_BY"].lower(), seed_cell=opts["SEED_CELL"])
     w_log.info("wrote %s: %d objects, %d measured, %d flagged, %d epochs", output,
                counts["objects"], counts["measured"], counts["flagged"], counts["epochs"])
     return None, None

@@ -140,7 +140,7 @@ def _better_fit(new, old):
 def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors=None,
                    fixnoise=True, n_retry=3, zero_point=30.0, margin=8, dilation=None,
                    noise_sign=1.0, noise_rotation=0, start_T_factors=(1.0, 0.4, 2.5),
-                   max_gain=None, bad_pixel_fill="model"):
+                   max_gain=None, bad_pixel_fill="model", seed_label=None):
     """Metacalibration shapes of one object from its epochs.
 
     Parameters
@@ -193,6 +193,11 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     bad_pixel_fill : {"model", "symmetric"}
         How masked pixels are filled before the deconvolution: a PSF-convolved Gaussian fit,
         or the point-symmetric mirror of the galaxy where it is good (the model elsewhere).
+    seed_label : int, optional
+        Replaces ``object_id`` in the seeds of the object's random numbers (the output rows
+        keep ``object_id``): e.g. a label of the object's sky position, so that simulations
+        of the same sky give an object the same random numbers whatever its detection number
+        (:func:`shapepipe.modules.ngmix.tile.position_labels`).
 
     Returns
     -------
@@ -203,8 +208,9 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
         raise ValueError(f"noise_rotation={noise_rotation} needs square stamps")
     # Separate streams: the correction noise depends only on (seed, id, epoch shapes), never
     # on how many retries some fit needed.
-    rng = make_rng(seed, int(object_id), "fit")
-    noise_rng = make_rng(seed, int(object_id), "noise")
+    label = int(object_id if seed_label is None else seed_label)
+    rng = make_rng(seed, label, "fit")
+    noise_rng = make_rng(seed, label, "noise")
     rows = {t: _empty_row(object_id, 0) for t in METACAL_TYPES}
     if dilation is None:
         dilation = 1.0 + 2.0 * abs(step)
@@ -274,7 +280,7 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     for t in METACAL_TYPES:
         results[t], admom[t] = _fit_image(images[t], good_obs, pixels, reconv, model, priors,
                                           t_r, sigma_r, start_T_factors, n_retry,
-                                          make_rng(seed, int(object_id), "fit"))
+                                          make_rng(seed, label, "fit"))
     am = admom["noshear"]
     mcal_flags = flags
     for res in results.values():

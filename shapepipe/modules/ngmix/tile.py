@@ -115,6 +115,34 @@ def read_tile_positions(cat_path, ra_col="XWIN_WORLD", dec_col="YWIN_WORLD"):
     return ids, ra, dec
 
 
+def position_labels(ra, dec, cell=1.0):
+    """Integer labels of the sky cells (``cell`` arcsec, in RA and Dec) holding the objects.
+
+    Seeding an object's random numbers by its cell instead of its detection number gives it
+    the same random numbers in every simulation of the same sky: detection numbers change
+    with the shear (SExtractor numbers objects in the order their last row is scanned), cells
+    do not, except for the rare object whose centre moves across a cell edge. Two objects
+    in one cell share their seeds; their stamps, hence their noise images on the sky, differ.
+
+    Parameters
+    ----------
+    ra, dec : array_like
+        World positions (deg).
+    cell : float
+        Cell size (arcsec), > 0.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+    """
+    if not cell > 0:
+        raise ValueError(f"seed cell size must be > 0 arcsec, got {cell}")
+    n_ra = int(np.ceil(360.0 * 3600.0 / cell)) + 1
+    ix = np.floor(np.mod(np.asarray(ra, float), 360.0) * 3600.0 / cell).astype(np.int64)
+    iy = np.floor((np.asarray(dec, float) + 90.0) * 3600.0 / cell).astype(np.int64)
+    return iy * n_ra + ix
+
+
 def _neighbour_finder(ra, dec, radius):
     """``near(row) -> rows within radius (arcsec)``, from a KD-tree of tangent-plane positions."""
     from scipy.spatial import cKDTree
@@ -383,7 +411,8 @@ def flagged_rows(obj_id, flags):
 def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="gauss",
                  zero_point=30.0, pixel_scale=0.187, id_min=-1, id_max=-1, part=1, n_part=1,
                  max_masked_fraction=MAX_MASKED_FRACTION, log=None, progress_interval=20.0,
-                 mask_neighbours=True, neighbour_radius=14.0, bad_pixel_fill="model"):
+                 mask_neighbours=True, neighbour_radius=14.0, bad_pixel_fill="model",
+                 seed_by="id", seed_cell=1.0):
     """Measure the objects of one tile (or one split part of it) and write the catalogue.
 
     Parameters
@@ -416,6 +445,12 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
         Mask the pixels nearer to another catalogue object (see the module docstring).
     bad_pixel_fill : {"model", "symmetric"}
         How metacal fills masked pixels (see ``measure_object``).
+    seed_by : {"id", "position"}
+        What, with ``seed``, fixes an object's random numbers: its NUMBER, or its sky cell of
+        ``seed_cell`` arcsec (:func:`position_labels`; common random numbers across
+        simulations of the same sky, e.g. the +g / -g halves of a shear-bias test).
+    seed_cell : float
+        Cell size (arcsec) for ``seed_by="position"``.
     neighbour_radius : float
         Neighbours are looked for within this radius (arcsec). A neighbour farther than twice
         the stamp's half-diagonal (2 x 6.7" for 51 pixels of 0.187") cannot be nearer than
@@ -430,6 +465,12 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
     ids, ra, dec = read_tile_positions(cat_path)
     rows_idx = select_rows(ids, id_min, id_max, part, n_part)
     near = _neighbour_finder(ra, dec, neighbour_radius) if mask_neighbours else None
+    if seed_by == "position":
+        labels = position_labels(ra, dec, seed_cell)
+    elif seed_by == "id":
+        labels = ids
+    else:
+        raise ValueError(f"seed_by must be 'id' or 'position', got {seed_by!r}")
     exp_wcs = ExposureWCS(read_wcs)
     priors = Priors(cen_sigma=pixel_scale)
     counts = collections.Counter()
@@ -466,7 +507,8 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
                     warnings.simplefilter("ignore", RuntimeWarning)
                     put(k, measure_object(obs_list, obj_id, seed=seed, model=model,
                                           priors=priors, zero_point=zero_point,
-                                          bad_pixel_fill=bad_pixel_fill))
+                                          bad_pixel_fill=bad_pixel_fill,
+                                          seed_label=int(labels[r])))
                 counts["measured"] += 1
             except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
                 # A numerical failure of one object must not cost the tile: flag it.
@@ -483,7 +525,7 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
     finally:
         for store in stores.values():
             store.close()
-    header = {"SEED": int(seed), "MODEL": model, "MAGZP": float(zero_point),
+    header = {"SEED": int(seed), "SEEDBY": seed_by, "MODEL": model, "MAGZP": float(zero_point),
               "SPLITPRT": int(part), "NSPLIT": int(n_part)}
     write_catalog(output_path, tables, header=header)
     missing = exp_wcs.missing()
