@@ -65,6 +65,7 @@ from shapepipe.sim.shear_stamps import (  # noqa: E402
     bias_from_groups,
     draw_group,
     group_sums,
+    paired_bias_difference,
     snr_from_weight,
 )
 
@@ -252,9 +253,14 @@ def main(argv=None):
                         help="start the runs in --save again from the first galaxy")
     parser.add_argument("--report", action="store_true",
                         help="only print the results saved in --save")
+    parser.add_argument("--compare", metavar="DIR",
+                        help="with --report: m of --save minus m of the run saved in DIR, "
+                             "galaxy by galaxy (both runs must have the same seed and case)")
     args = parser.parse_args(argv)
     if (args.resume or args.report) and not args.save:
         parser.error("--resume and --report need --save DIR")
+    if args.compare and not args.report:
+        parser.error("--compare needs --report")
     epochs = [int(x) for x in args.epochs.split(",")]
     designs = [d.strip() for d in args.designs.split(",")]
     if set(designs) - {"c", "m"}:
@@ -319,6 +325,18 @@ def main(argv=None):
                        psf_g_mean=psf_g_mean)
             if design == "m":
                 report_by_snr(results[design])
+            if args.compare:
+                other = os.path.join(args.compare, os.path.basename(path))
+                if not os.path.exists(other):
+                    print(f"    --compare: no saved run {other}")
+                    continue
+                with np.load(other) as saved:
+                    base = {k: saved[k] for k in GROUP_KEYS}
+                for population, weighted in (("number counts", False), ("log-uniform", True)):
+                    d = paired_bias_difference(results[design], base, SHEAR, weighted)
+                    print(f"    design {design}, {population}: m({args.save}) - "
+                          f"m({args.compare}) = {d['dm']:+.5f} +- {d['dm_err']:.5f} "
+                          f"(same galaxies, {d['n_used']} unflagged in both)")
     return 0
 
 

@@ -11,6 +11,7 @@ from shapepipe.modules.ngmix.fitting import levenberg_marquardt, normal_equation
 from shapepipe.sim.shear_stamps import (
     bias_from_groups,
     draw_group,
+    paired_bias_difference,
     sample_snr,
     snr_from_weight,
 )
@@ -167,6 +168,34 @@ def test_weighted_bias_estimator():
     groups["D2"] = 1.01 * P + noise
     b = bias_from_groups(groups, (0.01, 0.01))
     assert b["m_err"] == pytest.approx(b["m1_err"], rel=1e-9)
+
+
+def test_paired_bias_difference_cancels_the_common_scatter():
+    # Two runs on the same galaxies: large common noise, m differs by 0.004 and a little
+    # independent noise; the paired error is set by the independent part only.
+    rng = np.random.default_rng(1)
+    n = 2000
+    P = rng.uniform(0.004, 0.01, n)
+    common = rng.normal(0, 5e-3, n)
+
+    def groups(m, extra):
+        d = (1 + m) * P + common + extra
+        return {"D1": d, "D2": d, "P1": P, "P2": P, "S1": P, "S2": P, "R11": P, "R22": P,
+                "weight": np.linspace(0.5, 2, n), "flagged": np.zeros(n, bool)}
+
+    a = groups(0.004, rng.normal(0, 1e-4, n))
+    b = groups(0.0, rng.normal(0, 1e-4, n))
+    d = paired_bias_difference(a, b, (0.01, 0.01), weighted=False)
+    single = bias_from_groups(dict(a, weight=np.ones(n)), (0.01, 0.01))
+    assert d["dm"] == pytest.approx(single["m"] - bias_from_groups(
+        dict(b, weight=np.ones(n)), (0.01, 0.01))["m"], abs=1e-12)
+    assert d["dm"] == pytest.approx(0.004, abs=5 * d["dm_err"])
+    assert d["dm_err"] < single["m_err"] / 20
+    b["flagged"][:10] = True
+    assert paired_bias_difference(a, b, (0.01, 0.01))["n_used"] == n - 10
+    b["weight"] = b["weight"] * 2
+    with pytest.raises(ValueError, match="same seed"):
+        paired_bias_difference(a, b, (0.01, 0.01))
 
 
 def test_rotated_correction_noise_needs_square_stamps():
