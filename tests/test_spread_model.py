@@ -218,6 +218,13 @@ def test_owned_pixels_equal_objects_split_at_the_bisector_brighter_takes_more():
     bright = owned_pixels(S, dx[:1], dy[:1], tuple(c[:1] for c in cov), np.ones(1), nbx[:1],
                           nby[:1], tuple(c[:1] for c in nb_cov), np.full((1, 1), 100.0))
     assert bright[0, 25, :].sum() < keep[0, 25, :].sum() and bright[0, 25, 20]
+    # max_fraction: only pixels where the neighbour adds at most that fraction are kept
+    strict = owned_pixels(S, dx[:1], dy[:1], tuple(c[:1] for c in cov), np.ones(1), nbx[:1],
+                          nby[:1], tuple(c[:1] for c in nb_cov), np.ones((1, 1)),
+                          max_fraction=0.1)
+    r_own = (xx - 20.0) ** 2 + (np.arange(S)[:, None] - 25.0) ** 2
+    r_nb = (xx - 30.0) ** 2 + (np.arange(S)[:, None] - 25.0) ** 2
+    np.testing.assert_array_equal(strict[0], (r_nb - r_own) / 6.0 >= np.log(10.0))
 
 
 def test_depth_plateau_removes_the_bias_of_pixels_flagged_in_one_exposure():
@@ -257,13 +264,15 @@ def test_depth_plateau_removes_the_bias_of_pixels_flagged_in_one_exposure():
 
 
 def test_neighbour_mask_keeps_a_star_beside_a_bright_galaxy_a_star(tmp_path):
-    """A star 9 pixels from a galaxy 15 times brighter: with the whole aperture the
-    galaxy's light makes it 'extended' (SPREAD_CLASS 1); with the pixels the galaxy owns
-    left out it is a star again. The galaxy and an isolated star do not change."""
+    """A star 9 pixels from a galaxy 10 times brighter: with the whole aperture the
+    galaxy's light makes it extended (SPREAD_MODEL 0.009, far from a star); with the pixels
+    the galaxy owns left out it is a star again, and closer to zero with the pixels where
+    the galaxy adds more than 10% left out too. The galaxy stays a galaxy; an isolated star
+    does not change."""
     rng = np.random.default_rng(5)
     n, sigma = 160, 5.0
-    pos = np.array([[60.3, 80.6], [69.1, 81.4], [110.4, 40.7]])  # 0-based
-    objs = [galsim.DeltaFunction().withFlux(2e4),
+    pos = np.array([[60.3, 80.6], [69.3, 81.4], [110.4, 40.7]])  # 0-based
+    objs = [galsim.DeltaFunction().withFlux(3e4),
             galsim.Exponential(half_light_radius=0.8).withFlux(3e5),
             galsim.DeltaFunction().withFlux(2e4)]
     scene = np.zeros((n, n))
@@ -299,12 +308,18 @@ def test_neighbour_mask_keeps_a_star_beside_a_bright_galaxy_a_star(tmp_path):
     wpath = str(tmp_path / "weight_vignet-000-000.fits")
     write_vignet_file(wpath, ids, np.full((3, S, S), 1 / sigma ** 2, dtype=np.float32))
     res = {}
-    for masked in (False, True):
-        out = str(tmp_path / f"sm_{masked}.fits")
-        process(cat, store_path, wpath, out, mask_neighbours=masked)
+    for masked, frac in ((False, 1.0), (True, 1.0), (True, 0.1)):
+        out = str(tmp_path / f"sm_{masked}_{frac}.fits")
+        process(cat, store_path, wpath, out, mask_neighbours=masked, neighbour_fraction=frac)
         d = fits.getdata(out, "LDAC_OBJECTS")
-        res[masked] = (d["SPREAD_MODEL"].astype(float), d["SPREADERR_MODEL"].astype(float))
+        res[masked, frac] = (d["SPREAD_MODEL"].astype(float), d["SPREADERR_MODEL"].astype(float))
     c = {m: res[m][0] + 5 / 3 * res[m][1] for m in res}
-    assert c[False][0] > 0.01 and abs(c[True][0]) < 0.003
-    assert c[True][1] > 0.01
-    np.testing.assert_allclose(res[True][0][1:], res[False][0][1:], rtol=1e-5)
+    # the whole aperture: 'extended'; SExtractor's allocation: a star; pixels where the
+    # galaxy adds more than 10% left out too: closer to zero still
+    assert c[False, 1.0][0] > 0.007 and abs(c[True, 1.0][0]) < 0.003
+    assert abs(c[True, 0.1][0]) < 0.5 * abs(c[True, 1.0][0])
+    for key in ((True, 1.0), (True, 0.1)):
+        assert c[key][1] > 0.01
+        np.testing.assert_allclose(res[key][0][2], res[False, 1.0][0][2], rtol=1e-5)
+    with pytest.raises(ValueError, match="NEIGHBOUR_FRACTION"):
+        process(cat, store_path, wpath, str(tmp_path / "x.fits"), neighbour_fraction=0.0)

@@ -14,8 +14,10 @@ scale is warned about), OUTPUT_MODE (new | add), PREFIX (SUFFIX: old name),
 TILE_RESAMPLING (NONE | BILINEAR: the stacking kernel added to each epoch's PSF, from the
 CCD WCSs of LOG_WCS; the simulated tiles are stacked with bilinear interpolation),
 APERTURE_FWHM (sums restricted to pixels within this many PSF FWHMs of the object),
-MASK_NEIGHBOURS (pixels a catalogue neighbour owns are left out, SExtractor's deblending
-allocation), WEIGHT_TOLERANCE (aperture pixels whose weight differs from the aperture's
+MASK_NEIGHBOURS (pixels where a catalogue neighbour's light is sizeable are left out, as
+SExtractor's deblending allocates pixels), NEIGHBOUR_FRACTION (a pixel is kept where no
+neighbour's model exceeds this fraction of the object's; 1 = SExtractor's allocation),
+WEIGHT_TOLERANCE (aperture pixels whose weight differs from the aperture's
 median by more than this fraction are left out: pixels next to one exposure's flagged pixels
 or edge, whose value the PSF model does not describe).
 The PSF of a tile object is the equal-weight mean of its epochs' PSF stamps; see
@@ -43,6 +45,9 @@ KEYS = [
     Key("MASK_NEIGHBOURS", "bool", default=True,
         help="leave out the pixels where a catalogue neighbour's Gaussian model (FLUX_AUTO, "
              "X2/Y2/XY_IMAGE) is brighter than the object's"),
+    Key("NEIGHBOUR_FRACTION", "float", default=0.1,
+        help="with MASK_NEIGHBOURS, keep the pixels where no neighbour's model exceeds this "
+             "fraction of the object's (1: each pixel to the brightest model)"),
     Key("WEIGHT_TOLERANCE", "float", default=0.01,
         help="leave out aperture pixels whose weight differs from the aperture's median by "
              "more than this fraction (0: keep them)"),
@@ -96,6 +101,7 @@ def spread_model_runner(input_file_list, run_dirs, file_number_string, config,
                      pixel_scale=opts["PIXEL_SCALE"], exp_wcs=exp_wcs,
                      aperture_fwhm=opts["APERTURE_FWHM"],
                      mask_neighbours=opts["MASK_NEIGHBOURS"],
+                     neighbour_fraction=opts["NEIGHBOUR_FRACTION"],
                      weight_tolerance=opts["WEIGHT_TOLERANCE"], log=w_log)
     w_log.info("wrote %s: %s", out, counts)
     return None, None

@@ -156,13 +156,18 @@ def regularised_moments(xx, yy, xy, floor=0.25):
     return xx, yy, xy
 
 
-def owned_pixels(size, dx, dy, own_cov, own_flux, nb_dx, nb_dy, nb_cov, nb_flux):
+def owned_pixels(size, dx, dy, own_cov, own_flux, nb_dx, nb_dy, nb_cov, nb_flux,
+                 max_fraction=1.0):
     """Pixels of each stamp that the object owns against its neighbours.
 
     As SExtractor's deblending allocates the pixels of a blend, each object is modelled by
     an elliptical Gaussian with its flux and second moments, and a pixel belongs to the
-    object whose model predicts the most light there. The pixels a neighbour owns are
-    excluded from the object's SPREAD_MODEL sums (SExtractor masks them in its fits).
+    object whose model predicts the most light there (``max_fraction = 1``). The pixels a
+    neighbour owns are excluded from the object's SPREAD_MODEL sums (SExtractor masks them
+    in its fits). With ``max_fraction < 1`` an object keeps only the pixels where no
+    neighbour's model reaches that fraction of its own: the pixels it owns but where a
+    neighbour's light is still a sizeable part of the signal are left out too, since the
+    symmetric PSF and galaxy models read that one-sided light as extent.
 
     Parameters
     ----------
@@ -181,6 +186,9 @@ def owned_pixels(size, dx, dy, own_cov, own_flux, nb_dx, nb_dy, nb_cov, nb_flux)
         ``(xx, yy, xy)``, each ``(n, K)``.
     nb_flux : numpy.ndarray
         ``(n, K)``.
+    max_fraction : float
+        A pixel is kept where every neighbour's model is at most this fraction of the
+        object's.
 
     Returns
     -------
@@ -209,5 +217,5 @@ def owned_pixels(size, dx, dy, own_cov, own_flux, nb_dx, nb_dy, nb_cov, nb_flux)
 
         other = gaussian_log_profile(gx - sel(nb_dx), gy - sel(nb_dy),
                                      tuple(sel(c) for c in nb_cov), sel(nb_flux))
-        keep[rows] &= ~(other > own[rows])
+        keep[rows] &= ~(other - np.log(max_fraction) > own[rows])
     return keep

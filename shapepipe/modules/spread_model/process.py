@@ -285,7 +285,8 @@ def neighbour_table(data, names, x, y):
     return {"x": x, "y": y, "cov": cov, "flux": flux}
 
 
-def neighbour_ownership(table, rows, x0, y0, dx, dy, size, k=N_NEIGHBOURS):
+def neighbour_ownership(table, rows, x0, y0, dx, dy, size, k=N_NEIGHBOURS,
+                        max_fraction=1.0):
     """Stamp pixels each object of ``rows`` owns against its catalogue neighbours.
 
     Parameters
@@ -327,7 +328,8 @@ def neighbour_ownership(table, rows, x0, y0, dx, dy, size, k=N_NEIGHBOURS):
     return owned_pixels(size, dx, dy, own_cov, table["flux"][rows],
                         nb(table["x"]) - np.asarray(x0, dtype=float)[:, None],
                         nb(table["y"]) - np.asarray(y0, dtype=float)[:, None],
-                        tuple(nb(c) for c in table["cov"]), nb(table["flux"]))
+                        tuple(nb(c) for c in table["cov"]), nb(table["flux"]),
+                        max_fraction=max_fraction)
 
 
 def depth_plateau(weights, inside, tolerance):
@@ -368,7 +370,7 @@ def depth_plateau(weights, inside, tolerance):
 
 def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="new",
             pixel_scale=None, exp_wcs=None, aperture_fwhm=1.6, mask_neighbours=True,
-            weight_tolerance=0.01, log=None):
+            neighbour_fraction=0.1, weight_tolerance=0.01, log=None):
     """Compute SPREAD_MODEL for a tile catalogue and write ``sexcat_sm``.
 
     Parameters
@@ -398,9 +400,13 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
         fraction of S/N > 50 stars classified as stars goes from 80% with the whole stamp to
         95% within 1.6 FWHM).
     mask_neighbours : bool
-        Exclude the pixels a catalogue neighbour owns (:func:`neighbour_ownership`:
-        SExtractor's deblending allocation, elliptical Gaussians from X2/Y2/XY_IMAGE and
-        FLUX_AUTO).
+        Exclude the pixels where a catalogue neighbour's light is sizeable
+        (:func:`neighbour_ownership`: SExtractor's deblending allocation, elliptical Gaussians
+        from X2/Y2/XY_IMAGE and FLUX_AUTO).
+    neighbour_fraction : float
+        With ``mask_neighbours``, a pixel is kept where no neighbour's model exceeds this
+        fraction of the object's (1: SExtractor's allocation, each pixel to the brightest
+        model; 0.1: a neighbour adds at most ~10% to a kept pixel).
     weight_tolerance : float
         Exclude aperture pixels whose weight differs from the aperture's median weight by
         more than this fraction (:func:`depth_plateau`); <= 0: keep them.
@@ -413,6 +419,8 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
     mode = mode.lower()
     if mode not in ("new", "add"):
         raise ValueError(f"OUTPUT_MODE = {mode!r}: expected new or add")
+    if not neighbour_fraction > 0:
+        raise ValueError(f"NEIGHBOUR_FRACTION = {neighbour_fraction!r}: expected > 0")
     with fits.open(sexcat_path, memmap=True) as hdul:
         obj_hdu = _objects(hdul)
         data = obj_hdu.data
@@ -493,7 +501,8 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
                 keep = inside & depth_plateau(wgt, inside, weight_tolerance)
                 if mask_neighbours:
                     keep &= neighbour_ownership(nb_table, np.arange(lo, hi), vx0[sl], vy0[sl],
-                                                dx, dy, size)
+                                                dx, dy, size,
+                                                max_fraction=neighbour_fraction)
                 wgt = np.where(keep, wgt, 0.0)
                 phi, gal = models(psf, dx, dy, fw, size)
                 s, e, f = spread_model(pix, wgt, phi, gal)
