@@ -193,7 +193,8 @@ def owned_pixels(size, dx, dy, own_cov, own_flux, nb_dx, nb_dy, nb_cov, nb_flux,
     Returns
     -------
     numpy.ndarray of bool
-        ``(n, size, size)``: True where no neighbour's model exceeds the object's.
+        ``(n, size, size)``: True where no neighbour's model exceeds ``max_fraction``
+        times the object's.
     """
     grid = np.arange(size, dtype=float)
     gx = grid[None, None, :]
