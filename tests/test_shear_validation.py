@@ -105,6 +105,22 @@ def test_match_one_to_one():
     assert list(idx) == [0, -1, 2, -1]
 
 
+def test_match_dominant_takes_the_object_whose_light_the_detection_is():
+    """A detection 0.3" from a faint star and 0.5" from a galaxy 2 mag brighter is the
+    galaxy's (the nearest match says star); an isolated star is itself; of two detections of
+    one object, the one it dominates more keeps it; nothing within 1": no match."""
+    a = 1.0 / 3600
+    truth = {"RA": np.array([0.0, 0.8 * a, 20 * a, 40 * a]), "DEC": np.zeros(4),
+             "MAG": np.array([23.0, 21.0, 20.0, 20.0]), "HLR": np.array([0.0, 0.5, 0.0, 0.0])}
+    cat_ra = np.array([0.3 * a, 20.05 * a, 20.4 * a, 60 * a])
+    idx = sv.match_dominant(cat_ra, np.zeros(4), truth)
+    assert list(idx) == [1, 2, -1, -1]
+    assert list(sv.match(cat_ra, np.zeros(4), truth["RA"], truth["DEC"], 0.6)) == [0, 2, -1, -1]
+    # the same detection next to a star of equal brightness: the nearer star
+    truth["MAG"][1], truth["HLR"][1] = 23.0, 0.0
+    assert sv.match_dominant(cat_ra[:1], np.zeros(1), truth)[0] == 0
+
+
 @pytest.fixture(scope="module")
 def truth_dir(tmp_path_factory):
     from shapepipe.sim import make_survey, tiny_params

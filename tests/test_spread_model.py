@@ -15,8 +15,11 @@ from shapepipe.modules.spread_model import (
     FLAG_NO_PSF,
     combine_epoch_psfs,
     models,
+    process,
     spread_model,
 )
+from shapepipe.modules.spread_model.model import owned_pixels
+from shapepipe.modules.spread_model.process import depth_plateau
 from shapepipe.modules.vignetmaker import write_vignet_file
 from shapepipe.utils.pixels import stamp_corner
 from shapepipe.utils.stamp_store import open_store
@@ -199,3 +202,124 @@ def test_runner_rejects_mismatched_weight_vignets(tmp_path, sp):
         NUMBERING_SCHEME = -000-000
         """, modules="spread_model_runner")
     assert sp.run(config) == 1
+
+
+def test_owned_pixels_equal_objects_split_at_the_bisector_brighter_takes_more():
+    """SExtractor's allocation: equal neighbours share the pixels at the bisector; a brighter
+    neighbour's Gaussian takes pixels beyond it; no neighbour (NaN) masks nothing."""
+    cov = (np.full(2, 3.0), np.full(2, 3.0), np.zeros(2))
+    nb_cov = tuple(c[:, None] for c in cov)
+    dx, dy = np.array([20.0, 20.0]), np.array([25.0, 25.0])
+    nbx, nby = np.array([[30.0], [np.nan]]), np.array([[25.0], [np.nan]])
+    keep = owned_pixels(S, dx, dy, cov, np.ones(2), nbx, nby, nb_cov, np.ones((2, 1)))
+    xx = np.arange(S)[None, :].repeat(S, 0)
+    np.testing.assert_array_equal(keep[0], xx <= 25)
+    assert keep[1].all()
+    bright = owned_pixels(S, dx[:1], dy[:1], tuple(c[:1] for c in cov), np.ones(1), nbx[:1],
+                          nby[:1], tuple(c[:1] for c in nb_cov), np.full((1, 1), 100.0))
+    assert bright[0, 25, :].sum() < keep[0, 25, :].sum() and bright[0, 25, 20]
+    # max_fraction: only pixels where the neighbour adds at most that fraction are kept
+    strict = owned_pixels(S, dx[:1], dy[:1], tuple(c[:1] for c in cov), np.ones(1), nbx[:1],
+                          nby[:1], tuple(c[:1] for c in nb_cov), np.ones((1, 1)),
+                          max_fraction=0.1)
+    r_own = (xx - 20.0) ** 2 + (np.arange(S)[:, None] - 25.0) ** 2
+    r_nb = (xx - 30.0) ** 2 + (np.arange(S)[:, None] - 25.0) ** 2
+    np.testing.assert_array_equal(strict[0], (r_nb - r_own) / 6.0 >= np.log(10.0))
+
+
+def test_depth_plateau_removes_the_bias_of_pixels_flagged_in_one_exposure():
+    """A bright star stacked from two exposures with bilinear resampling, its core flagged
+    (saturated) in one of them: tile pixels that keep part of that exposure's kernel are not
+    the stack of the PSF; leaving out the pixels whose weight is off the aperture's plateau
+    brings SPREAD_MODEL back to zero."""
+    n = S + 10
+    us = np.array([(0.3, 0.6), (0.7, 0.2)])
+    pos = np.array([25.2, 24.9])  # the star in tile pixels
+    jj, ii = np.mgrid[:S, :S].astype(float)
+    num, den = np.zeros((S, S)), np.zeros((S, S))
+    for e, u in enumerate(us):
+        # tile pixel i samples exposure e at i + 5 + u_e (as shapepipe.sim.tile stacks)
+        p = pos + 5 + u
+        img = PSF.withFlux(2e6).drawImage(nx=n, ny=n, scale=SCALE,
+                                          offset=tuple(p - (n - 1) / 2)).array
+        w = np.ones_like(img)
+        if e == 0:
+            w[img > 0.2 * img.max()] = 0.0
+        coords = [jj + 5 + u[1], ii + 5 + u[0]]
+        num += map_coordinates(w * img, coords, order=1, prefilter=False)
+        den += map_coordinates(w, coords, order=1, prefilter=False)
+    tile = num / den
+    store = {"1": {"e-0": {"VIGNET": _psf_stamp(S)}, "f-0": {"VIGNET": _psf_stamp(S)}}}
+    psf, _, _ = combine_epoch_psfs(store, [1], S,
+                                   grid_offsets=lambda owner, keys: (us[:, 0], us[:, 1]))
+    phi, gal = models(psf, pos[:1], pos[1:], np.full(1, FWHM_PIX), S)
+    inside = (((ii - pos[0]) ** 2 + (jj - pos[1]) ** 2) <= (1.6 * FWHM_PIX) ** 2)[None]
+    out = {}
+    for tol in (0.0, 0.01):
+        keep = inside & depth_plateau(den[None], inside, tol)
+        out[tol] = spread_model(tile[None], np.where(keep, den[None], 0.0), phi, gal)[0][0]
+        assert keep.sum() > 50
+    assert abs(out[0.01]) < 1e-6 and abs(out[0.0]) > 3e-4
+    np.testing.assert_array_equal(depth_plateau(den[None], inside, 0.0), True)
+
+
+def test_neighbour_mask_keeps_a_star_beside_a_bright_galaxy_a_star(tmp_path):
+    """A star 9 pixels from a galaxy 10 times brighter: with the whole aperture the
+    galaxy's light makes it extended (SPREAD_MODEL 0.009, far from a star); with the pixels
+    the galaxy owns left out it is a star again, and closer to zero with the pixels where
+    the galaxy adds more than 10% left out too. The galaxy stays a galaxy; an isolated star
+    does not change."""
+    rng = np.random.default_rng(5)
+    n, sigma = 160, 5.0
+    pos = np.array([[60.3, 80.6], [69.3, 81.4], [110.4, 40.7]])  # 0-based
+    objs = [galsim.DeltaFunction().withFlux(3e4),
+            galsim.Exponential(half_light_radius=0.8).withFlux(3e5),
+            galsim.DeltaFunction().withFlux(2e4)]
+    scene = np.zeros((n, n))
+    mom = []
+    yy, xx = np.mgrid[:n, :n]
+    for p, obj in zip(pos, objs):
+        img = galsim.Convolve(obj, PSF).drawImage(nx=n, ny=n, scale=SCALE,
+                                                  offset=tuple(p - (n - 1) / 2)).array
+        scene += img
+        m = img > 0.05 * img.max()  # isophotal moments, as SExtractor's X2_IMAGE...
+        f = img[m].sum()
+        mx, my = (img[m] * xx[m]).sum() / f, (img[m] * yy[m]).sum() / f
+        mom.append(((img[m] * (xx[m] - mx) ** 2).sum() / f, (img[m] * (yy[m] - my) ** 2).sum() / f,
+                    (img[m] * (xx[m] - mx) * (yy[m] - my)).sum() / f, img.sum()))
+    scene += rng.normal(0, sigma, scene.shape)
+    mom = np.array(mom)
+    x0, y0, _, _ = stamp_corner(pos[:, 0], pos[:, 1], S)
+    vign = np.array([scene[b:b + S, a:a + S] for a, b in zip(x0, y0)])
+    cat = str(tmp_path / "tile_sexcat-000-000.fits")
+    ids = np.arange(1, 4)
+    write_tile_catalog(cat, {"NUMBER": ids, "X_IMAGE": pos[:, 0] + 1, "Y_IMAGE": pos[:, 1] + 1,
+                             "XWIN_IMAGE": pos[:, 0] + 1, "YWIN_IMAGE": pos[:, 1] + 1,
+                             "X2_IMAGE": mom[:, 0], "Y2_IMAGE": mom[:, 1], "XY_IMAGE": mom[:, 2],
+                             "FLUX_AUTO": mom[:, 3], "VIGNET": vign})
+    store_path = str(tmp_path / "galaxy_psf-000-000.sqlite")
+    store = open_store(store_path, "n")
+    for i in ids:
+        store[str(i)] = {"2000001-0": {"VIGNET": _psf_stamp(),
+                                       "SHAPES": {"SIGMA_PSF_HSM": FWHM_PIX / 2.3548,
+                                                  "FLAG_PSF_HSM": 0}}}
+    store.commit()
+    store.close()
+    wpath = str(tmp_path / "weight_vignet-000-000.fits")
+    write_vignet_file(wpath, ids, np.full((3, S, S), 1 / sigma ** 2, dtype=np.float32))
+    res = {}
+    for masked, frac in ((False, 1.0), (True, 1.0), (True, 0.1)):
+        out = str(tmp_path / f"sm_{masked}_{frac}.fits")
+        process(cat, store_path, wpath, out, mask_neighbours=masked, neighbour_fraction=frac)
+        d = fits.getdata(out, "LDAC_OBJECTS")
+        res[masked, frac] = (d["SPREAD_MODEL"].astype(float), d["SPREADERR_MODEL"].astype(float))
+    c = {m: res[m][0] + 5 / 3 * res[m][1] for m in res}
+    # the whole aperture: 'extended'; SExtractor's allocation: a star; pixels where the
+    # galaxy adds more than 10% left out too: closer to zero still
+    assert c[False, 1.0][0] > 0.007 and abs(c[True, 1.0][0]) < 0.003
+    assert abs(c[True, 0.1][0]) < 0.5 * abs(c[True, 1.0][0])
+    for key in ((True, 1.0), (True, 0.1)):
+        assert c[key][1] > 0.01
+        np.testing.assert_allclose(res[key][0][2], res[False, 1.0][0][2], rtol=1e-5)
+    with pytest.raises(ValueError, match="NEIGHBOUR_FRACTION"):
+        process(cat, store_path, wpath, str(tmp_path / "x.fits"), neighbour_fraction=0.0)

@@ -13,7 +13,13 @@ Keys: PIXEL_SCALE (arcsec, of the exposures the PSF stamps are sampled on; a til
 scale is warned about), OUTPUT_MODE (new | add), PREFIX (SUFFIX: old name),
 TILE_RESAMPLING (NONE | BILINEAR: the stacking kernel added to each epoch's PSF, from the
 CCD WCSs of LOG_WCS; the simulated tiles are stacked with bilinear interpolation),
-APERTURE_FWHM (sums restricted to pixels within this many PSF FWHMs of the object).
+APERTURE_FWHM (sums restricted to pixels within this many PSF FWHMs of the object),
+MASK_NEIGHBOURS (pixels where a catalogue neighbour's light is sizeable are left out, as
+SExtractor's deblending allocates pixels), NEIGHBOUR_FRACTION (a pixel is kept where no
+neighbour's model exceeds this fraction of the object's; 1 = SExtractor's allocation),
+WEIGHT_TOLERANCE (aperture pixels whose weight differs from the aperture's
+median by more than this fraction are left out: pixels next to one exposure's flagged pixels
+or edge, whose value the PSF model does not describe).
 The PSF of a tile object is the equal-weight mean of its epochs' PSF stamps; see
 :mod:`shapepipe.modules.spread_model.process` for why.
 """
@@ -36,6 +42,15 @@ KEYS = [
     Key("APERTURE_FWHM", "float", default=1.6,
         help="sums over pixels within this many PSF FWHMs of the object (0: whole stamp), "
              "so that neighbours do not bias them"),
+    Key("MASK_NEIGHBOURS", "bool", default=True,
+        help="leave out the pixels where a catalogue neighbour's Gaussian model (FLUX_AUTO, "
+             "X2/Y2/XY_IMAGE) is brighter than the object's"),
+    Key("NEIGHBOUR_FRACTION", "float", default=0.1,
+        help="with MASK_NEIGHBOURS, keep the pixels where no neighbour's model exceeds this "
+             "fraction of the object's (1: each pixel to the brightest model)"),
+    Key("WEIGHT_TOLERANCE", "float", default=0.01,
+        help="leave out aperture pixels whose weight differs from the aperture's median by "
+             "more than this fraction (0: keep them)"),
     Key("PREFIX", "str", default=None, help="output prefix: <PREFIX>_sexcat_sm<num>.fits"),
     Key("SUFFIX", "str", default=None, help="old ShapePipe name of PREFIX"),
 ]
@@ -84,6 +99,9 @@ def spread_model_runner(input_file_list, run_dirs, file_number_string, config,
         exp_wcs = read_exp_wcs(log_wcs)
     counts = process(sexcat, psf_store, weight_vignet, out, mode=opts["OUTPUT_MODE"],
                      pixel_scale=opts["PIXEL_SCALE"], exp_wcs=exp_wcs,
-                     aperture_fwhm=opts["APERTURE_FWHM"], log=w_log)
+                     aperture_fwhm=opts["APERTURE_FWHM"],
+                     mask_neighbours=opts["MASK_NEIGHBOURS"],
+                     neighbour_fraction=opts["NEIGHBOUR_FRACTION"],
+                     weight_tolerance=opts["WEIGHT_TOLERANCE"], log=w_log)
     w_log.info("wrote %s: %s", out, counts)
     return None, None

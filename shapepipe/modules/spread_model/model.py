@@ -118,3 +118,105 @@ def spread_model(pixels, weights, phi, gal):
         resid = gal[ok] * b - phi[ok] * a
         err[ok] = np.sqrt(np.sum(w[ok] * resid ** 2, axis=axes)) / pwp[ok] ** 2
     return sm, err, flags
+
+
+def gaussian_log_profile(x, y, cov, flux):
+    """Log of the light an elliptical Gaussian of total ``flux`` puts at pixels ``(x, y)``.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Pixel offsets from the profile's centre, broadcastable together (pixels).
+    cov : tuple of numpy.ndarray
+        ``(xx, yy, xy)`` second moments (pixels^2), broadcastable against ``x``.
+    flux : numpy.ndarray
+        Total flux, broadcastable against ``x``; <= 0 or NaN gives -inf (owns nothing).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``log(flux) - log(2 pi sqrt(det)) - q / 2`` with ``q`` the Mahalanobis distance.
+    """
+    xx, yy, xy = cov
+    det = xx * yy - xy ** 2
+    q = (yy * x ** 2 - 2.0 * xy * x * y + xx * y ** 2) / det
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logf = np.where(np.asarray(flux) > 0, np.log(np.where(np.asarray(flux) > 0, flux, 1.0)),
+                        -np.inf)
+    return logf - np.log(2.0 * np.pi * np.sqrt(det)) - 0.5 * q
+
+
+def regularised_moments(xx, yy, xy, floor=0.25):
+    """Second moments made positive definite: ``floor`` (pixels^2) added to the diagonal,
+    the cross term clipped so that the determinant stays positive; NaN -> circular floor."""
+    xx = np.where(np.isfinite(xx), np.maximum(xx, 0.0), 0.0) + floor
+    yy = np.where(np.isfinite(yy), np.maximum(yy, 0.0), 0.0) + floor
+    lim = 0.95 * np.sqrt(xx * yy)
+    xy = np.clip(np.where(np.isfinite(xy), xy, 0.0), -lim, lim)
+    return xx, yy, xy
+
+
+def owned_pixels(size, dx, dy, own_cov, own_flux, nb_dx, nb_dy, nb_cov, nb_flux,
+                 max_fraction=1.0):
+    """Pixels of each stamp that the object owns against its neighbours.
+
+    As SExtractor's deblending allocates the pixels of a blend, each object is modelled by
+    an elliptical Gaussian with its flux and second moments, and a pixel belongs to the
+    object whose model predicts the most light there (``max_fraction = 1``). The pixels a
+    neighbour owns are excluded from the object's SPREAD_MODEL sums (SExtractor masks them
+    in its fits). With ``max_fraction < 1`` an object keeps only the pixels where no
+    neighbour's model reaches that fraction of its own: the pixels it owns but where a
+    neighbour's light is still a sizeable part of the signal are left out too, since the
+    symmetric PSF and galaxy models read that one-sided light as extent.
+
+    Parameters
+    ----------
+    size : int
+        Stamp side.
+    dx, dy : numpy.ndarray
+        ``(n,)`` object positions in their stamps (0-based pixels).
+    own_cov : tuple of numpy.ndarray
+        ``(xx, yy, xy)``, each ``(n,)``: the objects' second moments (pixels^2, positive
+        definite: :func:`regularised_moments`).
+    own_flux : numpy.ndarray
+        ``(n,)``.
+    nb_dx, nb_dy : numpy.ndarray
+        ``(n, K)`` neighbour positions in the object's stamp; NaN where there is none.
+    nb_cov : tuple of numpy.ndarray
+        ``(xx, yy, xy)``, each ``(n, K)``.
+    nb_flux : numpy.ndarray
+        ``(n, K)``.
+    max_fraction : float
+        A pixel is kept where every neighbour's model is at most this fraction of the
+        object's.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``(n, size, size)``: True where no neighbour's model exceeds ``max_fraction``
+        times the object's.
+    """
+    grid = np.arange(size, dtype=float)
+    gx = grid[None, None, :]
+    gy = grid[None, :, None]
+
+    def col(a):
+        return np.asarray(a, dtype=float)[:, None, None]
+
+    own = gaussian_log_profile(gx - col(dx), gy - col(dy), tuple(col(c) for c in own_cov),
+                               col(own_flux))
+    keep = np.ones(own.shape, dtype=bool)
+    nb_dx = np.asarray(nb_dx, dtype=float)
+    for k in range(nb_dx.shape[1]):
+        has = np.isfinite(nb_dx[:, k])
+        if not has.any():
+            continue
+        rows = np.flatnonzero(has)
+
+        def sel(a, rows=rows, k=k):
+            return np.asarray(a, dtype=float)[rows, k][:, None, None]
+
+        other = gaussian_log_profile(gx - sel(nb_dx), gy - sel(nb_dy),
+                                     tuple(sel(c) for c in nb_cov), sel(nb_flux))
+        keep[rows] &= ~(other - np.log(max_fraction) > own[rows])
+    return keep

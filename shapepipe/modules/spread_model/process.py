@@ -24,10 +24,18 @@ the (rare) whole-pixel difference, so that pixels match; the models are centred 
 XWIN_IMAGE, YWIN_IMAGE.
 """
 
+import warnings
+
 import numpy as np
 from astropy.io import fits
 
-from shapepipe.modules.spread_model.model import FLAG_NO_PSF, models, spread_model
+from shapepipe.modules.spread_model.model import (
+    FLAG_NO_PSF,
+    models,
+    owned_pixels,
+    regularised_moments,
+    spread_model,
+)
 from shapepipe.utils.atomic import write_fits
 from shapepipe.utils.pixels import fits_to_numpy, stamp_corner
 from shapepipe.utils.stamp_store import get_many
@@ -37,6 +45,8 @@ CHUNK = 1000
 #: Pixels at or below this value are SExtractor's masked pixels (-1e30).
 _MASKED = -1e29
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: Neighbours considered per object (nearest first, within the stamp).
+N_NEIGHBOURS = 12
 
 
 def _fit_size(stamp, size):
@@ -257,8 +267,110 @@ def _centres(cat_cols, names, default):
     return [np.asarray(cat_cols[name], dtype=float) for name in names]
 
 
+def neighbour_table(data, names, x, y):
+    """Positions, regularised second moments and fluxes of every catalogue object.
+
+    The moments are X2_IMAGE, Y2_IMAGE, XY_IMAGE and the flux FLUX_AUTO; without these
+    columns every object gets the same circular profile (the pixels then go to the nearest
+    object, a Voronoi partition).
+    """
+    n = len(x)
+    if all(c in names for c in ("X2_IMAGE", "Y2_IMAGE", "XY_IMAGE", "FLUX_AUTO")):
+        cov = regularised_moments(*(np.asarray(data[c], dtype=float)
+                                    for c in ("X2_IMAGE", "Y2_IMAGE", "XY_IMAGE")))
+        flux = np.asarray(data["FLUX_AUTO"], dtype=float)
+    else:
+        cov = regularised_moments(np.ones(n), np.ones(n), np.zeros(n))
+        flux = np.ones(n)
+    return {"x": x, "y": y, "cov": cov, "flux": flux}
+
+
+def neighbour_ownership(table, rows, x0, y0, dx, dy, size, k=N_NEIGHBOURS,
+                        max_fraction=1.0):
+    """Stamp pixels each object of ``rows`` owns against its catalogue neighbours.
+
+    Parameters
+    ----------
+    table : dict
+        :func:`neighbour_table` of the whole catalogue (with a ``tree`` entry added here).
+    rows : numpy.ndarray
+        Catalogue rows of the objects.
+    x0, y0 : numpy.ndarray
+        Their stamps' corners (0-based tile pixels).
+    dx, dy : numpy.ndarray
+        Their positions in the stamps.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``(len(rows), size, size)``, see :func:`~shapepipe.modules.spread_model.model.owned_pixels`.
+    """
+    from scipy.spatial import cKDTree
+
+    if "tree" not in table:
+        # an object without a position is nobody's neighbour
+        pos = np.column_stack([table["x"], table["y"]])
+        table["tree"] = cKDTree(np.where(np.isfinite(pos), pos, -1e12))
+    n_all = len(table["x"])
+    k = min(k + 1, n_all)
+    # Neighbours whose centre lies within the stamp's circumscribed circle.
+    own = np.column_stack([table["x"][rows], table["y"][rows]])
+    dist, idx = table["tree"].query(np.where(np.isfinite(own), own, 1e12), k=k,
+                                    distance_upper_bound=size / np.sqrt(2.0))
+    dist, idx = dist.reshape(len(rows), k), idx.reshape(len(rows), k)
+    valid = np.isfinite(dist) & (idx != np.asarray(rows)[:, None])
+    safe = np.where(valid, idx, 0)
+
+    def nb(a):
+        return np.where(valid, np.asarray(a)[safe], np.nan)
+
+    own_cov = tuple(c[rows] for c in table["cov"])
+    return owned_pixels(size, dx, dy, own_cov, table["flux"][rows],
+                        nb(table["x"]) - np.asarray(x0, dtype=float)[:, None],
+                        nb(table["y"]) - np.asarray(y0, dtype=float)[:, None],
+                        tuple(nb(c) for c in table["cov"]), nb(table["flux"]),
+                        max_fraction=max_fraction)
+
+
+def depth_plateau(weights, inside, tolerance):
+    """Pixels whose weight is within ``tolerance`` (relative) of the aperture's median.
+
+    The tile is a weighted mean of resampled exposures: a tile pixel next to a pixel flagged
+    in one exposure (saturation, cosmic ray, bad column) or at an exposure's edge keeps only
+    part of that exposure's interpolation kernel, so its value is not the stack of the PSF
+    model there, and its weight is lower than its neighbours'. Such pixels, and pixels
+    covered by another set of exposures than most of the object's, are excluded: on them the
+    PSF (the mean of the object's epochs, resampled) does not describe the data.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        ``(n, S, S)`` weights (0 = unusable).
+    inside : numpy.ndarray of bool
+        ``(n, S, S)`` pixels of the object's aperture.
+    tolerance : float
+        Relative tolerance; <= 0 keeps every pixel.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``(n, S, S)``.
+    """
+    if tolerance <= 0:
+        return np.ones(weights.shape, dtype=bool)
+    use = inside & (weights > 0)
+    with warnings.catch_warnings():
+        # objects without a usable pixel: NaN reference, nothing kept (flagged later)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanmedian(np.where(use, weights, np.nan).reshape(len(weights), -1), axis=1)
+    ref = ref[:, None, None]
+    with np.errstate(invalid="ignore"):
+        return np.abs(weights - ref) <= tolerance * ref
+
+
 def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="new",
-            pixel_scale=None, exp_wcs=None, aperture_fwhm=1.6, log=None):
+            pixel_scale=None, exp_wcs=None, aperture_fwhm=1.6, mask_neighbours=True,
+            neighbour_fraction=0.1, weight_tolerance=0.01, log=None):
     """Compute SPREAD_MODEL for a tile catalogue and write ``sexcat_sm``.
 
     Parameters
@@ -287,6 +399,17 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
         neighbours' light otherwise biases the ratios (on the default simulated survey the
         fraction of S/N > 50 stars classified as stars goes from 80% with the whole stamp to
         95% within 1.6 FWHM).
+    mask_neighbours : bool
+        Exclude the pixels where a catalogue neighbour's light is sizeable
+        (:func:`neighbour_ownership`: SExtractor's deblending allocation, elliptical Gaussians
+        from X2/Y2/XY_IMAGE and FLUX_AUTO).
+    neighbour_fraction : float
+        With ``mask_neighbours``, a pixel is kept where no neighbour's model exceeds this
+        fraction of the object's (1: SExtractor's allocation, each pixel to the brightest
+        model; 0.1: a neighbour adds at most ~10% to a kept pixel).
+    weight_tolerance : float
+        Exclude aperture pixels whose weight differs from the aperture's median weight by
+        more than this fraction (:func:`depth_plateau`); <= 0: keep them.
 
     Returns
     -------
@@ -296,6 +419,8 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
     mode = mode.lower()
     if mode not in ("new", "add"):
         raise ValueError(f"OUTPUT_MODE = {mode!r}: expected new or add")
+    if not neighbour_fraction > 0:
+        raise ValueError(f"NEIGHBOUR_FRACTION = {neighbour_fraction!r}: expected > 0")
     with fits.open(sexcat_path, memmap=True) as hdul:
         obj_hdu = _objects(hdul)
         data = obj_hdu.data
@@ -341,6 +466,8 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
             else:
                 wx0, wy0 = vx0, vy0
 
+            if mask_neighbours:
+                nb_table = neighbour_table(data, names, xwin, ywin)
             sm = np.full(len(ids), np.nan)
             err = np.full(len(ids), np.nan)
             flags = np.zeros(len(ids), dtype=np.int16)
@@ -368,12 +495,20 @@ def process(sexcat_path, psf_store_path, weight_vignet_path, output_path, mode="
                     grid = np.arange(size, dtype=float)
                     r2 = ((grid[None, None, :] - dx[:, None, None]) ** 2
                           + (grid[None, :, None] - dy[:, None, None]) ** 2)
-                    wgt = np.where(r2 <= (aperture_fwhm * fw[:, None, None]) ** 2, wgt, 0.0)
+                    inside = r2 <= (aperture_fwhm * fw[:, None, None]) ** 2
+                else:
+                    inside = np.ones(wgt.shape, dtype=bool)
+                keep = inside & depth_plateau(wgt, inside, weight_tolerance)
+                if mask_neighbours:
+                    keep &= neighbour_ownership(nb_table, np.arange(lo, hi), vx0[sl], vy0[sl],
+                                                dx, dy, size,
+                                                max_fraction=neighbour_fraction)
+                wgt = np.where(keep, wgt, 0.0)
                 phi, gal = models(psf, dx, dy, fw, size)
                 s, e, f = spread_model(pix, wgt, phi, gal)
                 f = f | np.where(has_psf, 0, FLAG_NO_PSF).astype(np.int16)
-                s[~has_psf] = np.nan
-                e[~has_psf] = np.nan
+                s[f != 0] = np.nan
+                e[f != 0] = np.nan
                 sm[sl], err[sl], flags[sl] = s, e, f
         new_cols = [
             fits.Column(name="SPREAD_MODEL", format="E", array=sm.astype(np.float32)),
