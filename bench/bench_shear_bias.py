@@ -108,7 +108,7 @@ def _observation(st, k, e, jacobian):
 
 
 def run_chunk(first, count, n_epoch, design="m", noiseless=False, seed=SEED, case="standard",
-              psf_g_mean=(0.0, 0.0), fill="model"):
+              psf_g_mean=(0.0, 0.0), fill="symmetric"):
     """Draw and measure groups ``first .. first + count - 1``: their :func:`group_sums`.
 
     ``noiseless``: the same galaxies (same random draws) with negligible noise, measured
@@ -149,7 +149,7 @@ def _save(path, groups, next_index):
 
 
 def run(n_gal, n_epoch, processes, design="m", noiseless=False, save=None, resume=False,
-        progress=True, seed=SEED, case="standard", psf_g_mean=(0.0, 0.0), fill="model"):
+        progress=True, seed=SEED, case="standard", psf_g_mean=(0.0, 0.0), fill="symmetric"):
     """Per-galaxy sums of ``n_gal`` groups, measured in blocks (saved after each block)."""
     done, start = [], 0
     if save and resume and os.path.exists(save):
@@ -237,7 +237,7 @@ def main(argv=None):
     parser.add_argument("--case", default="standard", choices=sorted(CASES),
                         help="galaxies and observing conditions (see CASES)")
     parser.add_argument("--designs", default="c,m", help="designs to run: c, m or c,m")
-    parser.add_argument("--fill", default="model", choices=("model", "symmetric"),
+    parser.add_argument("--fill", default="symmetric", choices=("model", "symmetric"),
                         help="how metacal fills masked pixels (measure_object bad_pixel_fill)")
     parser.add_argument("--psf-g-mean", default="0,0",
                         help="mean PSF shear g1,g2 added to every PSF: design c then measures "

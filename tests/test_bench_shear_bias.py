@@ -110,7 +110,8 @@ def test_symmetric_fill_removes_most_of_the_masked_pixel_bias(bench):
     # Noiseless exponential galaxies with 1% bad pixels and a bad column: the Gaussian-model
     # fill biases the response (m1 ~ -0.004 on 100 galaxies); the mirror fill much less.
     model = bench.bias_from_groups(bench.run(12, 1, 1, noiseless=True, progress=False,
-                                             case="masked", seed=16005), bench.SHEAR)
+                                             case="masked", seed=16005, fill="model"),
+                                   bench.SHEAR)
     mirror = bench.bias_from_groups(bench.run(12, 1, 1, noiseless=True, progress=False,
                                               case="masked", seed=16005, fill="symmetric"),
                                     bench.SHEAR)

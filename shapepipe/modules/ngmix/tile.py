@@ -411,7 +411,7 @@ def flagged_rows(obj_id, flags):
 def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="gauss",
                  zero_point=30.0, pixel_scale=0.187, id_min=-1, id_max=-1, part=1, n_part=1,
                  max_masked_fraction=MAX_MASKED_FRACTION, log=None, progress_interval=20.0,
-                 mask_neighbours=True, neighbour_radius=14.0, bad_pixel_fill="model",
+                 mask_neighbours=True, neighbour_radius=14.0, bad_pixel_fill="symmetric",
                  seed_by="id", seed_cell=1.0):
     """Measure the objects of one tile (or one split part of it) and write the catalogue.
 
