@@ -604,13 +604,15 @@ def blank_orphans(blank, orphan, seg, seg_ymax, ys, xs, minarea):
 
 
 @njit(cache=True)
-def detection_mask(sub, kernel, thresh, thresh_map, has_map, seg, bad, has_bad, blanking):
+def detection_mask(sub, kernel, thresh, var, has_map, seg, bad, has_bad, blanking):
     """The measurement mask and the detected pixels no object owns, in one pass.
 
     Returns ``mask`` (uint8: bit 1 where ``seg > 0`` when ``blanking``, bit 2 where
     ``bad``), ``orphan`` (uint8: 1 where ``seg == 0`` but the filtered image, SExtractor's
-    correlation with the .conv kernel, zero outside the image, is above the threshold
-    ``thresh`` or ``thresh_map``) and the flat indices of the orphan pixels.
+    correlation with the .conv kernel, zero outside the image, is above the detection
+    threshold) and the flat indices of the orphan pixels. The threshold is ``thresh``, or,
+    when ``has_map``, float32(float32(thresh) * sqrt(var)) per pixel (the float32 values
+    numpy gives for ``thresh * np.sqrt(var)`` on a float32 map).
     """
     ny, nx = sub.shape
     kh, kw = kernel.shape
@@ -619,34 +621,40 @@ def detection_mask(sub, kernel, thresh, thresh_map, has_map, seg, bad, has_bad, 
     orphan = np.zeros((ny, nx), dtype=np.uint8)
     idx = np.empty(4096, dtype=np.int64)
     n = 0
+    # One row of the filtered image at a time: each kernel term is added to the whole row
+    # (a loop the compiler vectorises), in the same order per pixel as a per-pixel sum.
+    acc = np.zeros(nx)
+    thresh32 = np.float64(np.float32(thresh))
     for y in range(ny):
-        inner_y = y >= cy and y + kh - cy <= ny
         for x in range(nx):
             m = np.uint8(2) if has_bad and bad[y, x] != 0 else np.uint8(0)
-            if seg[y, x] != 0:
-                if blanking:
-                    m |= 1
-                mask[y, x] = m
-                continue
+            if blanking and seg[y, x] != 0:
+                m |= 1
             mask[y, x] = m
-            if not blanking:
+        if not blanking:
+            continue
+        acc[:] = 0.0
+        for i in range(kh):
+            yy = y + i - cy
+            if yy < 0 or yy >= ny:
                 continue
-            acc = 0.0
-            if inner_y and x >= cx and x + kw - cx <= nx:
-                for i in range(kh):
-                    for j in range(kw):
-                        acc += kernel[i, j] * sub[y + i - cy, x + j - cx]
+            row = sub[yy]
+            for j in range(kw):
+                k = kernel[i, j]
+                off = j - cx
+                x0 = max(0, -off)
+                x1 = min(nx, nx - off)
+                for x in range(x0, x1):
+                    acc[x] += k * row[x + off]
+        for x in range(nx):
+            if seg[y, x] != 0:
+                continue
+            if has_map:
+                t = np.float64(np.float32(
+                    thresh32 * np.float64(np.float32(math.sqrt(np.float64(var[y, x]))))))
             else:
-                for i in range(kh):
-                    yy = y + i - cy
-                    if yy < 0 or yy >= ny:
-                        continue
-                    for j in range(kw):
-                        xx = x + j - cx
-                        if xx >= 0 and xx < nx:
-                            acc += kernel[i, j] * sub[yy, xx]
-            t = thresh_map[y, x] if has_map else thresh
-            if acc > t:
+                t = thresh
+            if acc[x] > t:
                 orphan[y, x] = 1
                 if n == idx.size:
                     grown = np.empty(2 * idx.size, dtype=np.int64)

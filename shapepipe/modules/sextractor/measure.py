@@ -257,13 +257,13 @@ class MeasuredSources:
             thresh, noise, err = s.detect_thresh, None, None
         kern = kernel if (s.filter and kernel is not None) else None
         self._kernel = kern
-        # The detection threshold per pixel (scalar when the noise is constant), kept for
-        # the blanking mask of the measurements.
-        if s.thresh_type == "RELATIVE":
-            self._thresh_image = (thresh * np.sqrt(det.var).astype(np.float32)
-                                  if det.var_is_map else np.float32(thresh * err))
+        # The detection threshold for the blanking mask of the measurements: per pixel,
+        # thresh * sqrt(var) (computed in the mask's loop), or a scalar.
+        if s.thresh_type == "RELATIVE" and det.var_is_map:
+            self._thresh = (float(thresh), True)
         else:
-            self._thresh_image = np.float32(thresh)
+            self._thresh = (float(np.float32(thresh * err if s.thresh_type == "RELATIVE"
+                                             else thresh)), False)
         sep.set_extract_pixstack(max(300000, det.raw.size // 4))
         sep.set_sub_object_limit(4096)
         objs, seg = sep.extract(
@@ -456,12 +456,11 @@ class MeasuredSources:
             det = self.det
             kernel = (np.ones((1, 1)) if self._kernel is None
                       else np.asarray(self._kernel, dtype=np.float64))
-            thr = self._thresh_image
-            has_map = np.ndim(thr) == 2
+            thr, has_map = self._thresh
             bad = self.meas.bad
             mask, orphan, idx = K.detection_mask(
-                det.sub, kernel, float(thr) if not has_map else 0.0,
-                thr if has_map else np.zeros((1, 1), np.float32), has_map, self.seg,
+                det.sub, kernel, thr, det.var if has_map else np.zeros((1, 1), np.float32),
+                has_map, self.seg,
                 bad.view(np.uint8) if bad is not None else np.zeros((1, 1), np.uint8),
                 bad is not None, self.s.mask_type != "NONE")
             if idx.size:
