@@ -44,18 +44,27 @@ def _unusable(mask, seg, own, y, x):
 
 
 @njit(cache=True, inline="always")
-def _pixel(sub, var, has_var, mask, seg, own, y, x, x2, y2, corr, backvar):
-    """(value, variance) of pixel (y, x) for object ``own``, with SExtractor's CORRECT rule.
+def _usable(mask, seg, own, y, x):
+    """Pixel (y, x) can be measured for object ``own`` (the negation of ``_unusable``)."""
+    m = mask[y, x]
+    return m == 0 or (m == 1 and seg[y, x] == own)
 
-    ``x2``, ``y2`` is the mirror pixel (already computed by the caller's rule).
+
+@njit(cache=True)
+def _mirror(sub, var, has_var, mask, seg, own, y, x, m2x, m2y, corr, backvar):
+    """(value, variance) replacing the unusable pixel (y, x): SExtractor's CORRECT rule.
+
+    The pixel symmetric about the centre, (int(m2y - y), int(m2x - x)) with ``m2x`` =
+    2 x0 + 0.49999, if it is usable and CORRECT is on; else 0. The loops test ``_usable``
+    first and call this only otherwise: keeping the usable case a plain load, outside any
+    function with several returns, makes the loops ~3x faster.
     """
-    v = var[y, x] if has_var else backvar
-    if not _unusable(mask, seg, own, y, x):
-        return sub[y, x], v
     ny, nx = sub.shape
+    x2 = int(m2x - x)
+    y2 = int(m2y - y)
     if corr and x2 >= 0 and x2 < nx and y2 >= 0 and y2 < ny \
             and not _unusable(mask, seg, own, y2, x2):
-        return sub[y2, x2], (var[y2, x2] if has_var else backvar)
+        return np.float64(sub[y2, x2]), (np.float64(var[y2, x2]) if has_var else backvar)
     return 0.0, (0.0 if has_var else backvar)
 
 
@@ -173,10 +182,13 @@ def auto_flux(sub, var, has_var, mask, seg, own, mx, my, a, b, cxx, cyy, cxy,
                 dx = x - x0
                 if c2x * dx * dx + c2y * dy * dy + c2xy * dx * dy <= klim2:
                     area += 1
-                    if _unusable(mask, seg, own[i], y, x):
+                    if _usable(mask, seg, own[i], y, x):
+                        p = np.float64(sub[y, x])
+                        v = np.float64(var[y, x]) if has_var else backvar
+                    else:
                         areab += 1
-                    p, v = _pixel(sub, var, has_var, mask, seg, own[i], y, x,
-                                  int(m2x - x), int(m2y - y), corr, backvar)
+                        p, v = _mirror(sub, var, has_var, mask, seg, own[i], y, x, m2x, m2y,
+                                       corr, backvar)
                     sigtv += v
                     tv += p
                     if has_var and gain > 0 and p > 0:
@@ -229,8 +241,12 @@ def aper_flux(sub, var, has_var, mask, seg, own, mx, my, raper, corr, gain, back
                     locarea = _edge_area(dx, dy, off, scale, APER_OVERSAMP, raper2)
                 else:
                     locarea = 1.0
-                p, v = _pixel(sub, var, has_var, mask, seg, own[i], y, x,
-                              int(m2x - x), int(m2y - y), corr, backvar)
+                if _usable(mask, seg, own[i], y, x):
+                    p = np.float64(sub[y, x])
+                    v = np.float64(var[y, x]) if has_var else backvar
+                else:
+                    p, v = _mirror(sub, var, has_var, mask, seg, own[i], y, x, m2x, m2y, corr,
+                                   backvar)
                 sigtv += v * locarea
                 tv += locarea * p
                 if has_var and gain > 0 and p > 0:
@@ -265,8 +281,10 @@ def _growth_accumulate(growth, sub, mask, seg, own, x0, y0, rmax, stepdens, step
             r2 = dx * dx + dy * dy
             if r2 >= rmax2:
                 continue
-            p, _v = _pixel(sub, sub, False, mask, seg, own, y, x, int(m2x - x),
-                           int(m2y - y), corr, 0.0)
+            if _usable(mask, seg, own, y, x):
+                p = np.float64(sub[y, x])
+            else:
+                p, _v = _mirror(sub, sub, False, mask, seg, own, y, x, m2x, m2y, corr, 0.0)
             r = math.sqrt(r2)
             d = r - step * math.floor(r / step)  # fmod for r >= 0
             if d < prevmargin or d > nextmargin:
@@ -437,8 +455,12 @@ def _win_sums(sub, var, has_var, mask, seg, own, mx, my, sig, corr, invgain, bac
             locarea *= ex[x - xmin] * ey
             # The variance map is read only in the final pass (the iterations do not
             # need it).
-            p, v = _pixel(sub, var, has_var and full, mask, seg, own, y, x, int(m2x - x),
-                          int(m2y - y), corr, backvar)
+            if _usable(mask, seg, own, y, x):
+                p = np.float64(sub[y, x])
+                v = np.float64(var[y, x]) if has_var and full else backvar
+            else:
+                p, v = _mirror(sub, var, has_var and full, mask, seg, own, y, x, m2x, m2y,
+                               corr, backvar)
             locpix = locarea * p
             tv += locpix
             dxpos += locpix * dx
