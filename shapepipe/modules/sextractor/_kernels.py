@@ -646,6 +646,7 @@ def detection_mask(sub, kernel, thresh, var, has_map, seg, bad, has_bad, blankin
     # One row of the filtered image at a time: each kernel term is added to the whole row
     # (a loop the compiler vectorises), in the same order per pixel as a per-pixel sum.
     acc = np.zeros(nx)
+    hit = np.zeros(nx, dtype=np.bool_)
     thresh32 = np.float64(np.float32(thresh))
     for y in range(ny):
         for x in range(nx):
@@ -660,23 +661,26 @@ def detection_mask(sub, kernel, thresh, var, has_map, seg, bad, has_bad, blankin
             yy = y + i - cy
             if yy < 0 or yy >= ny:
                 continue
-            row = sub[yy]
             for j in range(kw):
                 k = kernel[i, j]
                 off = j - cx
                 x0 = max(0, -off)
                 x1 = min(nx, nx - off)
-                for x in range(x0, x1):
-                    acc[x] += k * row[x + off]
+                # Slices indexed from 0: no negative-index check, so the loop vectorises.
+                a = acc[x0:x1]
+                r = sub[yy, x0 + off:x1 + off]
+                for t in range(x1 - x0):
+                    a[t] += k * r[t]
+        # The comparison without branches (they would follow the noise), then the rare hits.
         for x in range(nx):
-            if seg[y, x] != 0:
-                continue
             if has_map:
                 t = np.float64(np.float32(
                     thresh32 * np.float64(np.float32(math.sqrt(np.float64(var[y, x]))))))
             else:
                 t = thresh
-            if acc[x] > t:
+            hit[x] = (seg[y, x] == 0) & (acc[x] > t)
+        for x in range(nx):
+            if hit[x]:
                 orphan[y, x] = 1
                 if n == idx.size:
                     grown = np.empty(2 * idx.size, dtype=np.int64)
