@@ -689,3 +689,38 @@ def detection_mask(sub, kernel, thresh, var, has_map, seg, bad, has_bad, blankin
                 idx[n] = y * nx + x
                 n += 1
     return mask, orphan, idx[:n]
+
+
+@njit(cache=True)
+def footprint_pixels(seg, rank, n):
+    """The footprint pixels grouped by object: a counting sort of the segmentation map.
+
+    ``rank`` maps a segmentation id to the object's index (-1: dropped). Returns
+    ``starts`` (first position of each object), ``oid`` (object index per pixel) and
+    ``idx`` (flat pixel index), ordered by object then by pixel: what a stable argsort of
+    the object indices of ``np.flatnonzero(seg)`` gives, in two passes over the map.
+    """
+    flat = seg.ravel()
+    count = np.zeros(n + 1, dtype=np.int64)
+    for p in range(flat.size):
+        s = flat[p]
+        if s != 0:
+            r = rank[s]
+            if r >= 0:
+                count[r + 1] += 1
+    for i in range(n):
+        count[i + 1] += count[i]
+    starts = count[:n].copy()
+    total = count[n]
+    idx = np.empty(total, dtype=np.int64)
+    oid = np.empty(total, dtype=np.int64)
+    for p in range(flat.size):
+        s = flat[p]
+        if s != 0:
+            r = rank[s]
+            if r >= 0:
+                k = count[r]
+                idx[k] = p
+                oid[k] = r
+                count[r] = k + 1
+    return starts, oid, idx

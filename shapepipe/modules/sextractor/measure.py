@@ -319,19 +319,12 @@ class MeasuredSources:
 
     # ----------------------------------------------------------- pixel lists
     def pixels(self):
-        """Footprint pixels sorted by object: (starts, ids-1, flat index, y, x)."""
+        """Footprint pixels sorted by object: (starts, object index per pixel, flat index)."""
 
         def compute():
-            flat = self.seg.ravel()
-            idx = np.flatnonzero(flat)
-            oid = self.rank[flat[idx]]
-            if (oid < 0).any():  # footprints of objects dropped after detection
-                idx, oid = idx[oid >= 0], oid[oid >= 0]
-            order = np.argsort(oid, kind="stable")
-            idx = idx[order]
-            oid = oid[order]
-            starts = np.searchsorted(oid, np.arange(self.n))
-            return starts, oid, idx
+            from shapepipe.modules.sextractor import _kernels as K
+
+            return K.footprint_pixels(self.seg, self.rank, self.n)
 
         return self._cached("pixels", compute)
 
