@@ -20,6 +20,7 @@ medians and the ratio, both measured in the same run.
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -124,17 +125,31 @@ DOT_CONV_FILE = {conv}
         # installation (cached on disk), as on a user's first run.
         subprocess.run(our_cmd, check=True, cwd=work, env=env)
         times = {"sextractor": [], "ours": []}
+        cpu = {"sextractor": [], "ours": []}
+
+        def timed(key, cmds, **kwargs):
+            # Wall time, and the CPU time (user + system) of the processes it ran: less
+            # sensitive than the wall time to the other jobs of a shared machine.
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            for cmd in cmds:
+                subprocess.run(cmd, check=True, cwd=work, **kwargs)
+            times[key].append(time.perf_counter() - t)
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[key].append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
+
+        load0 = os.getloadavg()[0]
         for _ in range(repeat):
-            t = time.perf_counter()
-            for cmd in ref_cmds:
-                subprocess.run(cmd, check=True, cwd=work)
-            times["sextractor"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            subprocess.run(our_cmd, check=True, cwd=work, env=env)
-            times["ours"].append(time.perf_counter() - t)
+            timed("sextractor", ref_cmds)
+            timed("ours", [our_cmd], env=env)
         med = {k: float(np.median(v)) for k, v in times.items()}
-        print(f"repeats: {repeat} (machine shared with other jobs: expect noise)")
+        print(f"repeats: {repeat} (machine shared with other jobs: expect noise); "
+              f"load average at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}")
         print("all times:", {k: [round(x, 2) for x in v] for k, v in times.items()})
+        print("CPU times (user+sys):", {k: [round(x, 2) for x in v] for k, v in cpu.items()})
+        cpu_pairs = np.array(cpu["ours"]) / np.array(cpu["sextractor"])
+        print(f"CPU ratio ours/SExtractor per pair: {', '.join(f'{r:.2f}' for r in cpu_pairs)}; "
+              f"median {np.median(cpu_pairs):.2f}x")
         print(f"SExtractor (source-extractor 2.25), {args.ccds} runs : {med['sextractor']:.3f} s")
         # The load of a shared machine changes between runs: the ratio of each
         # back-to-back pair is the robust figure.
