@@ -78,10 +78,15 @@ class Image:
         Weight/variance/rms map as given by WEIGHT_TYPE.
     header : astropy.io.fits.Header, optional
         For GAIN_KEY / SATUR_KEY.
+    owned : bool
+        ``data`` is this object's to modify (bad pixels are then filled in place, without
+        a full-image copy): true for arrays read from a file by ``run_sextractor``.
     """
 
-    def __init__(self, data, settings, weight=None, header=None):
+    def __init__(self, data, settings, weight=None, header=None, owned=False):
         self.raw = _native(data)
+        # Whether self.raw may be written: ours, or a converted copy of the caller's array.
+        own_raw = owned or not np.may_share_memory(self.raw, data)
         self.shape = self.raw.shape
         s = settings
         wtype = s.weight_type
@@ -121,9 +126,11 @@ class Image:
             # interpolation of bad pixels.
             back_mask = self.bad.copy() if self.bad.any() else None
             if s.interp_type != "NONE" and self.bad.any():
+                # rel_var is this object's own array: filled in place.
                 self.raw, rel_var, self.bad = interpolate_bad(
                     self.raw, rel_var, self.bad, s.interp_maxxlag, s.interp_maxylag,
-                    s.interp_type == "ALL")
+                    s.interp_type == "ALL", copy_var=False, copy_data=not own_raw)
+                own_raw = own_raw or s.interp_type == "ALL"  # then a filled copy
             if self.bad.any():
                 rel_var[self.bad] = 0.0
             else:
@@ -134,7 +141,10 @@ class Image:
                 raise SexConfigError("the science image has no finite pixel (all NaN or inf)")
             back_mask = self.bad
         if self.bad is not None:
-            self.raw = np.where(self.bad, np.float32(0), self.raw)
+            if own_raw:
+                self.raw[self.bad] = 0.0
+            else:
+                self.raw = np.where(self.bad, np.float32(0), self.raw)
 
         # Background: sep's mesh/median-filter estimate is SExtractor's algorithm.
         bw, bh = s.back_size
@@ -187,7 +197,8 @@ class Image:
         return np.sqrt(self.var)
 
 
-def interpolate_bad(data, var, bad, xlag, ylag, data_too=True):
+def interpolate_bad(data, var, bad, xlag, ylag, data_too=True, copy_var=True,
+                    copy_data=True):
     """SExtractor's crude interpolation of bad (zero-weight) pixels (INTERP_TYPE).
 
     Along each row, a bad pixel takes the value of the last good pixel on its left if that
@@ -196,16 +207,20 @@ def interpolate_bad(data, var, bad, xlag, ylag, data_too=True):
     variance is always filled; the data only with INTERP_TYPE ALL. Filled pixels are no
     longer bad, as in SExtractor.
 
+    ``copy_var=False`` / ``copy_data=False`` fill ``var`` / ``data`` in place (no copy of a
+    full-image array).
+
     Returns
     -------
     data, var : numpy.ndarray
-        Filled copies.
+        Filled copies (the arrays themselves when not copied).
     bad : numpy.ndarray of bool
         Pixels still bad.
     """
     ny, nx = bad.shape
-    data = data.copy() if data_too else data
-    var = var.copy()
+    data = data.copy() if data_too and copy_data else data
+    if copy_var:
+        var = var.copy()
     # Runs of consecutive bad pixels along rows, from the flat indices (O(number of bad)).
     idx = np.flatnonzero(bad)
     col = idx % nx
