@@ -19,7 +19,10 @@ medians and the ratio, both measured in the same run.
 """
 
 import argparse
+import glob
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -124,17 +127,36 @@ DOT_CONV_FILE = {conv}
         # installation (cached on disk), as on a user's first run.
         subprocess.run(our_cmd, check=True, cwd=work, env=env)
         times = {"sextractor": [], "ours": []}
+        cpu = {"sextractor": [], "ours": []}
+
+        per_ccd = []  # SExtractor, each run
+
+        def timed(key, cmds, **kwargs):
+            # Wall time, and the CPU time (user + system) of the processes it ran: less
+            # sensitive than the wall time to the other jobs of a shared machine.
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            for cmd in cmds:
+                t1 = time.perf_counter()
+                subprocess.run(cmd, check=True, cwd=work, **kwargs)
+                if key == "sextractor":
+                    per_ccd.append(time.perf_counter() - t1)
+            times[key].append(time.perf_counter() - t)
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[key].append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
+
+        load0 = os.getloadavg()[0]
         for _ in range(repeat):
-            t = time.perf_counter()
-            for cmd in ref_cmds:
-                subprocess.run(cmd, check=True, cwd=work)
-            times["sextractor"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            subprocess.run(our_cmd, check=True, cwd=work, env=env)
-            times["ours"].append(time.perf_counter() - t)
+            timed("sextractor", ref_cmds)
+            timed("ours", [our_cmd], env=env)
         med = {k: float(np.median(v)) for k, v in times.items()}
-        print(f"repeats: {repeat} (machine shared with other jobs: expect noise)")
+        print(f"repeats: {repeat} (machine shared with other jobs: expect noise); "
+              f"load average at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}")
         print("all times:", {k: [round(x, 2) for x in v] for k, v in times.items()})
+        print("CPU times (user+sys):", {k: [round(x, 2) for x in v] for k, v in cpu.items()})
+        cpu_pairs = np.array(cpu["ours"]) / np.array(cpu["sextractor"])
+        print(f"CPU ratio ours/SExtractor per pair: {', '.join(f'{r:.2f}' for r in cpu_pairs)}; "
+              f"median {np.median(cpu_pairs):.2f}x")
         print(f"SExtractor (source-extractor 2.25), {args.ccds} runs : {med['sextractor']:.3f} s")
         # The load of a shared machine changes between runs: the ratio of each
         # back-to-back pair is the robust figure.
@@ -144,6 +166,20 @@ DOT_CONV_FILE = {conv}
               f"{', '.join(f'{r:.2f}' for r in pairs)}; median {np.median(pairs):.2f}x "
               "(target <= 0.8x)")
         runs = sorted(d for d in os.listdir(out_dir) if d.startswith("bench_sex"))
+        # Per CCD: each job's own time from its log (the timed runs; the first run is the
+        # untimed one), against each source-extractor run. The difference with the totals
+        # is what a run pays once: Python start-up, imports, numba's loading, the pipeline.
+        jobs = []
+        for run in runs[1:]:
+            for log in glob.glob(os.path.join(out_dir, run, "sextractor_runner", "logs",
+                                              "process-*.log")):
+                with open(log) as handle:
+                    jobs += [float(x) for x in re.findall(r"done in ([0-9.]+) s", handle.read())]
+        if jobs:
+            print(f"per CCD (median): source-extractor {np.median(per_ccd):.3f} s, "
+                  f"sextractor_runner job {np.median(jobs):.3f} s "
+                  f"(ratio {np.median(jobs) / np.median(per_ccd):.2f}; first job of each run "
+                  "included)")
         our_cat = os.path.join(out_dir, runs[-1], "sextractor_runner", "output",
                                f"sexcat-{2000000:07d}-0.fits")
         stats = match_stats(ref_cats[0], our_cat)

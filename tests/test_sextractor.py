@@ -357,6 +357,29 @@ def test_interpolation_fills_from_the_left(tmp_path):
     assert not still.any() and np.all(v == 2)
 
 
+def test_image_fills_bad_pixels_without_touching_the_callers_arrays():
+    # Image fills bad pixels in place only in arrays it owns (owned=True: run_sextractor's
+    # own reads); a caller's image and weight stay as they were, and both ways agree.
+    from shapepipe.modules.sextractor.measure import Image
+    from shapepipe.modules.sextractor.settings import SexSettings
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(100.0, 5.0, (64, 80)).astype(np.float32)
+    weight = np.full((64, 80), 0.04, dtype=np.float32)
+    weight[:, 30] = 0.0             # a bad column: interpolated (INTERP_TYPE ALL)
+    weight[10:40, 50:70] = 0.0      # a block wider than INTERP_MAXXLAG: partly left bad
+    data[5, 5] = np.nan             # a non-finite pixel
+    settings = SexSettings.from_dict({"WEIGHT_TYPE": ["MAP_WEIGHT"], "BACK_SIZE": ["16"],
+                                      "INTERP_MAXXLAG": ["4"], "INTERP_MAXYLAG": ["4"]})
+    data0, weight0 = data.copy(), weight.copy()
+    borrowed = Image(data, settings, weight)
+    assert np.array_equal(data, data0, equal_nan=True) and np.array_equal(weight, weight0)
+    owned = Image(data.copy(), settings, weight.copy(), owned=True)
+    for name in ("raw", "sub", "var"):
+        assert np.array_equal(getattr(borrowed, name), getattr(owned, name)), name
+    assert np.array_equal(borrowed.bad, owned.bad) and borrowed.bad.any()
+
+
 def test_check_images(sim):
     data, _ = read_ldac(sim["ours"])
     seg = fits.getdata(sim["work"] / "seg.fits")

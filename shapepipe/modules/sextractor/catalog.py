@@ -97,11 +97,12 @@ def _append_table(path, hdu, table, extname):
     header["NAXIS1"] = table.dtype.itemsize
     header["NAXIS2"] = len(table)
     header["EXTNAME"] = extname
-    data = np.ascontiguousarray(table).tobytes()
+    # The rows' bytes as a view (no 35 MB copy for a CCD's VIGNET table).
+    data = np.ascontiguousarray(table).reshape(-1).view(np.uint8)
     with open(path, "ab") as handle:
         handle.write(header.tostring(endcard=True, padding=True).encode("ascii"))
         handle.write(data)
-        handle.write(b"\0" * (-len(data) % 2880))
+        handle.write(b"\0" * (-data.nbytes % 2880))
 
 
 def write_catalog(path, catalog_type, imhead, table_hdu, table, fits10_keys=None):

@@ -78,10 +78,15 @@ class Image:
         Weight/variance/rms map as given by WEIGHT_TYPE.
     header : astropy.io.fits.Header, optional
         For GAIN_KEY / SATUR_KEY.
+    owned : bool
+        ``data`` is this object's to modify (bad pixels are then filled in place, without
+        a full-image copy): true for arrays read from a file by ``run_sextractor``.
     """
 
-    def __init__(self, data, settings, weight=None, header=None):
+    def __init__(self, data, settings, weight=None, header=None, owned=False):
         self.raw = _native(data)
+        # Whether self.raw may be written: ours, or a converted copy of the caller's array.
+        own_raw = owned or not np.may_share_memory(self.raw, data)
         self.shape = self.raw.shape
         s = settings
         wtype = s.weight_type
@@ -121,9 +126,11 @@ class Image:
             # interpolation of bad pixels.
             back_mask = self.bad.copy() if self.bad.any() else None
             if s.interp_type != "NONE" and self.bad.any():
+                # rel_var is this object's own array: filled in place.
                 self.raw, rel_var, self.bad = interpolate_bad(
                     self.raw, rel_var, self.bad, s.interp_maxxlag, s.interp_maxylag,
-                    s.interp_type == "ALL")
+                    s.interp_type == "ALL", copy_var=False, copy_data=not own_raw)
+                own_raw = own_raw or s.interp_type == "ALL"  # then a filled copy
             if self.bad.any():
                 rel_var[self.bad] = 0.0
             else:
@@ -134,7 +141,10 @@ class Image:
                 raise SexConfigError("the science image has no finite pixel (all NaN or inf)")
             back_mask = self.bad
         if self.bad is not None:
-            self.raw = np.where(self.bad, np.float32(0), self.raw)
+            if own_raw:
+                self.raw[self.bad] = 0.0
+            else:
+                self.raw = np.where(self.bad, np.float32(0), self.raw)
 
         # Background: sep's mesh/median-filter estimate is SExtractor's algorithm.
         bw, bh = s.back_size
@@ -187,7 +197,8 @@ class Image:
         return np.sqrt(self.var)
 
 
-def interpolate_bad(data, var, bad, xlag, ylag, data_too=True):
+def interpolate_bad(data, var, bad, xlag, ylag, data_too=True, copy_var=True,
+                    copy_data=True):
     """SExtractor's crude interpolation of bad (zero-weight) pixels (INTERP_TYPE).
 
     Along each row, a bad pixel takes the value of the last good pixel on its left if that
@@ -196,16 +207,20 @@ def interpolate_bad(data, var, bad, xlag, ylag, data_too=True):
     variance is always filled; the data only with INTERP_TYPE ALL. Filled pixels are no
     longer bad, as in SExtractor.
 
+    ``copy_var=False`` / ``copy_data=False`` fill ``var`` / ``data`` in place (no copy of a
+    full-image array).
+
     Returns
     -------
     data, var : numpy.ndarray
-        Filled copies.
+        Filled copies (the arrays themselves when not copied).
     bad : numpy.ndarray of bool
         Pixels still bad.
     """
     ny, nx = bad.shape
-    data = data.copy() if data_too else data
-    var = var.copy()
+    data = data.copy() if data_too and copy_data else data
+    if copy_var:
+        var = var.copy()
     # Runs of consecutive bad pixels along rows, from the flat indices (O(number of bad)).
     idx = np.flatnonzero(bad)
     col = idx % nx
@@ -257,13 +272,13 @@ class MeasuredSources:
             thresh, noise, err = s.detect_thresh, None, None
         kern = kernel if (s.filter and kernel is not None) else None
         self._kernel = kern
-        # The detection threshold per pixel (scalar when the noise is constant), kept for
-        # the blanking mask of the measurements.
-        if s.thresh_type == "RELATIVE":
-            self._thresh_image = (thresh * np.sqrt(det.var).astype(np.float32)
-                                  if det.var_is_map else np.float32(thresh * err))
+        # The detection threshold for the blanking mask of the measurements: per pixel,
+        # thresh * sqrt(var) (computed in the mask's loop), or a scalar.
+        if s.thresh_type == "RELATIVE" and det.var_is_map:
+            self._thresh = (float(thresh), True)
         else:
-            self._thresh_image = np.float32(thresh)
+            self._thresh = (float(np.float32(thresh * err if s.thresh_type == "RELATIVE"
+                                             else thresh)), False)
         sep.set_extract_pixstack(max(300000, det.raw.size // 4))
         sep.set_sub_object_limit(4096)
         objs, seg = sep.extract(
@@ -319,19 +334,12 @@ class MeasuredSources:
 
     # ----------------------------------------------------------- pixel lists
     def pixels(self):
-        """Footprint pixels sorted by object: (starts, ids-1, flat index, y, x)."""
+        """Footprint pixels sorted by object: (starts, object index per pixel, flat index)."""
 
         def compute():
-            flat = self.seg.ravel()
-            idx = np.flatnonzero(flat)
-            oid = self.rank[flat[idx]]
-            if (oid < 0).any():  # footprints of objects dropped after detection
-                idx, oid = idx[oid >= 0], oid[oid >= 0]
-            order = np.argsort(oid, kind="stable")
-            idx = idx[order]
-            oid = oid[order]
-            starts = np.searchsorted(oid, np.arange(self.n))
-            return starts, oid, idx
+            from shapepipe.modules.sextractor import _kernels as K
+
+            return K.footprint_pixels(self.seg, self.rank, self.n)
 
         return self._cached("pixels", compute)
 
@@ -456,12 +464,11 @@ class MeasuredSources:
             det = self.det
             kernel = (np.ones((1, 1)) if self._kernel is None
                       else np.asarray(self._kernel, dtype=np.float64))
-            thr = self._thresh_image
-            has_map = np.ndim(thr) == 2
+            thr, has_map = self._thresh
             bad = self.meas.bad
             mask, orphan, idx = K.detection_mask(
-                det.sub, kernel, float(thr) if not has_map else 0.0,
-                thr if has_map else np.zeros((1, 1), np.float32), has_map, self.seg,
+                det.sub, kernel, thr, det.var if has_map else np.zeros((1, 1), np.float32),
+                has_map, self.seg,
                 bad.view(np.uint8) if bad is not None else np.zeros((1, 1), np.uint8),
                 bad is not None, self.s.mask_type != "NONE")
             if idx.size:
