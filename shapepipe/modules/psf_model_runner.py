@@ -24,6 +24,9 @@ KEYS = [
     Key("PSFVAR_GROUPS", "int_list", default=None, help="group of each PSFVAR_KEYS column"),
     Key("PSFVAR_DEGREES", "int_list", default=None, help="polynomial degree of each group"),
     Key("SAMPLE_MINSN", "float", default=None, help="minimum SNR_WIN of a star"),
+    Key("DEGREE_SELECTION", "str", default=None, choices=["PRESS", "NONE"],
+        help="PRESS (default): keep PSFVAR_DEGREES or a lower degree, whichever predicts the "
+             "stars' shapes best when each is left out of the fit; NONE: PSFVAR_DEGREES"),
     Key("CHI2_CLIP", "float", default=4.0,
         help="reject stars whose chi2 exceeds the median by this many robust sigmas"),
 ]
