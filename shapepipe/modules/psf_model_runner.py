@@ -27,6 +27,8 @@ KEYS = [
     Key("DEGREE_SELECTION", "str", default=None, choices=["PRESS", "NONE"],
         help="PRESS (default): keep PSFVAR_DEGREES or a lower degree, whichever predicts the "
              "stars' shapes best when each is left out of the fit; NONE: PSFVAR_DEGREES"),
+    Key("DEGREE_MIN", "int", default=None,
+        help="lowest degree DEGREE_SELECTION = PRESS tries (default 1)"),
     Key("CHI2_CLIP", "float", default=4.0,
         help="reject stars whose chi2 exceeds the median by this many robust sigmas"),
 ]

@@ -71,7 +71,8 @@ def build_psf_model(catalogue_path, psf_path, psfex_cat_path=None, options=None,
         Output catalogue in the layout of PSFEx's ``OUTCAT`` (SOURCE_NUMBER, FLAGS_PSF,
         DELTAX/Y_IMAGE, NORM_PSF, CHI2_PSF...), read by psfex_interp's VALIDATION mode.
     options : dict, optional
-        Overrides of :data:`DEFAULTS`, plus ``CHI2_CLIP`` (n MAD) and ``GAIN``.
+        Overrides of :data:`DEFAULTS`, plus ``CHI2_CLIP`` (n MAD), ``GAIN``,
+        ``DEGREE_SELECTION`` (``PRESS`` or ``NONE``) and ``DEGREE_MIN`` (lowest degree tried).
     log : logging.Logger, optional
         Where to report.
 
@@ -99,6 +100,8 @@ def build_psf_model(catalogue_path, psf_path, psfex_cat_path=None, options=None,
             f"(groups {opts['PSFVAR_GROUPS']})"
         )
     selection = str(opts.get("DEGREE_SELECTION") or DEGREE_SELECTION_DEFAULT).upper()
+    if int(opts.get("DEGREE_MIN", 1)) < 0:
+        raise ValueError(f"DEGREE_MIN = {opts['DEGREE_MIN']}: expected a degree >= 0")
     if selection not in DEGREE_SELECTIONS:
         raise ValueError(f"DEGREE_SELECTION = {opts.get('DEGREE_SELECTION')!r}: expected one of "
                          f"{', '.join(DEGREE_SELECTIONS)}")
@@ -129,7 +132,7 @@ def build_psf_model(catalogue_path, psf_path, psfex_cat_path=None, options=None,
             degrees=opts["PSFVAR_DEGREES"], polnames=opts["PSFVAR_KEYS"],
             min_sn=float(opts["SAMPLE_MINSN"]), accuracy=float(opts["PSF_ACCURACY"]),
             gain=gain, clip_nsigma=float(opts.get("CHI2_CLIP", 4.0)),
-            degree_selection=selection,
+            degree_selection=selection, min_degree=int(opts.get("DEGREE_MIN", 1)),
         )
     except ValueError as err:
         raise ValueError(f"{catalogue_path}: {err}") from None
