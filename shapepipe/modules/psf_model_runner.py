@@ -4,6 +4,12 @@ Reads a star catalogue (setools selection or SExtractor catalogue with VIGNETs) 
 ``<input name>.psf`` (PSFEx layout: PSF_MASK, POLNAME/POLZERO/POLSCAL/POLDEG, PSF_SAMP,
 ACCEPTED, CHI2, PSF_FWHM) and ``psfex_cat<number>.cat`` (per-star flags and chi2), the same
 outputs as psfex_runner, so psfex_interp reads either.
+
+Keys: those of PSFEx's configuration listed in ``KEYS`` (from ``DOT_PSFEX_FILE`` or given
+here), ``CHI2_CLIP``, and ``DEGREE_SELECTION`` (``PRESS``, the default: PSFVAR_DEGREES or a
+lower degree down to ``DEGREE_MIN``, whichever predicts the training stars' shapes best when
+each star is left out; ``NONE``: PSFVAR_DEGREES as PSFEx). The degree used is the header's
+POLDEG and is logged per job.
 """
 
 import os
