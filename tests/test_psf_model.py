@@ -142,6 +142,22 @@ def test_too_few_stars_is_a_clear_error(starcat):
         fit_psf(data["VIGNET"][:4], pos, pos)
 
 
+def test_press_lowers_degree_when_stars_are_too_few(starcat):
+    # 5 stars cannot constrain 6 quadratic terms: without selection that is the one-line
+    # error above; with PRESS the fit starts at degree 1 (3 terms).
+    path, truth = starcat
+    data, _ = read_ldac(path)
+    good = np.flatnonzero(~truth["outlier"])[:5]
+    pos = np.stack([data["XWIN_IMAGE"], data["YWIN_IMAGE"]], axis=1)[good]
+    args = (data["VIGNET"][good], pos, pos)
+    with pytest.raises(ValueError, match="only 5 usable stars .* 6 terms"):
+        fit_psf(*args)
+    result = fit_psf(*args, degree_selection="PRESS")
+    assert result.degrees == (1,) and result.model.mask.shape[0] == 3
+    with pytest.raises(ValueError, match="only 2 usable stars"):
+        fit_psf(data["VIGNET"][good[:2]], pos[:2], pos[:2], degree_selection="PRESS")
+
+
 def test_build_writes_psf_and_psfex_cat(starcat, tmp_path):
     path, truth = starcat
     psf_path = str(tmp_path / "star_selection-0000001-0.psf")

@@ -220,6 +220,16 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
     flux = np.where(np.isfinite(flux) & (flux > 0), flux, np.nan)
     loaded &= np.isfinite(flux)
 
+    if degree_selection == "PRESS" and len(degrees) and loaded.sum() <= ncoeff:
+        # Too few stars for the configured degree: start from the highest candidate that
+        # leaves at least one star more than it has terms (a PRESS score needs it).
+        for cand in candidate_degrees(degrees, min_degree):
+            if poly_powers(groups, cand).shape[0] < loaded.sum():
+                degrees = cand
+                powers = poly_powers(groups, degrees)
+                ncoeff = powers.shape[0]
+                phi = poly_terms(u_context, powers)
+                break
     if loaded.sum() < ncoeff:
         raise ValueError(
             f"only {int(loaded.sum())} usable stars (S/N >= {min_sn}, enough unmasked "
