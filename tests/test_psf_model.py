@@ -366,3 +366,16 @@ def test_degree_selection_in_header_and_bad_value(starcat, tmp_path):
     with pytest.raises(ValueError, match="PRESS or NONE"):
         fit_psf(np.zeros((10, 9, 9)), np.zeros((10, 2)), np.zeros((10, 2)),
                 degree_selection="BIC")
+
+
+def test_runner_keys_reject_a_bad_degree_selection():
+    from shapepipe.modules.psf_model_runner import KEYS
+    from shapepipe.pipeline.config import ConfigError, ShapePipeConfig
+    config = ShapePipeConfig("x.ini")
+    config.read_string("[PSF_MODEL_RUNNER]\nDEGREE_SELECTION = AIC\n")
+    with pytest.raises(ConfigError, match="DEGREE_SELECTION.*expected one of PRESS, NONE") as err:
+        config.read_keys("PSF_MODEL_RUNNER", KEYS)
+    assert "\n" not in str(err.value)
+    config.read_string("[PSF_MODEL_RUNNER]\nDEGREE_SELECTION = none\nDEGREE_MIN = 0\n")
+    opts = config.read_keys("PSF_MODEL_RUNNER", KEYS)
+    assert opts["DEGREE_SELECTION"].upper() == "NONE" and opts["DEGREE_MIN"] == 0
