@@ -17,8 +17,8 @@ image pixels is ``sum_k poly_k(u) B_k`` with ``u`` the normalised context (posit
    repeated until the set of accepted stars no longer changes;
 5. optionally (``degree_selection="PRESS"``) the polynomial degree is chosen from the data:
    after the first pass, the configured degree and every lower one are scored by their
-   leave-one-star-out prediction error (PRESS) on the same stars, pixels and weights, and
-   the second pass fits the degree with the lowest score.
+   leave-one-star-out prediction error of the stars' shapes (PRESS) on the same stars,
+   pixels and weights, and the second pass fits the degree :func:`select_degree` keeps.
 """
 
 import numpy as np
@@ -138,7 +138,9 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
     degree_selection : {"NONE", "PRESS"}
         ``"PRESS"``: fit the configured degrees and every lower total degree (down to
         ``min_degree``; each group's degree is capped at the candidate's) and keep the one
-        with the lowest leave-one-star-out prediction chi2 (see :func:`press_chi2`).
+        that best predicts the stars' shapes when each is left out (:func:`press_chi2`,
+        :func:`select_degree`); too few stars for the configured degree start the
+        selection at the highest degree they constrain.
         ``"NONE"``: the configured degrees.
     min_degree : int
         Lowest candidate degree of the selection (default 1: on the default survey a
@@ -150,8 +152,9 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
     Returns
     -------
     PSFFitResult
-        Also ``degrees`` (the degrees used) and ``press`` (``{degrees: PRESS per pixel}``,
-        empty without selection).
+        Also ``degrees`` (the degrees used) and ``press`` (``{degrees: mean per-star PRESS
+        over the compared stars}``, ``inf`` for a degree with too few stars; empty without
+        selection).
 
     Raises
     ------
