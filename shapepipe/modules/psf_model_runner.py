@@ -4,6 +4,12 @@ Reads a star catalogue (setools selection or SExtractor catalogue with VIGNETs) 
 ``<input name>.psf`` (PSFEx layout: PSF_MASK, POLNAME/POLZERO/POLSCAL/POLDEG, PSF_SAMP,
 ACCEPTED, CHI2, PSF_FWHM) and ``psfex_cat<number>.cat`` (per-star flags and chi2), the same
 outputs as psfex_runner, so psfex_interp reads either.
+
+Keys: those of PSFEx's configuration listed in ``KEYS`` (from ``DOT_PSFEX_FILE`` or given
+here), ``CHI2_CLIP``, and ``DEGREE_SELECTION`` (``PRESS``, the default: PSFVAR_DEGREES or a
+lower degree down to ``DEGREE_MIN``, whichever predicts the training stars' shapes best when
+each star is left out; ``NONE``: PSFVAR_DEGREES as PSFEx). The degree used is the header's
+POLDEG and is logged per job.
 """
 
 import os
@@ -24,6 +30,11 @@ KEYS = [
     Key("PSFVAR_GROUPS", "int_list", default=None, help="group of each PSFVAR_KEYS column"),
     Key("PSFVAR_DEGREES", "int_list", default=None, help="polynomial degree of each group"),
     Key("SAMPLE_MINSN", "float", default=None, help="minimum SNR_WIN of a star"),
+    Key("DEGREE_SELECTION", "str", default=None, choices=["PRESS", "NONE"],
+        help="PRESS (default): keep PSFVAR_DEGREES or a lower degree, whichever predicts the "
+             "stars' shapes best when each is left out of the fit; NONE: PSFVAR_DEGREES"),
+    Key("DEGREE_MIN", "int", default=None,
+        help="lowest degree DEGREE_SELECTION = PRESS tries (default 1)"),
     Key("CHI2_CLIP", "float", default=4.0,
         help="reject stars whose chi2 exceeds the median by this many robust sigmas"),
 ]

@@ -21,6 +21,12 @@ DEFAULTS = {
     "SAMPLE_MINSN": 20.0,
 }
 
+#: Degree selection (not a PSFEx option): ``PRESS`` keeps, among PSFVAR_DEGREES and every
+#: lower degree, the one that best predicts each star's shape from the others
+#: (:func:`shapepipe.modules.psf_model.fit.press_chi2`); ``NONE`` uses PSFVAR_DEGREES.
+DEGREE_SELECTION_DEFAULT = "PRESS"
+DEGREE_SELECTIONS = ("PRESS", "NONE")
+
 
 def options_from_psfex_file(path):
     """The options of :data:`DEFAULTS` found in a ``.psfex`` file (others ignored).
@@ -65,7 +71,8 @@ def build_psf_model(catalogue_path, psf_path, psfex_cat_path=None, options=None,
         Output catalogue in the layout of PSFEx's ``OUTCAT`` (SOURCE_NUMBER, FLAGS_PSF,
         DELTAX/Y_IMAGE, NORM_PSF, CHI2_PSF...), read by psfex_interp's VALIDATION mode.
     options : dict, optional
-        Overrides of :data:`DEFAULTS`, plus ``CHI2_CLIP`` (n MAD) and ``GAIN``.
+        Overrides of :data:`DEFAULTS`, plus ``CHI2_CLIP`` (n MAD), ``GAIN``,
+        ``DEGREE_SELECTION`` (``PRESS`` or ``NONE``) and ``DEGREE_MIN`` (lowest degree tried).
     log : logging.Logger, optional
         Where to report.
 
@@ -92,6 +99,12 @@ def build_psf_model(catalogue_path, psf_path, psfex_cat_path=None, options=None,
             f"PSFVAR_DEGREES {opts['PSFVAR_DEGREES']} must have one degree per group "
             f"(groups {opts['PSFVAR_GROUPS']})"
         )
+    selection = str(opts.get("DEGREE_SELECTION") or DEGREE_SELECTION_DEFAULT).upper()
+    if int(opts.get("DEGREE_MIN", 1)) < 0:
+        raise ValueError(f"DEGREE_MIN = {opts['DEGREE_MIN']}: expected a degree >= 0")
+    if selection not in DEGREE_SELECTIONS:
+        raise ValueError(f"DEGREE_SELECTION = {opts.get('DEGREE_SELECTION')!r}: expected one of "
+                         f"{', '.join(DEGREE_SELECTIONS)}")
     src = catalogue_path
     centers = np.stack([get_column(data, k, src) for k in opts["CENTER_KEYS"]], axis=1)
     context = np.stack([get_column(data, k, src) for k in opts["PSFVAR_KEYS"]], axis=1)
@@ -119,19 +132,27 @@ def build_psf_model(catalogue_path, psf_path, psfex_cat_path=None, options=None,
             degrees=opts["PSFVAR_DEGREES"], polnames=opts["PSFVAR_KEYS"],
             min_sn=float(opts["SAMPLE_MINSN"]), accuracy=float(opts["PSF_ACCURACY"]),
             gain=gain, clip_nsigma=float(opts.get("CHI2_CLIP", 4.0)),
+            degree_selection=selection, min_degree=int(opts.get("DEGREE_MIN", 1)),
         )
     except ValueError as err:
         raise ValueError(f"{catalogue_path}: {err}") from None
     write_psf(psf_path, result.model, accepted=int(result.accepted.sum()),
               loaded=int(result.loaded.sum()), chi2=result.chi2_total, fwhm=result.fwhm,
-              extra_header={"SOFTNAME": ("shapepipe-psf_model", "Software that made the model")})
+              extra_header={"SOFTNAME": ("shapepipe-psf_model", "Software that made the model"),
+                            "DEGSEL": (selection, "Degree selection (PRESS or NONE)"),
+                            "POLDEGCF": (",".join(str(d) for d in opts["PSFVAR_DEGREES"]),
+                                         "Configured PSFVAR_DEGREES")})
     if psfex_cat_path:
         write_psfex_cat(psfex_cat_path, header, data, result, centers, context)
+    degrees = ",".join(str(d) for d in result.degrees)
     summary = {"loaded": int(result.loaded.sum()), "accepted": int(result.accepted.sum()),
-               "chi2": result.chi2_total, "fwhm": result.fwhm}
+               "chi2": result.chi2_total, "fwhm": result.fwhm, "degrees": degrees,
+               "press": {",".join(str(d) for d in k): round(v, 4)
+                         for k, v in result.press.items()}}
     if log is not None:
-        log.info("psf_model %s: %d/%d stars accepted, chi2 %.3f, FWHM %.3f pix",
-                 catalogue_path, summary["accepted"], len(data), summary["chi2"], summary["fwhm"])
+        log.info("psf_model %s: %d/%d stars accepted, chi2 %.3f, FWHM %.3f pix, degree %s "
+                 "(selection %s, PRESS %s)", catalogue_path, summary["accepted"], len(data),
+                 summary["chi2"], summary["fwhm"], degrees, selection, summary["press"] or "-")
     return summary
 
 

@@ -14,7 +14,11 @@ image pixels is ``sum_k poly_k(u) B_k`` with ``u`` the normalised context (posit
    stack solved by one ``numpy.linalg.solve`` call);
 4. star fluxes are re-fitted on the model, stars whose reduced chi2 is an outlier (robust
    median + ``n`` MAD clipping, blends, cosmic rays, galaxies) are rejected, and the fit is
-   repeated until the set of accepted stars no longer changes.
+   repeated until the set of accepted stars no longer changes;
+5. optionally (``degree_selection="PRESS"``) the polynomial degree is chosen from the data:
+   after the first pass, the configured degree and every lower one are scored by their
+   leave-one-star-out prediction error of the stars' shapes (PRESS) on the same stars,
+   pixels and weights, and the second pass fits the degree :func:`select_degree` keeps.
 """
 
 import numpy as np
@@ -23,6 +27,9 @@ from shapepipe.modules.psfex.dotpsf import PSFModel, poly_powers, poly_terms
 from shapepipe.modules.psfex.resample import LANCZOS_ORDER, resample_mask, resample_stack
 
 MASKED = -1e29  # SExtractor marks pixels outside the image / flagged with -1e30
+#: Stars whose leave-one-out shape chi2 (3 values) exceeds this under every candidate degree
+#: are left out of the degree selection (about 5 sigma on each value).
+OUTLIER_CHI2 = 75.0
 
 
 class PSFFitResult:
@@ -83,7 +90,8 @@ def _fwhm_of(image, samp):
 def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None, samp=1.0,
             groups=(1, 1), degrees=(2,), polnames=("XWIN_IMAGE", "YWIN_IMAGE"), min_sn=20.0,
             accuracy=0.01, gain=0.0, bkg_rms=None, clip_nsigma=4.0, max_iter=4,
-            min_good_fraction=0.5, interp_order=7, pixel_clip=5.0):
+            min_good_fraction=0.5, interp_order=7, pixel_clip=5.0, degree_selection="NONE",
+            min_degree=1, selection_options=None):
     """Fit a PSFEx-format PSF model to star VIGNETs.
 
     Parameters
@@ -127,16 +135,36 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
     pixel_clip : float
         Pixels further than this many sigma from the model are dropped, and stars with more
         than 30% of such pixels in their core are rejected (0: no pixel clipping).
+    degree_selection : {"NONE", "PRESS"}
+        ``"PRESS"``: fit the configured degrees and every lower total degree (down to
+        ``min_degree``; each group's degree is capped at the candidate's) and keep the one
+        that best predicts the stars' shapes when each is left out (:func:`press_chi2`,
+        :func:`select_degree`); too few stars for the configured degree start the
+        selection at the highest degree they constrain.
+        ``"NONE"``: the configured degrees.
+    min_degree : int
+        Lowest candidate degree of the selection (default 1: on the default survey a
+        constant PSF won the selection on 3 of 12 CCDs where its size error at the true
+        stars was 2-5x that of degree 1; a camera's PSF has at least a gradient).
+    selection_options : dict, optional
+        Keyword arguments of :func:`select_degree`.
 
     Returns
     -------
     PSFFitResult
+        Also ``degrees`` (the degrees used) and ``press`` (``{degrees: mean per-star PRESS
+        over the compared stars}``, ``inf`` for a degree with too few stars; empty without
+        selection).
 
     Raises
     ------
     ValueError
         If fewer stars than polynomial terms are usable.
     """
+    degree_selection = str(degree_selection).upper()
+    if degree_selection not in ("NONE", "PRESS"):
+        raise ValueError(f"degree selection must be PRESS or NONE, got {degree_selection!r}")
+    degrees = tuple(int(d) for d in degrees)
     vignets = np.asarray(vignets, dtype=np.float64)
     n, h, w = vignets.shape
     centers = np.asarray(centers, dtype=float).reshape(n, 2)
@@ -184,7 +212,8 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
         cmin = cmax = np.zeros(context.shape[1])
     polzero = 0.5 * (cmin + cmax)
     polscal = np.where(cmax > cmin, cmax - cmin, 1.0)
-    phi = poly_terms((context - polzero) / polscal, powers)  # (n, K)
+    u_context = (context - polzero) / polscal
+    phi = poly_terms(u_context, powers)  # (n, K)
 
     # Initial fluxes: aperture flux if given, else the sum of the resampled stamp.
     if flux_guess is not None:
@@ -194,6 +223,16 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
     flux = np.where(np.isfinite(flux) & (flux > 0), flux, np.nan)
     loaded &= np.isfinite(flux)
 
+    if degree_selection == "PRESS" and len(degrees) and loaded.sum() <= ncoeff:
+        # Too few stars for the configured degree: start from the highest candidate that
+        # leaves at least one star more than it has terms (a PRESS score needs it).
+        for cand in candidate_degrees(degrees, min_degree):
+            if poly_powers(groups, cand).shape[0] < loaded.sum():
+                degrees = cand
+                powers = poly_powers(groups, degrees)
+                ncoeff = powers.shape[0]
+                phi = poly_terms(u_context, powers)
+                break
     if loaded.sum() < ncoeff:
         raise ValueError(
             f"only {int(loaded.sum())} usable stars (S/N >= {min_sn}, enough unmasked "
@@ -203,8 +242,33 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
                 (ny, nx), pixel_clip)
 
     # Pass 1: Lanczos-3 resampling, every output pixel touched by a masked one is dropped.
-    basis, flux, chi2, accepted = _fit_iterate(data.reshape(n, -1), (~bad).reshape(n, -1),
-                                               flux, *fit_args)
+    basis, flux, chi2, accepted, use = _fit_iterate(data.reshape(n, -1), (~bad).reshape(n, -1),
+                                                    flux, *fit_args)
+    phi_pass1 = phi
+
+    # Degree selection on the pass-1 state: every candidate is scored on the same stars,
+    # pixels, fluxes and weights, so that only the polynomial differs.
+    press = {}
+    if degree_selection == "PRESS" and len(degrees) and max(degrees) > min_degree:
+        model_var = phi @ basis
+        functionals = moment_functionals(np.median(model_var[accepted], axis=0).reshape(ny, nx),
+                                         samp)
+        terms = {}
+        for cand in candidate_degrees(degrees, min_degree):
+            phi_c = poly_terms(u_context, poly_powers(groups, cand))
+            terms[cand] = press_chi2(data.reshape(n, -1), use, phi_c, flux, accepted, var_bkg,
+                                     gain, accuracy, model_var, functionals)
+        chosen, press = select_degree(terms, **(selection_options or {}))
+        if chosen != degrees:
+            degrees = chosen
+            powers = poly_powers(groups, degrees)
+            ncoeff = powers.shape[0]
+            phi = poly_terms(u_context, powers)
+            fit_args = (phi, loaded, var_bkg, gain, accuracy, samp, clip_nsigma, max_iter,
+                        ncoeff, (ny, nx), pixel_clip)
+            if interp_order <= LANCZOS_ORDER:  # no second pass: refit pass 1 at that degree
+                basis, flux, chi2, accepted, use = _fit_iterate(
+                    data.reshape(n, -1), (~bad).reshape(n, -1), flux, *fit_args)
 
     # Pass 2: Lanczos-3 shrinks a 3.5-pixel-FWHM star by up to 0.5% at half-pixel shifts;
     # a long kernel (order 7) does not, but spreads masked pixels over 14 pixels. So masked
@@ -212,8 +276,8 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
     # stamps are resampled with the long kernel, and only the output pixels nearest to a
     # masked input pixel are dropped.
     if interp_order > LANCZOS_ORDER:
-        grid = (phi @ basis).reshape(n, ny, nx) * np.where(np.isfinite(flux), flux, 0.0)[:, None,
-                                                                                         None]
+        amp = np.where(np.isfinite(flux), flux, 0.0)[:, None, None]
+        grid = (phi_pass1 @ basis).reshape(n, ny, nx) * amp
         sx = (np.arange(w)[None, :] - cx[:, None]) / samp + nx // 2
         sy = (np.arange(h)[None, :] - cy[:, None]) / samp + ny // 2
         fill = resample_stack(grid, sx, sy, order=LANCZOS_ORDER)
@@ -225,8 +289,8 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
         rows = np.clip(iy, 0, h - 1)[:, :, None]
         cols = np.clip(ix, 0, w - 1)[:, None, :]
         bad = bad_in[np.arange(n)[:, None, None], rows, cols] | outside
-        basis, flux, chi2, accepted = _fit_iterate(data.reshape(n, -1), (~bad).reshape(n, -1),
-                                                   flux, *fit_args)
+        basis, flux, chi2, accepted, _ = _fit_iterate(data.reshape(n, -1),
+                                                      (~bad).reshape(n, -1), flux, *fit_args)
     good = (~bad).reshape(n, -1)
 
     mask = basis.reshape(ncoeff, ny, nx)
@@ -243,7 +307,188 @@ def fit_psf(vignets, centers, context, flux_guess=None, snr=None, psf_size=None,
     chi2 = np.where(loaded, chi2, np.nan)
     return PSFFitResult(model=model_out, accepted=accepted, loaded=loaded, chi2=chi2, flux=flux,
                         chi2_total=chi2_total, fwhm=fwhm, offsets=np.stack([cx - w // 2,
-                                                                            cy - h // 2], 1))
+                                                                            cy - h // 2], 1),
+                        degrees=degrees, press=press)
+
+
+def select_degree(terms, outlier_chi2=OUTLIER_CHI2, one_se=True):
+    """The degree to keep from the per-star PRESS terms of every candidate.
+
+    Parameters
+    ----------
+    terms : dict
+        ``{degrees: per-star PRESS (numpy.ndarray)}``, highest degree first, the same stars
+        in every array (:func:`press_chi2`).
+    outlier_chi2 : float
+        Stars that no candidate predicts better than this (sum of three chi2 values, about
+        3 for noise) are left out of the comparison: a star with a companion or a defect
+        the clipping kept is mispredicted by every degree, and its huge term would decide
+        between the candidates by its noise alone.
+    one_se : bool
+        Keep the lowest degree whose mean PRESS is within one standard error (of the
+        paired per-star difference) of the lowest mean, the usual rule for choosing model
+        complexity by cross-validation: a higher degree must earn its extra terms.
+
+    Returns
+    -------
+    tuple
+        ``(degrees, {degrees: mean PRESS over the compared stars})``.
+    """
+    cands = [c for c in terms if np.all(np.isfinite(terms[c]))]
+    if not cands:
+        top = next(iter(terms))
+        return top, {c: float("inf") for c in terms}
+    table = np.stack([terms[c] for c in cands])  # (C, m)
+    keep = table.min(axis=0) <= outlier_chi2
+    if not keep.any():
+        keep[:] = True
+    table = table[:, keep]
+    scores = table.mean(axis=1)
+    best = int(np.argmin(scores))
+    chosen = best
+    if one_se:
+        m = table.shape[1]
+        # Candidates are ordered from the highest degree down: the last acceptable one is
+        # the lowest degree.
+        for i in range(best + 1, len(cands)):
+            diff = table[i] - table[best]
+            se = diff.std(ddof=1) / np.sqrt(m) if m > 1 else np.inf
+            if diff.mean() <= se:
+                chosen = i
+    press = {c: float("inf") for c in terms}
+    press.update({c: float(v) for c, v in zip(cands, scores)})
+    return cands[chosen], press
+
+
+def candidate_degrees(degrees, min_degree=1):
+    """The configured degrees and every lower total degree, highest first.
+
+    Each group's degree is capped at the candidate total degree ``D``, for ``D`` from
+    ``max(degrees)`` down to ``min_degree``: ``(3, 1)`` gives ``(3, 1), (2, 1), (1, 1), (0, 0)``.
+    """
+    top = max(degrees)
+    out = []
+    for total in range(top, max(int(min_degree), 0) - 1, -1):
+        cand = tuple(min(d, total) for d in degrees)
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
+def moment_functionals(image, samp):
+    """Linear responses of a PSF's shape to a small change of its image.
+
+    With a fixed Gaussian weight ``W`` matched to ``image`` (the mean model, unit flux,
+    centred at ``(nx // 2, ny // 2)``), a residual image ``r`` changes the weighted moments'
+    ellipticity by ``sum W (x^2 - y^2) r / Q`` and ``sum W 2xy r / Q`` and the relative size
+    ``T`` by ``sum W (x^2 + y^2) r / Q - sum W r / S``, with ``Q = sum W (x^2 + y^2) image``
+    and ``S = sum W image``: to first order the e1, e2 and size errors that
+    ``scripts/psf_validation.py`` measures at held-out stars.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` model image.
+    samp : float
+        Its sampling step in image pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, ny * nx)``: the e1, e2 and relative-size functionals.
+    """
+    ny, nx = image.shape
+    gy, gx = np.mgrid[:ny, :nx]
+    x = (gx - nx // 2) * samp
+    y = (gy - ny // 2) * samp
+    sigma = max(_fwhm_of(image, samp), 1.0) / 2.3548
+    weight = np.exp(-(x * x + y * y) / (2.0 * sigma * sigma))
+    r2 = x * x + y * y
+    q = float((weight * r2 * image).sum())
+    s = float((weight * image).sum())
+    if not (q > 0 and s > 0):
+        raise ValueError("PSF model image has no positive core: cannot score degrees")
+    g = np.stack([weight * (x * x - y * y) / q, weight * 2.0 * x * y / q,
+                  weight * r2 / q - weight / s])
+    return g.reshape(3, -1)
+
+
+def press_chi2(dflat, use, phi, flux, accepted, var_bkg, gain, accuracy, model, functionals,
+               block=256):
+    """Leave-one-star-out prediction chi2 of the stars' shapes (PRESS) for one design.
+
+    Every PSF pixel is an independent weighted least-squares fit over the stars, so leaving a
+    star out changes each pixel's coefficients through that star's own pixel only and the
+    classical identity is exact: the prediction residual of star ``s`` at pixel ``p`` is
+    ``r_sp / (1 - h_sp)``, with ``r_sp`` the fit residual and ``h_sp = w_sp phi_s^T A_p^-1
+    phi_s`` the diagonal of the pixel's weighted hat matrix (``A_p`` its normal matrix). One
+    solve per pixel thus gives what ``n`` refits would (fluxes, weights and clipped pixels
+    held at the values of the fit that scores the candidates). A star far from the others (a
+    corner) has ``h`` near 1 under a high degree, so its prediction error is large: this is
+    what penalises extrapolation.
+
+    The leave-one-out residual images are not scored by their pixel chi2: at the S/N of PSF
+    stars almost every pixel is noise, and on a synthetic field whose size varies by 6% the
+    pixel chi2 prefers a constant PSF whose size is 2.7% off at held-out stars. They are
+    projected instead on the e1, e2 and size functionals (:func:`moment_functionals`) and
+    each star's three values are weighted by their noise variance; the star's own noise
+    adds the same amount to every candidate.
+
+    Parameters
+    ----------
+    dflat : numpy.ndarray
+        ``(n, P)`` resampled stamps.
+    use : numpy.ndarray
+        ``(n, P)`` pixels used in the fit.
+    phi : numpy.ndarray
+        ``(n, K)`` polynomial terms of the candidate degree.
+    flux : numpy.ndarray
+        Star fluxes.
+    accepted : numpy.ndarray
+        Stars in the fit.
+    var_bkg, gain, accuracy : float
+        Noise model (as :func:`fit_psf`).
+    model : numpy.ndarray
+        ``(n, P)`` unit-flux model that sets the signal-dependent variance (the same for
+        every candidate).
+    functionals : numpy.ndarray
+        ``(3, P)`` from :func:`moment_functionals`.
+    block : int
+        Pixels per block (bounds the ``(m, block, K)`` temporaries).
+
+    Returns
+    -------
+    numpy.ndarray
+        Per accepted star, the sum over the three shape values of ``(G r_loo)^2 / var``
+        (about 3 for a star predicted to within its noise); ``inf`` for every star if there
+        are not more stars than polynomial terms.
+    """
+    idx = np.flatnonzero(accepted)
+    k = phi.shape[1]
+    if idx.size <= k:
+        return np.full(idx.size, np.inf)
+    a, b, wgt, y = _normal_equations(dflat, use, phi, flux, accepted, var_bkg, gain, accuracy,
+                                     model)
+    p = phi[idx]
+    g = np.asarray(functionals, dtype=float)
+    moments = np.zeros((idx.size, g.shape[0]))
+    noise = np.zeros((idx.size, g.shape[0]))
+    for start in range(0, a.shape[0], block):
+        sl = slice(start, start + block)
+        a_inv = np.linalg.inv(a[sl])  # (B, K, K)
+        coeffs = np.einsum("pkl,pl->pk", a_inv, b[sl])  # (B, K)
+        w_blk = wgt[:, sl]
+        used = w_blk > 0
+        resid = np.where(used, y[:, sl] - p @ coeffs.T, 0.0)  # (m, B)
+        lev = np.einsum("sk,pkl,sl->sp", p, a_inv, p) * w_blk  # (m, B)
+        # h -> 1: the star is not predicted at all by the others; cap the inflation so that
+        # one degenerate pixel cannot make the score infinite.
+        loo = resid / np.maximum(1.0 - lev, 1e-3)
+        moments += loo @ g[:, sl].T
+        inv_w = np.where(used, 1.0 / np.where(used, w_blk, 1.0), 0.0)
+        noise += inv_w @ (g[:, sl] ** 2).T
+    ok = noise > 0
+    return np.where(ok, moments**2 / np.where(ok, noise, 1.0), 0.0).sum(axis=1)
 
 
 def _fit_iterate(dflat, good, flux, phi, loaded, var_bkg, gain, accuracy, samp, clip_nsigma,
@@ -293,7 +538,7 @@ def _fit_iterate(dflat, good, flux, phi, loaded, var_bkg, gain, accuracy, samp, 
         if np.array_equal(new_accepted, accepted) and iteration >= min_iter - 1:
             break
         accepted = new_accepted
-    return basis, flux, chi2, accepted
+    return basis, flux, chi2, accepted, use
 
 
 def _clip_pixels(dflat, good, model, flux, var_bkg, gain, accuracy, shape, samp, nsigma):
@@ -332,6 +577,15 @@ def _variance(model_flux, var_bkg, gain, accuracy):
 
 def _solve_basis(dflat, good, phi, flux, accepted, var_bkg, gain, accuracy, model=None):
     """Weighted least squares of every PSF pixel's coefficients at once."""
+    a, b, _, _ = _normal_equations(dflat, good, phi, flux, accepted, var_bkg, gain, accuracy,
+                                   model)
+    coeffs = np.linalg.solve(a, b[:, :, None])[:, :, 0]  # (P, K)
+    return coeffs.T  # (K, P)
+
+
+def _normal_equations(dflat, good, phi, flux, accepted, var_bkg, gain, accuracy, model=None):
+    """Per-pixel normal matrices ``(P, K, K)``, right-hand sides ``(P, K)``, weights and
+    normalised data ``(m, P)`` of the accepted stars."""
     idx = np.flatnonzero(accepted)
     d = dflat[idx]
     f = flux[idx][:, None]
@@ -350,8 +604,7 @@ def _solve_basis(dflat, good, phi, flux, accepted, var_bkg, gain, accuracy, mode
     # Pixels no star constrains (corners beyond every stamp): a small ridge keeps them at 0.
     ridge = 1e-10 * np.maximum(np.trace(a, axis1=1, axis2=2), 1e-30)
     a = a + ridge[:, None, None] * np.eye(a.shape[1])[None]
-    coeffs = np.linalg.solve(a, b[:, :, None])[:, :, 0]  # (P, K)
-    return coeffs.T  # (K, P)
+    return a, b, wgt, y
 
 
 def _refit_flux(dflat, good, model, flux, var_bkg, gain, accuracy, samp):
