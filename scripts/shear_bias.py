@@ -179,6 +179,13 @@ def _estimate(parts, rows=None):
     return np.linalg.solve(r.mean(axis=0) + rs / n_tot, g.mean(axis=0)), n_tot
 
 
+def _jackknife_var(estimates):
+    """Jackknife variance of leave-one-out ``estimates`` (k, ...): (k-1)/k sum (x - mean)^2."""
+    jack = np.asarray(estimates)
+    k = len(jack)
+    return (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
+
+
 def biases(fields, shear, bins=None):
     """m_i and c_i of paired fields; jackknife over fields for the errors.
 
@@ -212,8 +219,8 @@ def biases(fields, shear, bins=None):
     full, n = stats(range(len(fields)))
     k = len(fields)
     if k > 1:
-        jack = np.array([stats([j for j in range(k) if j != i])[0] for i in range(k)])
-        err = np.sqrt((k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0))
+        err = np.sqrt(_jackknife_var([stats([j for j in range(k) if j != i])[0]
+                                      for i in range(k)]))
     else:
         err = np.full(full.shape, np.nan)
     names = ("m1", "m2", "m", "c1", "c2")
@@ -259,19 +266,18 @@ def leakage(normal, leaky, paired=True):
         k = len(leaky)
         if k < 2:
             return result(value, np.full(2, np.nan))
-        jack = np.array([alpha([f for j, f in enumerate(normal) if j != i],
-                               [f for j, f in enumerate(leaky) if j != i]) for i in range(k)])
-        return result(value, np.sqrt((k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2,
-                                                          axis=0)))
+        return result(value, np.sqrt(_jackknife_var(
+            [alpha([f for j, f in enumerate(normal) if j != i],
+                   [f for j, f in enumerate(leaky) if j != i]) for i in range(k)])))
     var = np.zeros(2)
     for fields, other, first in ((normal, leaky, True), (leaky, normal, False)):
         k = len(fields)
         if k < 2:
             return result(value, np.full(2, np.nan))
-        jack = np.array([alpha([f for j, f in enumerate(fields) if j != i], other) if first
-                         else alpha(other, [f for j, f in enumerate(fields) if j != i])
-                         for i in range(k)])
-        var += (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
+        var += _jackknife_var([alpha([f for j, f in enumerate(fields) if j != i], other)
+                               if first else
+                               alpha(other, [f for j, f in enumerate(fields) if j != i])
+                               for i in range(k)])
     return result(value, np.sqrt(var))
 
 

@@ -243,6 +243,16 @@ def test_store_reader(tmp_path):
         StoreReader(str(tmp_path / "none.sqlite"))
 
 
+def _assert_close_to_reference(cat, reference, rows):
+    """Every column but nfev equal to the in-process reference rows, to 1e-6."""
+    for t, tab in cat.items():
+        ref = reference[t][rows]
+        for name in tab.dtype.names:
+            if name != "nfev":
+                np.testing.assert_allclose(tab[name], ref[name], rtol=1e-6, atol=1e-7,
+                                           err_msg=f"{t} {name}")
+
+
 def test_through_the_pipeline(tile, sp):
     """ShapePipe's file patterns and numbering bind the six inputs; one job per tile."""
     data_dir = str(tile["tmp"] / "data")
@@ -260,12 +270,7 @@ def test_through_the_pipeline(tile, sp):
     # The job runs in a worker process: after other tests have set this process's BLAS
     # threading, its rounding can differ by an ulp, which the fits' tolerance may amplify (as
     # in the N_SPLIT test below). Bit equality is checked in process by the split test above.
-    for t, tab in cat.items():
-        ref = tile["cat"][t][2:4]
-        for name in tab.dtype.names:
-            if name != "nfev":
-                np.testing.assert_allclose(tab[name], ref[name], rtol=1e-6, atol=1e-7,
-                                           err_msg=f"{t} {name}")
+    _assert_close_to_reference(cat, tile["cat"], slice(2, 4))
 
 
 def _framework_splits():
@@ -294,12 +299,7 @@ def test_n_split_through_the_pipeline(tile, sp):
     # The parts run in worker processes whose BLAS threading differs from this process's:
     # rounding differences (1e-16) grow to ~1e-8 through the fits' convergence tolerance.
     # The in-process split test above checks bit equality.
-    for t, tab in cat.items():
-        ref = tile["cat"][t][1:4]
-        for name in tab.dtype.names:
-            if name != "nfev":
-                np.testing.assert_allclose(tab[name], ref[name], rtol=1e-6, atol=1e-7,
-                                           err_msg=f"{t} {name}")
+    _assert_close_to_reference(cat, tile["cat"], slice(1, 4))
 
 
 def test_neighbour_mask_is_the_voronoi_complement():
