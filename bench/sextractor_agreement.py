@@ -6,7 +6,10 @@ the 3x3 default.conv, DEBLEND 32/0.005, CLEAN Y, BACK_SIZE 64, BACK_FILTERSIZE 3
 NONE), matches objects by X_IMAGE/Y_IMAGE (0.01 px) and prints, per image, the fraction of
 objects within tolerance for each column (never medians of clean subsets).
 
-    python bench/sextractor_agreement.py [--keep DIR]
+    python bench/sextractor_agreement.py [--keep DIR] [--deblend-random SEXTRACTOR|SEP|BOTH]
+
+``--deblend-random SEP`` measures with sep's own deblending generator (the code before issue
+18's third pass), ``BOTH`` prints both (default: SEXTRACTOR, the runner's default).
 """
 
 import argparse
@@ -92,15 +95,19 @@ def write_inputs(work, name, src, ext, extra_params=""):
     return image, sex, param
 
 
-def run_both(work, name, image, sex, param):
+def run_both(work, name, image, sex, param, deblend_random="SEXTRACTOR"):
     """Catalogues of both tools (LDAC_OBJECTS tables)."""
     conv = os.path.join(EX, "default.conv")
     ref = os.path.join(work, f"{name}_ref.cat")
-    ours = os.path.join(work, f"{name}_ours.cat")
-    subprocess.run(["source-extractor", image, "-c", sex, "-PARAMETERS_NAME", param,
-                    "-FILTER_NAME", conv, "-CATALOG_NAME", ref], check=True,
-                   capture_output=True)
-    run_sextractor(image, ours, sex, param_file=param, conv_file=conv)
+    ours = os.path.join(work, f"{name}_ours_{deblend_random.lower()}.cat")
+    if not os.path.isfile(ref):
+        subprocess.run(["source-extractor", image, "-c", sex, "-PARAMETERS_NAME", param,
+                        "-FILTER_NAME", conv, "-CATALOG_NAME", ref], check=True,
+                       capture_output=True)
+    info = run_sextractor(image, ours, sex, param_file=param, conv_file=conv,
+                          deblend_random_mode=deblend_random)
+    if info["deblend_random"] != deblend_random:
+        print(f"{name}: {info['deblend_random_note']}")
     return fits.getdata(ref, "LDAC_OBJECTS"), fits.getdata(ours, "LDAC_OBJECTS")
 
 
@@ -139,6 +146,10 @@ def agreement(ref, our):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="write the catalogues into this directory")
+    parser.add_argument("--deblend-random", default="SEXTRACTOR",
+                        choices=["SEXTRACTOR", "SEP", "BOTH"],
+                        help="generator of sep's deblending (run_sextractor's "
+                             "deblend_random_mode); BOTH: one line for each")
     args = parser.parse_args(argv)
     if shutil.which("source-extractor") is None:
         print("source-extractor not found: cannot compare")
@@ -151,10 +162,14 @@ def main(argv=None):
                 print(f"{name}: {src} absent, skipped")
                 continue
             image, sex, param = write_inputs(work, name, src, ext)
-            ref, our = run_both(work, name, image, sex, param)
-            stats = agreement(ref, our)
-            print(name, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                 for k, v in stats.items() if not k.startswith("_")))
+            modes = (["SEP", "SEXTRACTOR"] if args.deblend_random == "BOTH"
+                     else [args.deblend_random])
+            for mode in modes:
+                ref, our = run_both(work, name, image, sex, param, mode)
+                stats = agreement(ref, our)
+                label = f"{name} [{mode}]" if len(modes) > 1 else name
+                print(label, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in stats.items() if not k.startswith("_")))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

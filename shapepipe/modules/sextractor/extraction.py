@@ -15,6 +15,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from shapepipe.modules.sextractor import deblend_random
 from shapepipe.modules.sextractor.catalog import write_catalog
 from shapepipe.modules.sextractor.columns import COLUMNS, NUMPY_TYPES
 from shapepipe.modules.sextractor.config_files import SexConfigError, parse_conv, parse_param
@@ -215,6 +216,7 @@ def run_sextractor(
     detection_weight_path=None,
     overrides=None,
     checkimages=None,
+    deblend_random_mode=deblend_random.SEXTRACTOR,
 ):
     """Detect and measure sources on one image, writing a FITS_LDAC catalogue.
 
@@ -238,12 +240,24 @@ def run_sextractor(
         ``.sex`` keys overriding the file (like SExtractor's ``-KEY value`` options).
     checkimages : list of (str, str), optional
         (CHECKIMAGE_TYPE, output path) pairs; default: CHECKIMAGE_TYPE/NAME of the settings.
+    deblend_random_mode : {"SEXTRACTOR", "SEP"}
+        Random numbers that hand out the pixels shared by blended objects: ``SEXTRACTOR``
+        (default) glibc's ``rand()`` from ``srand(1)``, as one source-extractor run on this
+        file, so blends get SExtractor's footprints; ``SEP``: sep's own generator. Where
+        ``SEXTRACTOR`` is impossible (see :mod:`.deblend_random`) sep's is used, a
+        :class:`~.deblend_random.DeblendRandomWarning` is issued (once per process) and
+        ``deblend_random_note`` says why.
 
     Returns
     -------
     dict
-        ``n_objects``, ``background``, ``rms``, ``checkimages`` (paths written).
+        ``n_objects``, ``background``, ``rms``, ``checkimages`` (paths written),
+        ``deblend_random`` (the generator used), ``deblend_random_note`` (None, or why
+        SExtractor's generator could not be used).
     """
+    if str(deblend_random_mode).upper() not in deblend_random.MODES:
+        raise SexConfigError(f"deblend random mode {deblend_random_mode!r}: expected one of "
+                             f"{', '.join(deblend_random.MODES)}")
     settings = SexSettings.from_file(sex_file, overrides)
     param_file = param_file or settings.parameters_name
     if not param_file:
@@ -290,6 +304,13 @@ def run_sextractor(
     if world and wcs is None:
         raise SexConfigError(f"{image_path}: no celestial WCS in the header, but the parameter "
                              f"file asks for {', '.join(world)}")
+    # Right before sep's extraction: SExtractor's generator from its start state. This
+    # reader measures one image HDU per call (the first one), and source-extractor starts
+    # each file, and so its first extension, at srand(1); its later extensions continue
+    # the sequence, which a per-extension call cannot reproduce.
+    used_random, random_note = deblend_random.prepare(deblend_random_mode)
+    if random_note is not None:
+        deblend_random.warn_once(random_note)
     cat = MeasuredSources(meas, det, settings, kernel, flag=flag, header=header, wcs=wcs)
     columns = compute_columns(cat, params)
     hdu, table = _table_hdu(columns)
@@ -311,7 +332,8 @@ def run_sextractor(
         write_fits(fits.HDUList([hdu]), path)
         written.append(path)
     return {"n_objects": cat.n, "background": meas.back_level, "rms": meas.backsig,
-            "checkimages": written}
+            "checkimages": written, "deblend_random": used_random,
+            "deblend_random_note": random_note}
 
 
 def _wcs_header(header):
