@@ -3,10 +3,9 @@
 Both tools run on astropy's real test images (M13: a crowded DSS globular-cluster field;
 comp.fits) with the same configuration; objects are matched by X_IMAGE/Y_IMAGE (identical
 detections) and every object counts: no medians, no clean subsets. The thresholds are
-the agreement measured when these tests were written (bench/RESULTS.md, "sextractor
-fidelity"), rounded down; issue 18's targets are quoted where they are not yet reached.
-Objects still differing are blends whose deblended footprints differ: SExtractor assigns
-the pixels shared by deblended objects at random (rand()), sep with its own generator.
+issue 18's targets (XWIN within 0.1 px and FLAGS equal for >= 98% of the objects) or, where
+higher, the agreement measured with SExtractor's deblending random numbers (bench/RESULTS.md,
+"issue 18, third pass"), rounded down. The few objects still differing are blends.
 """
 
 import os
@@ -54,14 +53,17 @@ VERBOSE_TYPE     QUIET
 PARAMS = ["NUMBER", "X_IMAGE", "Y_IMAGE", "XWIN_IMAGE", "YWIN_IMAGE", "FLUX_AUTO",
           "FLUX_APER(1)", "FLUX_WIN", "FLUX_RADIUS", "FLAGS", "CLASS_STAR"]
 
-# name, path under astropy/io/fits, HDU, and the per-object fractions measured
+# name, path under astropy/io/fits, HDU, and the per-object fractions required
 # (XWIN within 0.1 px, FLAGS equal, CLASS_STAR within 0.05, FLUX_APER within 1%,
-# FLUX_AUTO within 1%).
+# FLUX_AUTO within 1%). Measured (DEBLEND_RANDOM SEXTRACTOR, the default): M13 0.9925,
+# 1.0, 1.0, 1.0, 0.981; comp 0.9946, 0.9946, 0.9946, 0.9946, 0.989. With sep's own
+# generator (SEP): M13 0.951, 0.996, 0.989, 0.963, 0.817; comp 0.978, 0.984, 0.995,
+# 0.973, 0.935.
 IMAGES = [
     ("m13", ("hdu", "compressed", "tests", "data", "m13.fits"), 0,
-     {"win": 0.95, "flags": 0.99, "class": 0.98, "aper": 0.96, "auto": 0.81}),
+     {"win": 0.99, "flags": 0.99, "class": 0.99, "aper": 0.99, "auto": 0.98}),
     ("comp", ("tests", "data", "comp.fits"), 1,
-     {"win": 0.975, "flags": 0.98, "class": 0.99, "aper": 0.97, "auto": 0.93}),
+     {"win": 0.99, "flags": 0.99, "class": 0.99, "aper": 0.99, "auto": 0.98}),
 ]
 
 
@@ -116,7 +118,7 @@ def test_windowed_positions_per_object(real):
     # No run-away centroid where SExtractor's stays on the object.
     near = np.hypot(r["XWIN_IMAGE"] - r["X_IMAGE"], r["YWIN_IMAGE"] - r["Y_IMAGE"]) < 1
     assert not np.any((d > 1) & near)
-    assert d.max() < 1.5
+    assert d.max() < 1.0  # measured 0.67 px (M13), 0.16 px (comp)
 
 
 @needs_sex
@@ -182,7 +184,7 @@ def test_catalog_types_as_the_binary_writes_them(real, kind):
     body_o = {line[10:22]: line[10:] for line in our_lines if not line.startswith("#")}
     assert set(body_o) == set(body_r)
     same = np.mean([body_o[k] == body_r[k] for k in body_r])
-    assert same > 0.75  # measured 0.78: lines of blends differ in their fluxes
+    assert same > 0.83, same  # measured 0.849 (0.78 with sep's own deblending generator)
     widths = {len(v) for v in body_o.values()} | {len(v) for v in body_r.values()}
     assert len(widths) == 1
 

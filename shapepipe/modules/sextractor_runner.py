@@ -8,9 +8,18 @@ WEIGHT_IMAGE, the flag image if FLAG_IMAGE, the PSF file if PSF_FILE, the detect
 DETECTION_IMAGE, and the detection weight if DETECTION_WEIGHT. Outputs:
 ``[<SUFFIX>_]sexcat<number>.fits`` (FITS_LDAC) and one ``[<SUFFIX>_]<type lower><number>.fits``
 per CHECKIMAGE type.
+
+Keys: see ``KEYS`` below. ``DEBLEND_RANDOM`` chooses the random numbers that hand out the
+pixels shared by deblended objects: ``SEXTRACTOR`` (default) glibc's ``rand()`` sequence
+from ``srand(1)`` for each image, as one source-extractor run per file, so blends get
+SExtractor's footprints (sep's ``rand_r`` is redirected in the worker process, see
+``sextractor/deblend_random.py``); ``SEP`` sep's own generator (the behaviour before). Where
+``SEXTRACTOR`` is impossible (not Linux/glibc on x86-64/AArch64, sep built differently) the
+job uses sep's generator and its log says so in one warning.
 """
 
 import os
+import warnings
 
 from shapepipe.modules.module_decorator import Key, module_runner
 from shapepipe.pipeline.errors import ConfigError
@@ -43,6 +52,9 @@ KEYS = [
     Key("CHECKIMAGE", "list", default=[],
         help="check-image types: BACKGROUND, BACKGROUND_RMS, -BACKGROUND, FILTERED, "
              "OBJECTS, -OBJECTS, SEGMENTATION, APERTURES"),
+    Key("DEBLEND_RANDOM", "str", default="SEXTRACTOR", choices=["SEXTRACTOR", "SEP"],
+        help="random numbers sharing blended pixels out: SEXTRACTOR = glibc rand() from "
+             "srand(1) per image, as source-extractor; SEP = sep's own generator"),
     Key("SUFFIX", "str", default=None, help="output name prefix: <SUFFIX>_sexcat<number>.fits"),
     Key("PREFIX", "str", default=None, help="same as SUFFIX (newer ShapePipe name)"),
     Key("MAKE_POST_PROCESS", "bool", default=False,
@@ -107,6 +119,7 @@ def sextractor_runner(input_file_list, run_dirs, file_number_string, config, mod
                       w_log):
     """Detect and measure the sources of one image into ``sexcat<number>.fits``."""
     from shapepipe.modules.sextractor import run_sextractor
+    from shapepipe.modules.sextractor.deblend_random import DeblendRandomWarning
     from shapepipe.modules.sextractor.memory import reuse_freed_memory
     from shapepipe.modules.sextractor.postprocess import make_post_process
 
@@ -150,21 +163,28 @@ def sextractor_runner(input_file_list, run_dirs, file_number_string, config, mod
     # Freed full-image arrays serve the next ones instead of going back to the kernel
     # (page faults were a quarter of a CCD's time; see sextractor/memory.py).
     reuse_freed_memory()
-    info = run_sextractor(
-        image,
-        output,
-        os.path.expanduser(opts["DOT_SEX_FILE"]),
-        param_file=opts["DOT_PARAM_FILE"] and os.path.expanduser(opts["DOT_PARAM_FILE"]),
-        conv_file=opts["DOT_CONV_FILE"] and os.path.expanduser(opts["DOT_CONV_FILE"]),
-        weight_path=files.get("weight"),
-        flag_path=files.get("flag"),
-        detection_path=files.get("detection image"),
-        detection_weight_path=files.get("detection weight"),
-        overrides=overrides,
-        checkimages=checkimages,
-    )
-    w_log.info("%s: %d objects (background %.4g, rms %.4g) -> %s", os.path.basename(image),
-               info["n_objects"], info["background"], info["rms"], output)
+    with warnings.catch_warnings():
+        # The fallback is told once in this job's log (below), not on the worker's stderr.
+        warnings.simplefilter("ignore", DeblendRandomWarning)
+        info = run_sextractor(
+            image,
+            output,
+            os.path.expanduser(opts["DOT_SEX_FILE"]),
+            param_file=opts["DOT_PARAM_FILE"] and os.path.expanduser(opts["DOT_PARAM_FILE"]),
+            conv_file=opts["DOT_CONV_FILE"] and os.path.expanduser(opts["DOT_CONV_FILE"]),
+            weight_path=files.get("weight"),
+            flag_path=files.get("flag"),
+            detection_path=files.get("detection image"),
+            detection_weight_path=files.get("detection weight"),
+            overrides=overrides,
+            checkimages=checkimages,
+            deblend_random_mode=opts["DEBLEND_RANDOM"].upper(),
+        )
+    if info["deblend_random_note"]:
+        w_log.warning("%s", info["deblend_random_note"])
+    w_log.info("%s: %d objects (background %.4g, rms %.4g, deblending random numbers %s) -> %s",
+               os.path.basename(image), info["n_objects"], info["background"], info["rms"],
+               info["deblend_random"], output)
 
     if opts["MAKE_POST_PROCESS"]:
         from shapepipe.modules.merge_headers import find_log_wcs

@@ -21,11 +21,15 @@ def main(argv=None):
     parser.add_argument("-f", "--filter", help=".conv file")
     parser.add_argument("-w", "--weight", help="weight image")
     parser.add_argument("--flag", help="flag image")
+    parser.add_argument("--deblend-random", default="SEXTRACTOR", type=str.upper,
+                        choices=["SEXTRACTOR", "SEP"],
+                        help="random numbers sharing blended pixels out: SEXTRACTOR (default) "
+                             "glibc rand() from srand(1), as source-extractor; SEP: sep's own")
     args = parser.parse_args(argv)
     try:
         info = run_sextractor(args.image, args.catalog, args.config, param_file=args.param,
                               conv_file=args.filter, weight_path=args.weight,
-                              flag_path=args.flag)
+                              flag_path=args.flag, deblend_random_mode=args.deblend_random)
     except SexConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
