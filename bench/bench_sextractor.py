@@ -71,6 +71,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ccds", type=int, default=4, help="number of CCDs per run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--deblend-random", default="SEXTRACTOR", choices=["SEXTRACTOR", "SEP"],
+                        help="sextractor_runner's DEBLEND_RANDOM (default: the runner's)")
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     if shutil.which("source-extractor") is None:
@@ -115,6 +117,7 @@ SMP_BATCH_SIZE = 1
 DOT_SEX_FILE = {sex}
 DOT_PARAM_FILE = {param}
 DOT_CONV_FILE = {conv}
+DEBLEND_RANDOM = {args.deblend_random}
 """)
         ref_cats = [os.path.join(work, f"ref{i}.cat") for i in range(args.ccds)]
         ref_cmds = [["source-extractor", ccd["image"], "-c", sex, "-PARAMETERS_NAME", param,
@@ -161,7 +164,8 @@ DOT_CONV_FILE = {conv}
         # The load of a shared machine changes between runs: the ratio of each
         # back-to-back pair is the robust figure.
         pairs = np.array(times["ours"]) / np.array(times["sextractor"])
-        print(f"shapepipe_run.py, 1 worker, fresh process : {med['ours']:.3f} s")
+        print(f"shapepipe_run.py, 1 worker, fresh process : {med['ours']:.3f} s "
+              f"(DEBLEND_RANDOM {args.deblend_random})")
         print(f"ratio ours/SExtractor per back-to-back pair: "
               f"{', '.join(f'{r:.2f}' for r in pairs)}; median {np.median(pairs):.2f}x "
               "(target <= 0.8x)")
