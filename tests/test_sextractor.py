@@ -8,10 +8,10 @@ exactly):
 - detections near the S/N > 10 limit can differ: sep and SExtractor deblend from the same
   thresholds but sep's object-merging order differs slightly, so a few faint blends split
   differently (hence thresholds, not equality, on the match fractions);
-- the measurements follow SExtractor's loops (tests/test_sextractor_fidelity.py checks
-  them per object on real images), but blended objects' footprints differ where the
-  deblending shares pixels out at random, so their fluxes differ at the percent level
-  (they carry FLAGS 1 or 2 and are excluded from the ratios here).
+- the measurements follow SExtractor's loops and its deblending random numbers
+  (tests/test_sextractor_fidelity.py checks them per object on real images,
+  tests/test_sextractor_deblend_random.py the random numbers); blended objects (FLAGS 1 or
+  2) are still excluded from the ratios here, where detections can split differently.
 """
 
 import json
