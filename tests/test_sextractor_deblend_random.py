@@ -25,7 +25,7 @@ from shapepipe.modules.sextractor import run_sextractor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONV = os.path.join(ROOT, "example", "sextractor", "default.conv")
 LIBC = ctypes.CDLL(None)
-GLIBC = dr.platform.system() == "Linux" and dr.platform.libc_ver()[0] == "glibc"
+GLIBC = dr.platform.system() == "Linux" and dr.running_glibc() is not None
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="the patch is for Linux with glibc")
 
 SEX = """CATALOG_TYPE     FITS_LDAC
@@ -252,3 +252,32 @@ def test_forked_pipeline_workers_apply_the_patch(tmp_path, sep_mode_after):
         logs = "".join(p.read_text() for p in (run / "sextractor_runner" / "logs").glob("*"))
         assert f"deblending random numbers {mode}" in logs
         assert "not possible" not in logs
+
+
+@needs_glibc
+def test_worker_falls_back_with_one_warning_per_job_log(tmp_path, monkeypatch, sep_mode_after):
+    from shapepipe.run import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    fits.writeto(data / "image-0000000-0.fits", _blended_image())
+    sex, param = tmp_path / "b.sex", tmp_path / "b.param"
+    sex.write_text(SEX)
+    param.write_text(PARAM)
+    expected = str(tmp_path / "sep.cat")
+    run_sextractor(str(data / "image-0000000-0.fits"), expected, str(sex),
+                   param_file=str(param), deblend_random_mode="SEP")
+    # The forked worker inherits an unpatched process in which the patch fails.
+    dr.select(dr.SEP)
+    monkeypatch.setattr(dr._State, "failure", None)
+    monkeypatch.setattr(dr, "_patch", lambda: "simulated: sep built differently")
+    assert main(["-c", _config(tmp_path, data, "SEXTRACTOR", sex, param), "-q"]) == 0
+    run = sorted((tmp_path / "out").glob("rand_sextractor_*"))[-1]
+    got = fits.getdata(run / "sextractor_runner" / "output" / "sexcat-0000000-0.fits",
+                       "LDAC_OBJECTS")
+    assert np.array_equal(got, fits.getdata(expected, "LDAC_OBJECTS"))
+    job_logs = [p.read_text() for p in (run / "sextractor_runner" / "logs").glob("*.log")]
+    warned = [line for text in job_logs for line in text.splitlines() if "not possible" in line]
+    assert len(warned) == 1 and "WARNING" in warned[0], warned
+    assert "simulated: sep built differently" in warned[0] and "blended objects" in warned[0]
+    assert any("deblending random numbers SEP" in text for text in job_logs)

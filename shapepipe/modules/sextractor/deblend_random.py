@@ -233,10 +233,19 @@ def _write(libc, path, slot, value):
         ctypes.c_uint64.from_address(slot).value = value
 
 
+def running_glibc():
+    """Version string of the glibc this process runs on (``"glibc 2.36"``), or None."""
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return version if version and version.startswith("glibc") else None
+
+
 def _patch():
     """Route sep's rand_r calls to glibc rand (once). Returns None or why it is impossible."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return f"not Linux with glibc ({platform.system()}, {platform.libc_ver()[0] or '?'})"
+    if platform.system() != "Linux" or running_glibc() is None:
+        return f"not Linux with glibc ({platform.system()})"
     if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
         return f"processor {platform.machine()} (the patch is for x86-64 and AArch64)"
     import sep
