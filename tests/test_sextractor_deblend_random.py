@@ -281,3 +281,28 @@ def test_worker_falls_back_with_one_warning_per_job_log(tmp_path, monkeypatch, s
     assert len(warned) == 1 and "WARNING" in warned[0], warned
     assert "simulated: sep built differently" in warned[0] and "blended objects" in warned[0]
     assert any("deblending random numbers SEP" in text for text in job_logs)
+
+
+@needs_glibc
+def test_read_only_slot_page_is_written_and_protected_again(sep_mode_after):
+    """As with a RELRO/BIND_NOW build: the slot's page is read-only when the patch comes."""
+    dr.select(dr.SEP)
+    path = os.path.realpath(sep.__file__)
+    slot = _slots()[0]
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = slot - slot % page
+    libc = dr._libc()
+    perms = dr._mapping(slot, path)[2]
+    assert perms.startswith("rw")
+    assert libc.mprotect(start, page, 1) == 0  # PROT_READ
+    try:
+        assert dr._mapping(slot, path)[2].startswith("r-")
+        assert dr.select(dr.SEXTRACTOR) == (dr.SEXTRACTOR, None)
+        assert _slot_values()[0] == _address(LIBC.rand)
+        assert dr._mapping(slot, path)[2].startswith("r-")  # protection restored
+        assert dr.select(dr.SEP) == (dr.SEP, None)
+        assert _slot_values()[0] != _address(LIBC.rand)
+        assert dr._mapping(slot, path)[2].startswith("r-")
+    finally:
+        libc.mprotect(start, page, 3)  # PROT_READ | PROT_WRITE, as the loader left it
+    assert dr._mapping(slot, path)[2].startswith("rw")
