@@ -275,11 +275,15 @@ def _patch():
         if value not in (rand_r, rand) and _mapping(value, path) is None:
             return f"the rand_r slot of {path} holds an unexpected address {value:#x}"
         slots.append((slot, value))
+    written = []
     try:
         for slot, value in slots:
             if value != rand:
                 _write(libc, path, slot, rand)
+                written.append((slot, value))
     except OSError as exc:
+        for slot, value in written:  # all slots or none: never half of sep patched
+            _write(libc, path, slot, value)
         return f"cannot write sep's GOT ({exc})"
     # An original value equal to rand means a parent process patched it: undoing the
     # patch then restores glibc's rand_r (what the dynamic linker would have put there).
