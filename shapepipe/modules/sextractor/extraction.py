@@ -53,6 +53,23 @@ def read_image(path, what="image"):
     raise SexConfigError(f"{what} file {path}: no 2-d image HDU")
 
 
+def image_pixels(path):
+    """Number of pixels of the image :func:`read_image` reads, from the headers only.
+
+    Returns 0 when the file cannot be read or has no 2-d image HDU (:func:`read_image`
+    then says what is wrong).
+    """
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul:
+                shape = hdu.shape if getattr(hdu, "is_image", True) else ()
+                if len(shape) == 2 and shape[0] > 0 and shape[1] > 0:
+                    return int(shape[0]) * int(shape[1])
+    except (OSError, ValueError, TypeError):
+        pass
+    return 0
+
+
 def _native_inplace(array):
     """The array in native byte order, swapped in place when it is ours to change.
 

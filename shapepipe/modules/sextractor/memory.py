@@ -12,14 +12,26 @@ trim the heap, so a freed array's pages serve the next one. The price: the proce
 its peak memory (~0.6 GB for such a CCD) until it exits, which a pipeline worker does.
 It is not called by :func:`run_sextractor` (a notebook may not want it); the pipeline's
 runner calls it in its worker process.
+
+The first image of a process still faults its arrays in page by page, and numpy asks for
+transparent huge pages on them, which on a busy machine can mean memory compaction inside
+the faults: 0.2-0.6 s of system time for the benchmark's first CCD. :func:`populate_heap`
+makes a block of heap resident in one ``madvise(MADV_POPULATE_WRITE)`` call and frees it,
+so the first image's arrays are carved from pages already there (~0.2 s of system time
+for the same memory, measured; see bench/RESULTS.md, issue 18 fourth pass).
 """
 
 import ctypes
 import platform
+import threading
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_TRIM_AT = 2**30  # glibc gives the top of the heap back above this (M_TRIM_THRESHOLD)
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+_PAGE = 4096
 _done = False
+_populated = 0  # bytes of heap made resident so far (0: none; -1: unavailable here)
 
 
 def reuse_freed_memory():
@@ -42,5 +54,56 @@ def reuse_freed_memory():
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success.
-    _done = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
+    _done = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_AT))
     return _done
+
+
+def populate_heap(nbytes):
+    """Make ``nbytes`` of heap resident now, for the arrays that follow (Linux, glibc).
+
+    Allocates one block from glibc's heap, populates its pages with one
+    ``madvise(MADV_POPULATE_WRITE)`` and frees it: with :func:`reuse_freed_memory` in force
+    the heap keeps the pages, and the next allocations are served from them without a page
+    fault each. Does nothing when the process already populated as much, outside the main
+    thread (other threads allocate from other glibc arenas), when the allocator cannot
+    keep freed memory, or where the kernel lacks ``MADV_POPULATE_WRITE`` (Linux < 5.14):
+    then the pages are faulted in as they are used, as before. The values computed are
+    not affected in any case.
+
+    Parameters
+    ----------
+    nbytes : int
+        Bytes to make resident; best no more than the next job will allocate (the memory
+        stays with the process, as everything :func:`reuse_freed_memory` keeps).
+
+    Returns
+    -------
+    int
+        Bytes populated by this call (0 if nothing was done).
+    """
+    global _populated
+    # A block above the trim threshold would go straight back to the kernel when freed.
+    nbytes = min(int(nbytes), _TRIM_AT - 2**26)
+    if (_populated < 0 or nbytes <= _populated + 16 * _PAGE
+            or threading.current_thread() is not threading.main_thread()
+            or not reuse_freed_memory()):
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    malloc, free, madvise = libc.malloc, libc.free, libc.madvise
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    free.restype, free.argtypes = None, [ctypes.c_void_p]
+    madvise.restype = ctypes.c_int
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    block = malloc(nbytes)
+    if not block:
+        return 0
+    try:
+        start = -(-block // _PAGE) * _PAGE  # madvise wants page-aligned addresses
+        length = (block + nbytes - start) // _PAGE * _PAGE
+        if madvise(start, length, _MADV_POPULATE_WRITE) != 0:
+            _populated = -1  # EINVAL: an older kernel; do not ask again
+            return 0
+    finally:
+        free(block)
+    _populated = nbytes
+    return nbytes
