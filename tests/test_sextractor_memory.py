@@ -1,4 +1,4 @@
-"""The worker's heap preparation (sextractor/memory.py), in a child process each.
+"""Worker start-up helpers (sextractor/memory.py, utils/startup.py), each in a child process.
 
 The allocator settings apply to the whole process: the checks run in a fresh interpreter so
 that the test process keeps glibc's defaults.
@@ -67,3 +67,38 @@ def test_populate_heap_serves_the_next_arrays():
     # The array is carved from the pages already resident.
     assert out["array_rss_mb"] < 8
     assert out["sum"] == 6 * 2**20
+
+
+STARTUP_CHILD = r"""
+import gc, json, sys
+from shapepipe.utils.startup import startup_phase
+
+freeze = sys.argv[1] == "freeze"
+runs = []
+gc.callbacks.append(lambda phase, info: runs.append(phase) if phase == "stop" else None)
+with startup_phase(freeze=freeze):
+    during = gc.isenabled()
+    junk = [[i] for i in range(50000)]  # many tracked objects, as an import makes
+    n_runs = len(runs)
+after = gc.isenabled()
+frozen = gc.get_freeze_count()
+with startup_phase(freeze=freeze):  # a second job: nothing frozen again
+    more = [[i] for i in range(1000)]
+print(json.dumps({"during": during, "runs": n_runs, "after": after, "frozen": frozen,
+                  "frozen_again": gc.get_freeze_count() - frozen}))
+"""
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_startup_phase_pauses_and_freezes(freeze):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-c", STARTUP_CHILD, "freeze" if freeze else "no"],
+                         capture_output=True, text=True, env=env, timeout=60, check=True)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["during"] is False and out["runs"] == 0  # no collection inside the block
+    assert out["after"] is True  # the collector runs again afterwards
+    if freeze:
+        assert out["frozen"] >= 50000  # the block's objects are no longer scanned
+        assert out["frozen_again"] == 0  # once per process
+    else:
+        assert out["frozen"] == 0

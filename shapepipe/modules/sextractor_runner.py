@@ -121,11 +121,21 @@ def _check_keys(config, section):
 def sextractor_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec,
                       w_log):
     """Detect and measure the sources of one image into ``sexcat<number>.fits``."""
-    from shapepipe.modules.sextractor import run_sextractor
-    from shapepipe.modules.sextractor.deblend_random import DeblendRandomWarning
-    from shapepipe.modules.sextractor.extraction import image_pixels
-    from shapepipe.modules.sextractor.memory import populate_heap, reuse_freed_memory
-    from shapepipe.modules.sextractor.postprocess import make_post_process
+    from shapepipe.pipeline import worker
+    from shapepipe.utils.startup import startup_phase
+
+    # Once per worker process: the science package's imports and numba's set-up (~1 s),
+    # without the garbage collector scanning the ~260,000 objects they create, now and in
+    # every later job (see shapepipe/utils/startup.py).
+    with startup_phase(freeze=worker.IN_WORKER):
+        from shapepipe.modules.sextractor import run_sextractor
+        from shapepipe.modules.sextractor.deblend_random import DeblendRandomWarning
+        from shapepipe.modules.sextractor.extraction import image_pixels
+        from shapepipe.modules.sextractor.measure import load_compiled_loops
+        from shapepipe.modules.sextractor.memory import populate_heap, reuse_freed_memory
+        from shapepipe.modules.sextractor.postprocess import make_post_process
+
+        load_compiled_loops()
 
     opts = config.read_keys(module_config_sec, KEYS)
     roles = ["image"]

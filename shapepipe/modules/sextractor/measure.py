@@ -25,6 +25,19 @@ BIG = 1e30
 F_CROWDED, F_MERGED, F_SATUR, F_TRUNC, F_APERT_PB, F_ISO_PB, F_DOVERFLOW = 1, 2, 4, 8, 16, 32, 64
 
 
+def load_compiled_loops():
+    """Load the compiled measurement loops now rather than at the first measurement.
+
+    numba's first call of a cached function in a process sets up its compiler context
+    (0.3-0.5 s, once per process); ``sextractor_runner`` does it with its imports, with
+    the garbage collector paused (``shapepipe.utils.startup``). Nothing is computed.
+    """
+    from shapepipe.modules.sextractor import _kernels as K
+
+    # The signature the measurements use (an int32 segmentation map, int64 ranks).
+    K.footprint_pixels(np.zeros((1, 1), np.int32), np.zeros(1, np.int64), 0)
+
+
 def check_params(params, settings):
     """Validate the requested parameters against what is supported.
 
