@@ -125,7 +125,7 @@ def sextractor_runner(input_file_list, run_dirs, file_number_string, config, mod
     from shapepipe.utils.startup import startup_phase
 
     # Once per worker process: the science package's imports and numba's set-up (~1 s),
-    # without the garbage collector scanning the ~260,000 objects they create, now and in
+    # without the garbage collector scanning the ~245,000 objects they create, now and in
     # every later job (see shapepipe/utils/startup.py).
     with startup_phase(freeze=worker.IN_WORKER):
         from shapepipe.modules.sextractor import run_sextractor

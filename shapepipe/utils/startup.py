@@ -1,7 +1,7 @@
 """Once-per-process start-up work (heavy imports, JIT set-up) without the cyclic GC's cost.
 
 Importing a science stack creates a few hundred thousand objects that live as long as the
-process (astropy, numba and scipy: ~260,000 for sextractor_runner). Python's cyclic
+process (astropy, numba and scipy: ~245,000 for sextractor_runner). Python's cyclic
 garbage collector runs every 700 new objects and scans the younger generations, and later
 the whole heap again and again, for objects that will never be garbage: ~0.1 s of CPU per
 process for sextractor_runner (measured, bench/RESULTS.md, issue 18 fourth pass).
