@@ -8,9 +8,11 @@ half, reads the final catalogues (``final_cat-<tile>.fits``), applies the standa
 response plus the selection response (cuts redone on the sheared quantities). Detection,
 blending, the PSF model, the WCS and the selection are all in the loop.
 
-Per field and component, the paired estimate of the multiplicative bias is
-``(e+ - e-) / (2 g) - 1`` and of the additive bias ``(e+ + e-) / 2`` with ``e = <R>^-1 <g>``;
-the figures combine the fields' sums and take their errors from a jackknife over fields.
+Per component, the paired estimate of the multiplicative bias is ``R^-1 (<g+> - <g->) / (2 g) - 1``
+and of the additive bias ``R^-1 (<g+> + <g->) / 2``, with one response ``R`` (metacal plus
+selection) averaged over both halves; the figures combine the fields' sums and take their errors
+from a jackknife over skies. By default field 2i+1 is field 2i's sky with every intrinsic shape
+turned by 90 degrees (``--rotated-twins``), so the shape noise cancels in c as it does in m.
 Optional leakage fields add a mean PSF shear to every focal plane; the PSF leakage is
 ``alpha = (c_leak - c) / (psf_leak - psf)`` with the mean PSF shears measured on the selected
 galaxies (``NGMIX_ELL_PSFo_NOSHEAR``).
@@ -89,15 +91,17 @@ def write_configs(out_dir, model, processes, seed_by="position"):
     return paths
 
 
-def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log):
+def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log,
+              rotated=False):
     """Simulate one paired field and run both chains on each half (skipping what is done)."""
     from shapepipe.sim import make_survey
 
     data = os.path.join(field_dir, "data")
     if not os.path.isfile(os.path.join(data, "minus", "truth", "survey.json")):
-        log(f"  simulating {data} (seed {seed})")
+        log(f"  simulating {data} (seed {seed}{', shapes rotated' if rotated else ''})")
         make_survey(data, seed=seed, full=full, shear=shear, paired=True,
-                    n_processes=processes, overwrite=True, psf_g_offset=psf_g_offset)
+                    n_processes=processes, overwrite=True, psf_g_offset=psf_g_offset,
+                    rotated_shapes=rotated)
     cats = {}
     for half in HALVES:
         done = os.path.join(field_dir, f"{half}.done")
@@ -163,8 +167,8 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
             "snr": ns["snr"], "t_ratio": t_ratio, "truth_idx": idx[sel]}
 
 
-def _estimate(parts, rows=None):
-    """``e = (<R> + <R_S>)^-1 <g>`` of a list of halves, optionally restricted to rows."""
+def _means(parts, rows=None):
+    """``<g>``, ``<R> + <R_S>`` (object-weighted) and the object count of a list of halves."""
     g, r, n_tot, rs = [], [], 0, np.zeros((2, 2))
     for k, p in enumerate(parts):
         keep = slice(None) if rows is None else rows[k]
@@ -174,9 +178,27 @@ def _estimate(parts, rows=None):
         rs += n * p["R_S"]
         n_tot += n
     if n_tot < 2:
-        return np.full(2, np.nan), 0
+        return np.full(2, np.nan), np.full((2, 2), np.nan), 0
     g, r = np.concatenate(g), np.concatenate(r)
-    return np.linalg.solve(r.mean(axis=0) + rs / n_tot, g.mean(axis=0)), n_tot
+    return g.mean(axis=0), r.mean(axis=0) + rs / n_tot, n_tot
+
+
+def _paired_estimate(plus, minus, rows_plus=None, rows_minus=None):
+    """``(e+ - e-) / 2`` and ``(e+ + e-) / 2`` with one response for both halves.
+
+    ``e = R^-1 <g>`` with ``R`` the mean of the two halves' ``<R> + <R_S>``: the same matrix
+    divides both means, so their intrinsic shapes (the same objects) cancel in the difference.
+    With a response per half, a few objects whose sheared fits switch between likelihood
+    minima (R ~ +-50 for one object in a few hundred) make the halves' responses differ by
+    ~30%, which multiplies the uncancelled shape noise of each half's mean.
+    """
+    gp, rp, n_p = _means(plus, rows_plus)
+    gm, rm, n_m = _means(minus, rows_minus)
+    if n_p < 2 or n_m < 2:
+        return np.full(2, np.nan), np.full(2, np.nan), n_p + n_m
+    resp = (rp + rm) / 2
+    return (np.linalg.solve(resp, (gp - gm) / 2), np.linalg.solve(resp, (gp + gm) / 2),
+            n_p + n_m)
 
 
 def _jackknife_var(estimates):
@@ -186,8 +208,8 @@ def _jackknife_var(estimates):
     return (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
 
 
-def biases(fields, shear, bins=None):
-    """m_i and c_i of paired fields; jackknife over fields for the errors.
+def biases(fields, shear, bins=None, groups=None):
+    """m_i and c_i of paired fields; jackknife over fields (or groups of fields) for the errors.
 
     Parameters
     ----------
@@ -197,6 +219,9 @@ def biases(fields, shear, bins=None):
         The +g field's applied shear.
     bins : (str, lo, hi), optional
         Restrict to objects with ``lo <= key < hi`` (``key`` a half_sums entry).
+    groups : list of list of int, optional
+        Fields left out together by the jackknife: a field and its rotated twin, whose shape
+        noise cancels only when both are in (default: every field on its own).
     """
     def rows_for(half):
         if bins is None:
@@ -207,20 +232,21 @@ def biases(fields, shear, bins=None):
     def stats(subset):
         sel = [fields[k] for k in subset]
         rows = {h: (None if bins is None else [rows_for(h)[k] for k in subset]) for h in HALVES}
-        ep, n_p = _estimate([f["plus"] for f in sel], rows["plus"])
-        em, n_m = _estimate([f["minus"] for f in sel], rows["minus"])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m = np.where(np.asarray(shear) != 0, (ep - em) / (2 * np.asarray(shear)) - 1, np.nan)
-        # m along the applied shear: both components weighed by the shear.
+        half_diff, mean, n = _paired_estimate([f["plus"] for f in sel],
+                                              [f["minus"] for f in sel],
+                                              rows["plus"], rows["minus"])
         gvec = np.asarray(shear)
-        m_along = float(np.dot(ep - em, gvec) / (2 * np.dot(gvec, gvec)) - 1)
-        return np.concatenate([m, [m_along], (ep + em) / 2]), n_p + n_m
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.where(gvec != 0, half_diff / gvec - 1, np.nan)
+        # m along the applied shear: both components weighed by the shear.
+        m_along = float(np.dot(half_diff, gvec) / np.dot(gvec, gvec) - 1)
+        return np.concatenate([m, [m_along], mean]), n
 
     full, n = stats(range(len(fields)))
-    k = len(fields)
-    if k > 1:
-        err = np.sqrt(_jackknife_var([stats([j for j in range(k) if j != i])[0]
-                                      for i in range(k)]))
+    groups = [[k] for k in range(len(fields))] if groups is None else groups
+    if len(groups) > 1:
+        err = np.sqrt(_jackknife_var([stats([j for other in groups if other is not group
+                                             for j in other])[0] for group in groups]))
     else:
         err = np.full(full.shape, np.nan)
     names = ("m1", "m2", "m", "c1", "c2")
@@ -244,10 +270,9 @@ def leakage(normal, leaky, paired=True):
         and each is jackknifed separately.
     """
     def c_and_psf(fields):
-        ep, _ = _estimate([f["plus"] for f in fields])
-        em, _ = _estimate([f["minus"] for f in fields])
+        _, c, _ = _paired_estimate([f["plus"] for f in fields], [f["minus"] for f in fields])
         psf = np.concatenate([f[h]["psf"] for f in fields for h in HALVES]).mean(axis=0)
-        return (ep + em) / 2, psf
+        return c, psf
 
     def alpha(norm, leak):
         c0, p0 = c_and_psf(norm)
@@ -258,11 +283,14 @@ def leakage(normal, leaky, paired=True):
         return {"alpha1": float(value[0]), "alpha2": float(value[1]),
                 "alpha1_err": float(err[0]), "alpha2_err": float(err[1])}
 
-    value = alpha(normal, leaky)
     if paired:
         if len(normal) < len(leaky):
             raise ValueError("paired leakage needs a normal field for every leakage field")
+        # Only the normal fields whose sky the leakage fields repeat: with all of them the
+        # shape noise of the others would not cancel.
         normal = normal[:len(leaky)]
+    value = alpha(normal, leaky)
+    if paired:
         k = len(leaky)
         if k < 2:
             return result(value, np.full(2, np.nan))
@@ -345,22 +373,27 @@ def _label(lo, hi):
 def analyse(field_info, shear, cuts, log, paired_leakage=True):
     """The summary dict from the catalogues of every field."""
     select = sv.make_selector(cuts)
-    normal, leaky, normal_truth = [], [], []
+    normal, leaky, normal_truth, skies = [], [], [], []
     for info in field_info:
         halves = {h: half_sums(info["cats"][h], info["truth"][h], select) for h in HALVES}
         (leaky if info["leakage"] else normal).append(halves)
         if not info["leakage"]:
+            skies.append(info.get("sky", len(skies)))
             normal_truth.append({h: half_sums(info["cats"][h], info["truth"][h], select,
                                               true_galaxies=True) for h in HALVES})
     if not normal:
         raise SystemExit("no field without PSF offset: nothing to measure m and c on")
     summary = {"shear": list(shear), "cuts": cuts, "n_fields": len(normal),
                "n_leakage_fields": len(leaky)}
-    summary["all"] = biases(normal, shear)
-    summary["true_galaxies_only"] = biases(normal_truth, shear)
-    summary["by_snr"] = [dict(biases(normal, shear, ("snr", lo, hi)), bin=_label(lo, hi))
+    # The jackknife leaves out a sky at a time (a field and its rotated twin together).
+    groups = [[k for k, sky in enumerate(skies) if sky == one] for one in sorted(set(skies))]
+    summary["jackknife_groups"] = groups
+    summary["all"] = biases(normal, shear, groups=groups)
+    summary["true_galaxies_only"] = biases(normal_truth, shear, groups=groups)
+    summary["by_snr"] = [dict(biases(normal, shear, ("snr", lo, hi), groups), bin=_label(lo, hi))
                          for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:])]
-    summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi)), bin=_label(lo, hi))
+    summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi), groups),
+                               bin=_label(lo, hi))
                           for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
     summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f)) for f in normal]
     if leaky:
@@ -416,6 +449,11 @@ def main(argv=None):
                         help="ngmix_runner SEED_BY: position (default) gives an object the "
                              "same metacal noise in both halves; id reproduces runs made "
                              "before this option (E1)")
+    parser.add_argument("--rotated-twins", action=argparse.BooleanOptionalAction, default=True,
+                        help="field 2i+1 is field 2i's sky with every intrinsic shape turned "
+                             "by 90 degrees, so that the shape noise cancels in c (default); "
+                             "--no-rotated-twins: a fresh sky per field (runs made before "
+                             "the option, E1)")
     parser.add_argument("--snr-min", type=float, default=10.0)
     parser.add_argument("--t-ratio-min", type=float, default=0.5)
     parser.add_argument("--report", action="store_true",
@@ -423,6 +461,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.fields < 1 or args.leakage_fields < 0 or args.processes < 1:
         parser.error("--fields >= 1, --leakage-fields >= 0, --processes >= 1")
+    if args.rotated_twins and args.fields % 2:
+        parser.error(f"--fields {args.fields}: with rotated twins the fields come in pairs "
+                     "(an even number), or pass --no-rotated-twins")
     if args.leakage_fields > args.fields:
         parser.error(f"--leakage-fields {args.leakage_fields}: at most --fields "
                      f"({args.fields}), each leakage field repeats a normal field's sky")
@@ -440,6 +481,8 @@ def main(argv=None):
         # Plans written before the option existed ran with "id" and do not record it.
         plan["seed_by"] = args.seed_by
         plan["leakage_sky"] = "paired"
+    if args.rotated_twins:
+        plan["rotated_twins"] = True
     plan_path = os.path.join(out, "plan.json")
     if os.path.isfile(plan_path):
         with open(plan_path, encoding="utf-8") as handle:
@@ -456,16 +499,18 @@ def main(argv=None):
         # Leakage field j is normal field j's sky (same seed: objects, shapes, noise) with the
         # PSF offset: alpha comes from per-field differences in which shape noise cancels.
         sky = k - args.fields if leak else k
+        # Rotated twins: fields 2i and 2i+1 share the seed, the second with turned shapes.
+        seed_index, rotated = (sky // 2, bool(sky % 2)) if args.rotated_twins else (sky, False)
         fdir = os.path.join(out, "fields", f"{'leak' if leak else 'field'}_{k:03d}")
         if args.report:
             done = [os.path.join(fdir, f"{h}.done") for h in HALVES]
             if not all(os.path.isfile(d) for d in done):
                 log(f"{os.path.basename(fdir)}: not done, left out of the report")
                 continue
-        cats = run_field(fdir, field_seed(args.seed, sky), args.shear,
+        cats = run_field(fdir, field_seed(args.seed, seed_index), args.shear,
                          args.psf_g_offset if leak else None, configs, args.processes,
-                         args.full, log)
-        field_info.append({"cats": cats, "leakage": leak,
+                         args.full, log, rotated=rotated)
+        field_info.append({"cats": cats, "leakage": leak, "sky": seed_index,
                            "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
     cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
             "spread_class": 1}
