@@ -75,7 +75,10 @@ def write_configs(out_dir, model, processes, seed_by="position"):
     os.makedirs(out_dir, exist_ok=True)
     psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
     paths = {}
-    for name in ("config_exp.ini", "config_tile.ini"):
+    # PSFEx runs after the exposure chain, on its star selection (as run_example.sh --psfex).
+    names = ("config_exp.ini",) + (("config_exp_psfex.ini",) if model == "psfex" else ()) \
+        + ("config_tile.ini",)
+    for name in names:
         with open(os.path.join(ROOT, "example", name), encoding="utf-8") as handle:
             text = handle.read()
         text = re.sub(r"(?im)^SMP_BATCH_SIZE\s*=.*$", f"SMP_BATCH_SIZE = {processes}", text)
@@ -111,7 +114,7 @@ def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, lo
             continue
         env = dict(os.environ, SP_DATA=os.path.join(data, half),
                    SP_RUN=os.path.join(field_dir, "runs", half))
-        for name in ("config_exp.ini", "config_tile.ini"):
+        for name in configs:  # in order: exposures, PSFEx if chosen, tile
             t0 = time.time()
             proc = subprocess.run([sys.executable, os.path.join(ROOT, "shapepipe_run.py"), "-c",
                                    configs[name], "-q"], cwd=ROOT, env=env,

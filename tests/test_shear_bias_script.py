@@ -145,4 +145,9 @@ def test_configs_are_copied_with_the_model_and_workers(sb, tmp_path):
     tile_id = open(sb.write_configs(str(tmp_path / "id"), "psf_model", 1, "id")
                    ["config_tile.ini"]).read()
     assert "SEED_BY = ID" in tile_id
+    # PSFEx models need the PSFEx run between the exposure and tile chains.
+    assert list(paths) == ["config_exp.ini", "config_exp_psfex.ini", "config_tile.ini"]
+    assert "SMP_BATCH_SIZE = 3" in open(paths["config_exp_psfex.ini"]).read()
+    assert list(sb.write_configs(str(tmp_path / "m"), "psf_model", 1)) == [
+        "config_exp.ini", "config_tile.ini"]
     assert sb.field_seed(7, 2) != sb.field_seed(7, 3)
