@@ -312,7 +312,7 @@ def leakage(normal, leaky, paired=True):
     return result(value, np.sqrt(var))
 
 
-def pairing(field):
+def pairing(field, outlier=5.0):
     """How alike the two halves of a field are: selected objects matched through the truth.
 
     Returns
@@ -321,7 +321,9 @@ def pairing(field):
         ``selected`` (plus, minus), ``both`` (truth objects selected in both halves),
         ``flips`` (selected in one half only), ``diff_std`` (std of g_plus - g_minus over
         ``both``, per component): with common random numbers the difference is the shear's
-        doing, about 2 g R, plus little noise.
+        doing, about 2 g R, plus little noise. ``response_outliers`` (plus, minus): objects
+        with a diagonal response beyond +-``outlier`` (sheared fits that switched likelihood
+        minima), and ``outlier_share``: their part of the half's summed R11 + R22.
     """
     p, m = field["plus"], field["minus"]
     sel_p = p["truth_idx"][p["truth_idx"] >= 0]
@@ -330,10 +332,18 @@ def pairing(field):
     rows_p = np.flatnonzero(p["truth_idx"] >= 0)[ip]
     rows_m = np.flatnonzero(m["truth_idx"] >= 0)[im]
     diff = p["g"][rows_p] - m["g"][rows_m]
+    n_out, share = [], []
+    for h in (p, m):
+        diag = h["R"].diagonal(axis1=1, axis2=2)
+        out = np.any(np.abs(diag) > outlier, axis=1)
+        n_out.append(int(out.sum()))
+        total = diag.sum()
+        share.append(float(diag[out].sum() / total) if total else float("nan"))
     return {"selected": [int(len(p["g"])), int(len(m["g"]))], "both": int(len(common)),
             "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(common)),
             "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
-                                            else np.full(2, np.nan))]}
+                                            else np.full(2, np.nan))],
+            "response_outliers": n_out, "outlier_share": share}
 
 
 def plot(path, summary):
@@ -424,7 +434,10 @@ def format_summary(s):
         pr = f["pairing"]
         lines.append(f"  field {k}: m = {f['m']:+.4f}; selected {pr['selected'][0]} / "
                      f"{pr['selected'][1]}, in both {pr['both']}, in one only {pr['flips']}; "
-                     f"std(g+ - g-) = {pr['diff_std'][0]:.4f}, {pr['diff_std'][1]:.4f}")
+                     f"std(g+ - g-) = {pr['diff_std'][0]:.4f}, {pr['diff_std'][1]:.4f}; "
+                     f"|R_ii| > 5: {pr['response_outliers'][0]} / {pr['response_outliers'][1]} "
+                     f"objects, {100 * pr['outlier_share'][0]:+.0f}% / "
+                     f"{100 * pr['outlier_share'][1]:+.0f}% of the summed response")
     if "leakage" in s:
         lk = s["leakage"]
         lines.append(f"  alpha1 = {lk['alpha1']:+.4f} +- {lk['alpha1_err']:.4f}   "
