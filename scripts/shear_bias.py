@@ -211,6 +211,26 @@ def _jackknife_var(estimates):
     return (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
 
 
+def _bias_vector(fields, shear, subset, bins=None):
+    """``[m1, m2, m, c1, c2]`` and the object count of the fields ``subset``."""
+    sel = [fields[k] for k in subset]
+    rows = {}
+    for h in HALVES:
+        if bins is None:
+            rows[h] = None
+        else:
+            key, lo, hi = bins
+            rows[h] = [(f[h][key] >= lo) & (f[h][key] < hi) for f in sel]
+    half_diff, mean, n = _paired_estimate([f["plus"] for f in sel], [f["minus"] for f in sel],
+                                          rows["plus"], rows["minus"])
+    gvec = np.asarray(shear)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(gvec != 0, half_diff / gvec - 1, np.nan)
+    # m along the applied shear: both components weighed by the shear.
+    m_along = float(np.dot(half_diff, gvec) / np.dot(gvec, gvec) - 1)
+    return np.concatenate([m, [m_along], mean]), n
+
+
 def biases(fields, shear, bins=None, groups=None):
     """m_i and c_i of paired fields; jackknife over fields (or groups of fields) for the errors.
 
@@ -226,24 +246,8 @@ def biases(fields, shear, bins=None, groups=None):
         Fields left out together by the jackknife: a field and its rotated twin, whose shape
         noise cancels only when both are in (default: every field on its own).
     """
-    def rows_for(half):
-        if bins is None:
-            return None
-        key, lo, hi = bins
-        return [(f[half][key] >= lo) & (f[half][key] < hi) for f in fields]
-
     def stats(subset):
-        sel = [fields[k] for k in subset]
-        rows = {h: (None if bins is None else [rows_for(h)[k] for k in subset]) for h in HALVES}
-        half_diff, mean, n = _paired_estimate([f["plus"] for f in sel],
-                                              [f["minus"] for f in sel],
-                                              rows["plus"], rows["minus"])
-        gvec = np.asarray(shear)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m = np.where(gvec != 0, half_diff / gvec - 1, np.nan)
-        # m along the applied shear: both components weighed by the shear.
-        m_along = float(np.dot(half_diff, gvec) / np.dot(gvec, gvec) - 1)
-        return np.concatenate([m, [m_along], mean]), n
+        return _bias_vector(fields, shear, subset, bins)
 
     full, n = stats(range(len(fields)))
     groups = [[k] for k in range(len(fields))] if groups is None else groups
@@ -256,6 +260,66 @@ def biases(fields, shear, bins=None, groups=None):
     out = {name: float(v) for name, v in zip(names, full)}
     out.update({f"{name}_err": float(e) for name, e in zip(names, err)})
     out["n_objects"] = int(n)
+    return out
+
+
+def _c_and_psf(fields):
+    _, c, _ = _paired_estimate([f["plus"] for f in fields], [f["minus"] for f in fields])
+    psf = np.concatenate([f[h]["psf"] for f in fields for h in HALVES]).mean(axis=0)
+    return c, psf
+
+
+def _alpha(normal, leaky):
+    """``(c_leak - c) / (psf_leak - psf)`` per component."""
+    c0, p0 = _c_and_psf(normal)
+    c1, p1 = _c_and_psf(leaky)
+    return (c1 - c0) / (p1 - p0)
+
+
+def compare(run_a, run_b, shear, groups):
+    """Paired differences ``b - a`` of two runs on the same skies (e.g. two PSF models).
+
+    Parameters
+    ----------
+    run_a, run_b : dict
+        ``{"normal": [fields], "leaky": [fields]}``, field k of one the same sky as field k
+        of the other; leakage field j repeats normal field j.
+    shear : (float, float)
+    groups : list of list of int
+        Skies (normal-field indices) left out together by the jackknife, with the leakage
+        fields that repeat them.
+
+    Returns
+    -------
+    dict
+        ``d_m1, d_m2, d_m, d_c1, d_c2`` (and ``d_alpha1, d_alpha2`` with leakage fields), each
+        with ``_err``: the jackknife error of the difference, in which what the two runs share
+        (objects, shapes, noise) cancels.
+    """
+    n_leak = min(len(run_a["leaky"]), len(run_b["leaky"]))
+
+    def diff(keep):
+        out = []
+        for run in (run_a, run_b):
+            vec, _ = _bias_vector(run["normal"], shear, keep)
+            leak = [j for j in keep if j < n_leak]
+            if n_leak:
+                al = (_alpha([run["normal"][j] for j in leak], [run["leaky"][j] for j in leak])
+                      if leak else np.full(2, np.nan))
+                vec = np.concatenate([vec, al])
+            out.append(vec)
+        return out[1] - out[0]
+
+    every = [k for g in groups for k in g]
+    value = diff(every)
+    if len(groups) > 1:
+        err = np.sqrt(_jackknife_var([diff([k for other in groups if other is not g
+                                            for k in other]) for g in groups]))
+    else:
+        err = np.full(value.shape, np.nan)
+    names = ("m1", "m2", "m", "c1", "c2") + (("alpha1", "alpha2") if n_leak else ())
+    out = {f"d_{n}": float(v) for n, v in zip(names, value)}
+    out.update({f"d_{n}_err": float(e) for n, e in zip(names, err)})
     return out
 
 
@@ -272,15 +336,7 @@ def leakage(normal, leaky, paired=True):
         pair cancels in the error as in the estimate. Otherwise the two sets are independent
         and each is jackknifed separately.
     """
-    def c_and_psf(fields):
-        _, c, _ = _paired_estimate([f["plus"] for f in fields], [f["minus"] for f in fields])
-        psf = np.concatenate([f[h]["psf"] for f in fields for h in HALVES]).mean(axis=0)
-        return c, psf
-
-    def alpha(norm, leak):
-        c0, p0 = c_and_psf(norm)
-        c1, p1 = c_and_psf(leak)
-        return (c1 - c0) / (p1 - p0)
+    alpha = _alpha
 
     def result(value, err):
         return {"alpha1": float(value[0]), "alpha2": float(value[1]),
@@ -383,23 +439,36 @@ def _label(lo, hi):
     return f"{lo:g}-{hi:g}" if hi < 1e8 else f">{lo:g}"
 
 
+def field_sums(field_info, select, true_galaxies=False):
+    """``{"normal": [...], "leaky": [...], "skies": [...]}``: half_sums of every field."""
+    run = {"normal": [], "leaky": [], "skies": []}
+    for info in field_info:
+        halves = {h: half_sums(info["cats"][h], info["truth"][h], select, true_galaxies)
+                  for h in HALVES}
+        run["leaky" if info["leakage"] else "normal"].append(halves)
+        if not info["leakage"]:
+            run["skies"].append(info.get("sky", len(run["skies"])))
+    return run
+
+
+def sky_groups(skies):
+    """Normal-field indices grouped by sky (a field and its rotated twin)."""
+    return [[k for k, sky in enumerate(skies) if sky == one] for one in sorted(set(skies))]
+
+
 def analyse(field_info, shear, cuts, log, paired_leakage=True):
     """The summary dict from the catalogues of every field."""
     select = sv.make_selector(cuts)
-    normal, leaky, normal_truth, skies = [], [], [], []
-    for info in field_info:
-        halves = {h: half_sums(info["cats"][h], info["truth"][h], select) for h in HALVES}
-        (leaky if info["leakage"] else normal).append(halves)
-        if not info["leakage"]:
-            skies.append(info.get("sky", len(skies)))
-            normal_truth.append({h: half_sums(info["cats"][h], info["truth"][h], select,
-                                              true_galaxies=True) for h in HALVES})
+    run = field_sums(field_info, select)
+    normal, leaky, skies = run["normal"], run["leaky"], run["skies"]
+    normal_truth = field_sums([f for f in field_info if not f["leakage"]], select,
+                              true_galaxies=True)["normal"]
     if not normal:
         raise SystemExit("no field without PSF offset: nothing to measure m and c on")
     summary = {"shear": list(shear), "cuts": cuts, "n_fields": len(normal),
                "n_leakage_fields": len(leaky)}
     # The jackknife leaves out a sky at a time (a field and its rotated twin together).
-    groups = [[k for k, sky in enumerate(skies) if sky == one] for one in sorted(set(skies))]
+    groups = sky_groups(skies)
     summary["jackknife_groups"] = groups
     summary["all"] = biases(normal, shear, groups=groups)
     summary["true_galaxies_only"] = biases(normal_truth, shear, groups=groups)
@@ -474,6 +543,9 @@ def main(argv=None):
     parser.add_argument("--t-ratio-min", type=float, default=0.5)
     parser.add_argument("--report", action="store_true",
                         help="analyse the fields already done, run nothing")
+    parser.add_argument("--compare", metavar="DIR",
+                        help="with --report: paired differences (this run - DIR) on the same "
+                             "skies, e.g. PSFEx against the built-in PSF model")
     args = parser.parse_args(argv)
     if args.fields < 1 or args.leakage_fields < 0 or args.processes < 1:
         parser.error("--fields >= 1, --leakage-fields >= 0, --processes >= 1")
@@ -509,6 +581,32 @@ def main(argv=None):
         write_text(json.dumps(plan, indent=1) + "\n", plan_path)
     configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
                             args.seed_by)
+    field_info = collect_fields(out, args, configs, log, args.report)
+    cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
+            "spread_class": 1}
+    summary = analyse(field_info, args.shear, cuts, log,
+                      paired_leakage=plan.get("leakage_sky") == "paired")
+    summary["plan"] = plan
+    text = format_summary(summary)
+    if args.compare:
+        other = collect_fields(os.path.abspath(args.compare), args, configs, log, True)
+        select = sv.make_selector(cuts)
+        run_a, run_b = field_sums(other, select), field_sums(field_info, select)
+        if run_a["skies"] != run_b["skies"]:
+            parser.error(f"--compare {args.compare}: not the same fields as {out}")
+        d = compare(run_a, run_b, args.shear, sky_groups(run_b["skies"]))
+        summary["compare"] = dict(d, other=os.path.abspath(args.compare))
+        text += "\n" + f"  paired difference (this run - {args.compare}): " + "; ".join(
+            f"{k[2:]} {d[k]:+.4f} +- {d[k + '_err']:.4f}" for k in d if not k.endswith("_err"))
+    write_text(json.dumps(summary, indent=1, default=float) + "\n",
+               os.path.join(out, "shear_bias.json"))
+    plot(os.path.join(out, "shear_bias.png"), summary)
+    print(text)
+    return 0
+
+
+def collect_fields(out, args, configs, log, report):
+    """Run (or, with ``report``, only find) every field of the plan; their catalogues."""
     field_info = []
     for k in range(args.fields + args.leakage_fields):
         leak = k >= args.fields
@@ -518,7 +616,7 @@ def main(argv=None):
         # Rotated twins: fields 2i and 2i+1 share the seed, the second with turned shapes.
         seed_index, rotated = (sky // 2, bool(sky % 2)) if args.rotated_twins else (sky, False)
         fdir = os.path.join(out, "fields", f"{'leak' if leak else 'field'}_{k:03d}")
-        if args.report:
+        if report:
             done = [os.path.join(fdir, f"{h}.done") for h in HALVES]
             if not all(os.path.isfile(d) for d in done):
                 log(f"{os.path.basename(fdir)}: not done, left out of the report")
@@ -528,16 +626,7 @@ def main(argv=None):
                          args.full, log, rotated=rotated)
         field_info.append({"cats": cats, "leakage": leak, "sky": seed_index,
                            "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
-    cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
-            "spread_class": 1}
-    summary = analyse(field_info, args.shear, cuts, log,
-                      paired_leakage=plan.get("leakage_sky") == "paired")
-    summary["plan"] = plan
-    write_text(json.dumps(summary, indent=1, default=float) + "\n",
-               os.path.join(out, "shear_bias.json"))
-    plot(os.path.join(out, "shear_bias.png"), summary)
-    print(format_summary(summary))
-    return 0
+    return field_info
 
 
 if __name__ == "__main__":

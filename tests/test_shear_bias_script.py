@@ -151,3 +151,24 @@ def test_configs_are_copied_with_the_model_and_workers(sb, tmp_path):
     assert list(sb.write_configs(str(tmp_path / "m"), "psf_model", 1)) == [
         "config_exp.ini", "config_tile.ini"]
     assert sb.field_seed(7, 2) != sb.field_seed(7, 3)
+
+
+def test_compare_measures_the_change_between_runs_on_the_same_skies(sb):
+    shear = (0.02, 0.0)
+    normal = _fields(4, shear, m=0.0, c=(0.0, 0.0), seed=11, n=2000, rotated=True)
+    leaky = _with_psf(normal[:2], (0.03, 0.03), alpha=0.02, seed=12)
+    # Run b: the same objects, a response 1% lower in the ellipticities (m -> -0.01) and a
+    # leakage larger by 0.03.
+    def changed(fields, factor, shift):
+        out = []
+        for f in fields:
+            out.append({h: dict(f[h], g=f[h]["g"] * factor + shift) for h in ("plus", "minus")})
+        return out
+    run_a = {"normal": normal, "leaky": leaky}
+    run_b = {"normal": changed(normal, 0.99, 0.0),
+             "leaky": changed(_with_psf(normal[:2], (0.03, 0.03), alpha=0.05, seed=12), 0.99,
+                              0.0)}
+    d = sb.compare(run_a, run_b, shear, [[0, 1], [2, 3]])
+    assert d["d_m"] == pytest.approx(-0.01, abs=1e-3)
+    assert d["d_alpha1"] == pytest.approx(0.03 * 0.99, abs=3e-3)
+    assert 0 < d["d_m_err"] < 2e-3
