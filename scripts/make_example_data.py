@@ -41,6 +41,9 @@ def main(argv=None):
                         help="mean PSF shear added over every focal plane (leakage fields)")
     parser.add_argument("--paired", action="store_true",
                         help="write DIR/plus (+g) and DIR/minus (-g) with identical noise")
+    parser.add_argument("--rotated-shapes", action="store_true",
+                        help="turn every galaxy's intrinsic shape by 90 degrees (the rest as "
+                             "for the same seed without it): pairs for shape-noise cancellation")
     parser.add_argument("--des", action="store_true", help="also write DES-like tiles in DIR/des")
     parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--no-compress", action="store_true",
@@ -60,7 +63,8 @@ def main(argv=None):
         make_survey(args.output, seed=args.seed, full=args.full, shear=args.shear,
                     paired=args.paired, des=args.des, n_processes=args.processes,
                     overwrite=args.overwrite, compress=not args.no_compress, log=log,
-                    psf_g_offset=args.psf_g_offset, cfis_names=args.cfis_names)
+                    psf_g_offset=args.psf_g_offset, cfis_names=args.cfis_names,
+                    rotated_shapes=args.rotated_shapes)
     except SimError as exc:
         print(f"make_example_data: {exc}", file=sys.stderr)
         return 2

@@ -8,9 +8,11 @@ half, reads the final catalogues (``final_cat-<tile>.fits``), applies the standa
 response plus the selection response (cuts redone on the sheared quantities). Detection,
 blending, the PSF model, the WCS and the selection are all in the loop.
 
-Per field and component, the paired estimate of the multiplicative bias is
-``(e+ - e-) / (2 g) - 1`` and of the additive bias ``(e+ + e-) / 2`` with ``e = <R>^-1 <g>``;
-the figures combine the fields' sums and take their errors from a jackknife over fields.
+Per component, the paired estimate of the multiplicative bias is ``R^-1 (<g+> - <g->) / (2 g) - 1``
+and of the additive bias ``R^-1 (<g+> + <g->) / 2``, with one response ``R`` (metacal plus
+selection) averaged over both halves; the figures combine the fields' sums and take their errors
+from a jackknife over skies. By default field 2i+1 is field 2i's sky with every intrinsic shape
+turned by 90 degrees (``--rotated-twins``), so the shape noise cancels in c as it does in m.
 Optional leakage fields add a mean PSF shear to every focal plane; the PSF leakage is
 ``alpha = (c_leak - c) / (psf_leak - psf)`` with the mean PSF shears measured on the selected
 galaxies (``NGMIX_ELL_PSFo_NOSHEAR``).
@@ -73,7 +75,10 @@ def write_configs(out_dir, model, processes, seed_by="position"):
     os.makedirs(out_dir, exist_ok=True)
     psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
     paths = {}
-    for name in ("config_exp.ini", "config_tile.ini"):
+    # PSFEx runs after the exposure chain, on its star selection (as run_example.sh --psfex).
+    names = ("config_exp.ini",) + (("config_exp_psfex.ini",) if model == "psfex" else ()) \
+        + ("config_tile.ini",)
+    for name in names:
         with open(os.path.join(ROOT, "example", name), encoding="utf-8") as handle:
             text = handle.read()
         text = re.sub(r"(?im)^SMP_BATCH_SIZE\s*=.*$", f"SMP_BATCH_SIZE = {processes}", text)
@@ -89,15 +94,17 @@ def write_configs(out_dir, model, processes, seed_by="position"):
     return paths
 
 
-def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log):
+def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log,
+              rotated=False):
     """Simulate one paired field and run both chains on each half (skipping what is done)."""
     from shapepipe.sim import make_survey
 
     data = os.path.join(field_dir, "data")
     if not os.path.isfile(os.path.join(data, "minus", "truth", "survey.json")):
-        log(f"  simulating {data} (seed {seed})")
+        log(f"  simulating {data} (seed {seed}{', shapes rotated' if rotated else ''})")
         make_survey(data, seed=seed, full=full, shear=shear, paired=True,
-                    n_processes=processes, overwrite=True, psf_g_offset=psf_g_offset)
+                    n_processes=processes, overwrite=True, psf_g_offset=psf_g_offset,
+                    rotated_shapes=rotated)
     cats = {}
     for half in HALVES:
         done = os.path.join(field_dir, f"{half}.done")
@@ -107,7 +114,7 @@ def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, lo
             continue
         env = dict(os.environ, SP_DATA=os.path.join(data, half),
                    SP_RUN=os.path.join(field_dir, "runs", half))
-        for name in ("config_exp.ini", "config_tile.ini"):
+        for name in configs:  # in order: exposures, PSFEx if chosen, tile
             t0 = time.time()
             proc = subprocess.run([sys.executable, os.path.join(ROOT, "shapepipe_run.py"), "-c",
                                    configs[name], "-q"], cwd=ROOT, env=env,
@@ -163,8 +170,8 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
             "snr": ns["snr"], "t_ratio": t_ratio, "truth_idx": idx[sel]}
 
 
-def _estimate(parts, rows=None):
-    """``e = (<R> + <R_S>)^-1 <g>`` of a list of halves, optionally restricted to rows."""
+def _means(parts, rows=None):
+    """``<g>``, ``<R> + <R_S>`` (object-weighted) and the object count of a list of halves."""
     g, r, n_tot, rs = [], [], 0, np.zeros((2, 2))
     for k, p in enumerate(parts):
         keep = slice(None) if rows is None else rows[k]
@@ -174,9 +181,27 @@ def _estimate(parts, rows=None):
         rs += n * p["R_S"]
         n_tot += n
     if n_tot < 2:
-        return np.full(2, np.nan), 0
+        return np.full(2, np.nan), np.full((2, 2), np.nan), 0
     g, r = np.concatenate(g), np.concatenate(r)
-    return np.linalg.solve(r.mean(axis=0) + rs / n_tot, g.mean(axis=0)), n_tot
+    return g.mean(axis=0), r.mean(axis=0) + rs / n_tot, n_tot
+
+
+def _paired_estimate(plus, minus, rows_plus=None, rows_minus=None):
+    """``(e+ - e-) / 2`` and ``(e+ + e-) / 2`` with one response for both halves.
+
+    ``e = R^-1 <g>`` with ``R`` the mean of the two halves' ``<R> + <R_S>``: the same matrix
+    divides both means, so their intrinsic shapes (the same objects) cancel in the difference.
+    With a response per half, a few objects whose sheared fits switch between likelihood
+    minima (R ~ +-50 for one object in a few hundred) make the halves' responses differ by
+    ~30%, which multiplies the uncancelled shape noise of each half's mean.
+    """
+    gp, rp, n_p = _means(plus, rows_plus)
+    gm, rm, n_m = _means(minus, rows_minus)
+    if n_p < 2 or n_m < 2:
+        return np.full(2, np.nan), np.full(2, np.nan), n_p + n_m
+    resp = (rp + rm) / 2
+    return (np.linalg.solve(resp, (gp - gm) / 2), np.linalg.solve(resp, (gp + gm) / 2),
+            n_p + n_m)
 
 
 def _jackknife_var(estimates):
@@ -186,8 +211,28 @@ def _jackknife_var(estimates):
     return (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
 
 
-def biases(fields, shear, bins=None):
-    """m_i and c_i of paired fields; jackknife over fields for the errors.
+def _bias_vector(fields, shear, subset, bins=None):
+    """``[m1, m2, m, c1, c2]`` and the object count of the fields ``subset``."""
+    sel = [fields[k] for k in subset]
+    rows = {}
+    for h in HALVES:
+        if bins is None:
+            rows[h] = None
+        else:
+            key, lo, hi = bins
+            rows[h] = [(f[h][key] >= lo) & (f[h][key] < hi) for f in sel]
+    half_diff, mean, n = _paired_estimate([f["plus"] for f in sel], [f["minus"] for f in sel],
+                                          rows["plus"], rows["minus"])
+    gvec = np.asarray(shear)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(gvec != 0, half_diff / gvec - 1, np.nan)
+    # m along the applied shear: both components weighed by the shear.
+    m_along = float(np.dot(half_diff, gvec) / np.dot(gvec, gvec) - 1)
+    return np.concatenate([m, [m_along], mean]), n
+
+
+def biases(fields, shear, bins=None, groups=None):
+    """m_i and c_i of paired fields; jackknife over fields (or groups of fields) for the errors.
 
     Parameters
     ----------
@@ -197,36 +242,84 @@ def biases(fields, shear, bins=None):
         The +g field's applied shear.
     bins : (str, lo, hi), optional
         Restrict to objects with ``lo <= key < hi`` (``key`` a half_sums entry).
+    groups : list of list of int, optional
+        Fields left out together by the jackknife: a field and its rotated twin, whose shape
+        noise cancels only when both are in (default: every field on its own).
     """
-    def rows_for(half):
-        if bins is None:
-            return None
-        key, lo, hi = bins
-        return [(f[half][key] >= lo) & (f[half][key] < hi) for f in fields]
-
     def stats(subset):
-        sel = [fields[k] for k in subset]
-        rows = {h: (None if bins is None else [rows_for(h)[k] for k in subset]) for h in HALVES}
-        ep, n_p = _estimate([f["plus"] for f in sel], rows["plus"])
-        em, n_m = _estimate([f["minus"] for f in sel], rows["minus"])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m = np.where(np.asarray(shear) != 0, (ep - em) / (2 * np.asarray(shear)) - 1, np.nan)
-        # m along the applied shear: both components weighed by the shear.
-        gvec = np.asarray(shear)
-        m_along = float(np.dot(ep - em, gvec) / (2 * np.dot(gvec, gvec)) - 1)
-        return np.concatenate([m, [m_along], (ep + em) / 2]), n_p + n_m
+        return _bias_vector(fields, shear, subset, bins)
 
     full, n = stats(range(len(fields)))
-    k = len(fields)
-    if k > 1:
-        err = np.sqrt(_jackknife_var([stats([j for j in range(k) if j != i])[0]
-                                      for i in range(k)]))
+    groups = [[k] for k in range(len(fields))] if groups is None else groups
+    if len(groups) > 1:
+        err = np.sqrt(_jackknife_var([stats([j for other in groups if other is not group
+                                             for j in other])[0] for group in groups]))
     else:
         err = np.full(full.shape, np.nan)
     names = ("m1", "m2", "m", "c1", "c2")
     out = {name: float(v) for name, v in zip(names, full)}
     out.update({f"{name}_err": float(e) for name, e in zip(names, err)})
     out["n_objects"] = int(n)
+    return out
+
+
+def _c_and_psf(fields):
+    _, c, _ = _paired_estimate([f["plus"] for f in fields], [f["minus"] for f in fields])
+    psf = np.concatenate([f[h]["psf"] for f in fields for h in HALVES]).mean(axis=0)
+    return c, psf
+
+
+def _alpha(normal, leaky):
+    """``(c_leak - c) / (psf_leak - psf)`` per component."""
+    c0, p0 = _c_and_psf(normal)
+    c1, p1 = _c_and_psf(leaky)
+    return (c1 - c0) / (p1 - p0)
+
+
+def compare(run_a, run_b, shear, groups):
+    """Paired differences ``b - a`` of two runs on the same skies (e.g. two PSF models).
+
+    Parameters
+    ----------
+    run_a, run_b : dict
+        ``{"normal": [fields], "leaky": [fields]}``, field k of one the same sky as field k
+        of the other; leakage field j repeats normal field j.
+    shear : (float, float)
+    groups : list of list of int
+        Skies (normal-field indices) left out together by the jackknife, with the leakage
+        fields that repeat them.
+
+    Returns
+    -------
+    dict
+        ``d_m1, d_m2, d_m, d_c1, d_c2`` (and ``d_alpha1, d_alpha2`` with leakage fields), each
+        with ``_err``: the jackknife error of the difference, in which what the two runs share
+        (objects, shapes, noise) cancels.
+    """
+    n_leak = min(len(run_a["leaky"]), len(run_b["leaky"]))
+
+    def diff(keep):
+        out = []
+        for run in (run_a, run_b):
+            vec, _ = _bias_vector(run["normal"], shear, keep)
+            leak = [j for j in keep if j < n_leak]
+            if n_leak:
+                al = (_alpha([run["normal"][j] for j in leak], [run["leaky"][j] for j in leak])
+                      if leak else np.full(2, np.nan))
+                vec = np.concatenate([vec, al])
+            out.append(vec)
+        return out[1] - out[0]
+
+    every = [k for g in groups for k in g]
+    value = diff(every)
+    if len(groups) > 1:
+        err = np.sqrt(_jackknife_var([diff([k for other in groups if other is not g
+                                            for k in other]) for g in groups]))
+    else:
+        err = np.full(value.shape, np.nan)
+    names = ("m1", "m2", "m", "c1", "c2") + (("alpha1", "alpha2") if n_leak else ())
+    out = {f"d_{n}": float(v) for n, v in zip(names, value)}
+    out.update({f"d_{n}_err": float(e) for n, e in zip(names, err)})
     return out
 
 
@@ -243,26 +336,20 @@ def leakage(normal, leaky, paired=True):
         pair cancels in the error as in the estimate. Otherwise the two sets are independent
         and each is jackknifed separately.
     """
-    def c_and_psf(fields):
-        ep, _ = _estimate([f["plus"] for f in fields])
-        em, _ = _estimate([f["minus"] for f in fields])
-        psf = np.concatenate([f[h]["psf"] for f in fields for h in HALVES]).mean(axis=0)
-        return (ep + em) / 2, psf
-
-    def alpha(norm, leak):
-        c0, p0 = c_and_psf(norm)
-        c1, p1 = c_and_psf(leak)
-        return (c1 - c0) / (p1 - p0)
+    alpha = _alpha
 
     def result(value, err):
         return {"alpha1": float(value[0]), "alpha2": float(value[1]),
                 "alpha1_err": float(err[0]), "alpha2_err": float(err[1])}
 
-    value = alpha(normal, leaky)
     if paired:
         if len(normal) < len(leaky):
             raise ValueError("paired leakage needs a normal field for every leakage field")
+        # Only the normal fields whose sky the leakage fields repeat: with all of them the
+        # shape noise of the others would not cancel.
         normal = normal[:len(leaky)]
+    value = alpha(normal, leaky)
+    if paired:
         k = len(leaky)
         if k < 2:
             return result(value, np.full(2, np.nan))
@@ -281,7 +368,7 @@ def leakage(normal, leaky, paired=True):
     return result(value, np.sqrt(var))
 
 
-def pairing(field):
+def pairing(field, outlier=5.0):
     """How alike the two halves of a field are: selected objects matched through the truth.
 
     Returns
@@ -290,7 +377,9 @@ def pairing(field):
         ``selected`` (plus, minus), ``both`` (truth objects selected in both halves),
         ``flips`` (selected in one half only), ``diff_std`` (std of g_plus - g_minus over
         ``both``, per component): with common random numbers the difference is the shear's
-        doing, about 2 g R, plus little noise.
+        doing, about 2 g R, plus little noise. ``response_outliers`` (plus, minus): objects
+        with a diagonal response beyond +-``outlier`` (sheared fits that switched likelihood
+        minima), and ``outlier_share``: their part of the half's summed R11 + R22.
     """
     p, m = field["plus"], field["minus"]
     sel_p = p["truth_idx"][p["truth_idx"] >= 0]
@@ -299,10 +388,18 @@ def pairing(field):
     rows_p = np.flatnonzero(p["truth_idx"] >= 0)[ip]
     rows_m = np.flatnonzero(m["truth_idx"] >= 0)[im]
     diff = p["g"][rows_p] - m["g"][rows_m]
+    n_out, share = [], []
+    for h in (p, m):
+        diag = h["R"].diagonal(axis1=1, axis2=2)
+        out = np.any(np.abs(diag) > outlier, axis=1)
+        n_out.append(int(out.sum()))
+        total = diag.sum()
+        share.append(float(diag[out].sum() / total) if total else float("nan"))
     return {"selected": [int(len(p["g"])), int(len(m["g"]))], "both": int(len(common)),
             "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(common)),
             "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
-                                            else np.full(2, np.nan))]}
+                                            else np.full(2, np.nan))],
+            "response_outliers": n_out, "outlier_share": share}
 
 
 def plot(path, summary):
@@ -342,25 +439,43 @@ def _label(lo, hi):
     return f"{lo:g}-{hi:g}" if hi < 1e8 else f">{lo:g}"
 
 
+def field_sums(field_info, select, true_galaxies=False):
+    """``{"normal": [...], "leaky": [...], "skies": [...]}``: half_sums of every field."""
+    run = {"normal": [], "leaky": [], "skies": []}
+    for info in field_info:
+        halves = {h: half_sums(info["cats"][h], info["truth"][h], select, true_galaxies)
+                  for h in HALVES}
+        run["leaky" if info["leakage"] else "normal"].append(halves)
+        if not info["leakage"]:
+            run["skies"].append(info.get("sky", len(run["skies"])))
+    return run
+
+
+def sky_groups(skies):
+    """Normal-field indices grouped by sky (a field and its rotated twin)."""
+    return [[k for k, sky in enumerate(skies) if sky == one] for one in sorted(set(skies))]
+
+
 def analyse(field_info, shear, cuts, log, paired_leakage=True):
     """The summary dict from the catalogues of every field."""
     select = sv.make_selector(cuts)
-    normal, leaky, normal_truth = [], [], []
-    for info in field_info:
-        halves = {h: half_sums(info["cats"][h], info["truth"][h], select) for h in HALVES}
-        (leaky if info["leakage"] else normal).append(halves)
-        if not info["leakage"]:
-            normal_truth.append({h: half_sums(info["cats"][h], info["truth"][h], select,
-                                              true_galaxies=True) for h in HALVES})
+    run = field_sums(field_info, select)
+    normal, leaky, skies = run["normal"], run["leaky"], run["skies"]
+    normal_truth = field_sums([f for f in field_info if not f["leakage"]], select,
+                              true_galaxies=True)["normal"]
     if not normal:
         raise SystemExit("no field without PSF offset: nothing to measure m and c on")
     summary = {"shear": list(shear), "cuts": cuts, "n_fields": len(normal),
                "n_leakage_fields": len(leaky)}
-    summary["all"] = biases(normal, shear)
-    summary["true_galaxies_only"] = biases(normal_truth, shear)
-    summary["by_snr"] = [dict(biases(normal, shear, ("snr", lo, hi)), bin=_label(lo, hi))
+    # The jackknife leaves out a sky at a time (a field and its rotated twin together).
+    groups = sky_groups(skies)
+    summary["jackknife_groups"] = groups
+    summary["all"] = biases(normal, shear, groups=groups)
+    summary["true_galaxies_only"] = biases(normal_truth, shear, groups=groups)
+    summary["by_snr"] = [dict(biases(normal, shear, ("snr", lo, hi), groups), bin=_label(lo, hi))
                          for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:])]
-    summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi)), bin=_label(lo, hi))
+    summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi), groups),
+                               bin=_label(lo, hi))
                           for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
     summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f)) for f in normal]
     if leaky:
@@ -388,7 +503,10 @@ def format_summary(s):
         pr = f["pairing"]
         lines.append(f"  field {k}: m = {f['m']:+.4f}; selected {pr['selected'][0]} / "
                      f"{pr['selected'][1]}, in both {pr['both']}, in one only {pr['flips']}; "
-                     f"std(g+ - g-) = {pr['diff_std'][0]:.4f}, {pr['diff_std'][1]:.4f}")
+                     f"std(g+ - g-) = {pr['diff_std'][0]:.4f}, {pr['diff_std'][1]:.4f}; "
+                     f"|R_ii| > 5: {pr['response_outliers'][0]} / {pr['response_outliers'][1]} "
+                     f"objects, {100 * pr['outlier_share'][0]:+.0f}% / "
+                     f"{100 * pr['outlier_share'][1]:+.0f}% of the summed response")
     if "leakage" in s:
         lk = s["leakage"]
         lines.append(f"  alpha1 = {lk['alpha1']:+.4f} +- {lk['alpha1_err']:.4f}   "
@@ -416,13 +534,24 @@ def main(argv=None):
                         help="ngmix_runner SEED_BY: position (default) gives an object the "
                              "same metacal noise in both halves; id reproduces runs made "
                              "before this option (E1)")
+    parser.add_argument("--rotated-twins", action=argparse.BooleanOptionalAction, default=True,
+                        help="field 2i+1 is field 2i's sky with every intrinsic shape turned "
+                             "by 90 degrees, so that the shape noise cancels in c (default); "
+                             "--no-rotated-twins: a fresh sky per field (runs made before "
+                             "the option, E1)")
     parser.add_argument("--snr-min", type=float, default=10.0)
     parser.add_argument("--t-ratio-min", type=float, default=0.5)
     parser.add_argument("--report", action="store_true",
                         help="analyse the fields already done, run nothing")
+    parser.add_argument("--compare", metavar="DIR",
+                        help="with --report: paired differences (this run - DIR) on the same "
+                             "skies, e.g. PSFEx against the built-in PSF model")
     args = parser.parse_args(argv)
     if args.fields < 1 or args.leakage_fields < 0 or args.processes < 1:
         parser.error("--fields >= 1, --leakage-fields >= 0, --processes >= 1")
+    if args.rotated_twins and args.fields % 2:
+        parser.error(f"--fields {args.fields}: with rotated twins the fields come in pairs "
+                     "(an even number), or pass --no-rotated-twins")
     if args.leakage_fields > args.fields:
         parser.error(f"--leakage-fields {args.leakage_fields}: at most --fields "
                      f"({args.fields}), each leakage field repeats a normal field's sky")
@@ -440,6 +569,8 @@ def main(argv=None):
         # Plans written before the option existed ran with "id" and do not record it.
         plan["seed_by"] = args.seed_by
         plan["leakage_sky"] = "paired"
+    if args.rotated_twins:
+        plan["rotated_twins"] = True
     plan_path = os.path.join(out, "plan.json")
     if os.path.isfile(plan_path):
         with open(plan_path, encoding="utf-8") as handle:
@@ -450,33 +581,52 @@ def main(argv=None):
         write_text(json.dumps(plan, indent=1) + "\n", plan_path)
     configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
                             args.seed_by)
+    field_info = collect_fields(out, args, configs, log, args.report)
+    cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
+            "spread_class": 1}
+    summary = analyse(field_info, args.shear, cuts, log,
+                      paired_leakage=plan.get("leakage_sky") == "paired")
+    summary["plan"] = plan
+    text = format_summary(summary)
+    if args.compare:
+        other = collect_fields(os.path.abspath(args.compare), args, configs, log, True)
+        select = sv.make_selector(cuts)
+        run_a, run_b = field_sums(other, select), field_sums(field_info, select)
+        if run_a["skies"] != run_b["skies"]:
+            parser.error(f"--compare {args.compare}: not the same fields as {out}")
+        d = compare(run_a, run_b, args.shear, sky_groups(run_b["skies"]))
+        summary["compare"] = dict(d, other=os.path.abspath(args.compare))
+        text += "\n" + f"  paired difference (this run - {args.compare}): " + "; ".join(
+            f"{k[2:]} {d[k]:+.4f} +- {d[k + '_err']:.4f}" for k in d if not k.endswith("_err"))
+    write_text(json.dumps(summary, indent=1, default=float) + "\n",
+               os.path.join(out, "shear_bias.json"))
+    plot(os.path.join(out, "shear_bias.png"), summary)
+    print(text)
+    return 0
+
+
+def collect_fields(out, args, configs, log, report):
+    """Run (or, with ``report``, only find) every field of the plan; their catalogues."""
     field_info = []
     for k in range(args.fields + args.leakage_fields):
         leak = k >= args.fields
         # Leakage field j is normal field j's sky (same seed: objects, shapes, noise) with the
         # PSF offset: alpha comes from per-field differences in which shape noise cancels.
         sky = k - args.fields if leak else k
+        # Rotated twins: fields 2i and 2i+1 share the seed, the second with turned shapes.
+        seed_index, rotated = (sky // 2, bool(sky % 2)) if args.rotated_twins else (sky, False)
         fdir = os.path.join(out, "fields", f"{'leak' if leak else 'field'}_{k:03d}")
-        if args.report:
+        if report:
             done = [os.path.join(fdir, f"{h}.done") for h in HALVES]
             if not all(os.path.isfile(d) for d in done):
                 log(f"{os.path.basename(fdir)}: not done, left out of the report")
                 continue
-        cats = run_field(fdir, field_seed(args.seed, sky), args.shear,
+        cats = run_field(fdir, field_seed(args.seed, seed_index), args.shear,
                          args.psf_g_offset if leak else None, configs, args.processes,
-                         args.full, log)
-        field_info.append({"cats": cats, "leakage": leak,
+                         args.full, log, rotated=rotated)
+        field_info.append({"cats": cats, "leakage": leak, "sky": seed_index,
                            "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
-    cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
-            "spread_class": 1}
-    summary = analyse(field_info, args.shear, cuts, log,
-                      paired_leakage=plan.get("leakage_sky") == "paired")
-    summary["plan"] = plan
-    write_text(json.dumps(summary, indent=1, default=float) + "\n",
-               os.path.join(out, "shear_bias.json"))
-    plot(os.path.join(out, "shear_bias.png"), summary)
-    print(format_summary(summary))
-    return 0
+    return field_info
 
 
 if __name__ == "__main__":

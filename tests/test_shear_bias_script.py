@@ -29,11 +29,15 @@ def _half(rng, n, shear, m, c, psf, noise, resp=0.8):
             "snr": rng.uniform(10, 100, n), "t_ratio": rng.uniform(0.5, 3, n)}
 
 
-def _fields(k, shear, m, c, psf=(0.0, 0.0), alpha=0.0, seed=0, n=4000, sigma_e=0.26):
+def _fields(k, shear, m, c, psf=(0.0, 0.0), alpha=0.0, seed=0, n=4000, sigma_e=0.26,
+            rotated=False):
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(k):
-        noise = sigma_e * rng.standard_normal((n, 2))  # shared by the two halves (paired)
+    for j in range(k):
+        if not rotated or j % 2 == 0:
+            shape = sigma_e * rng.standard_normal((n, 2))  # shared by the two halves (paired)
+        # A rotated twin (odd j) has the previous field's shapes turned by 90 degrees.
+        noise = -shape if rotated and j % 2 else shape
         cc = np.asarray(c) + alpha * np.asarray(psf)
         out.append({"plus": _half(rng, n, shear, m, cc, psf, noise),
                     "minus": _half(rng, n, -np.asarray(shear), m, cc, psf, noise)})
@@ -54,6 +58,40 @@ def test_paired_fields_recover_m_and_c(sb):
     # A bin keeps only its objects.
     binned = sb.biases(_fields(3, shear, m=0.0, c=(0, 0)), shear, ("snr", 10, 20))
     assert 0 < binned["n_objects"] < 3 * 2 * 4000
+
+
+def test_rotated_twins_cancel_the_shape_noise_in_c(sb):
+    shear = (0.02, 0.0)
+    fields = _fields(6, shear, m=0.0, c=(1e-3, -5e-4), seed=7, rotated=True)
+    groups = [[0, 1], [2, 3], [4, 5]]
+    b = sb.biases(fields, shear, groups=groups)
+    # Only the responses' scatter is left: c is measured to ~1e-5, not ~2e-3.
+    assert b["c1"] == pytest.approx(1e-3, abs=1e-4)
+    assert b["c2"] == pytest.approx(-5e-4, abs=1e-4)
+    assert 0 < b["c1_err"] < 1e-4
+    # Leaving out one field of a twin pair would bring the shape noise back into the error.
+    assert sb.biases(fields, shear)["c1_err"] > 10 * b["c1_err"]
+
+
+def test_one_response_for_both_halves_keeps_the_shape_noise_cancelled(sb):
+    shear = (0.02, 0.0)
+    fields = _fields(3, shear, m=0.0, c=(0.0, 0.0), seed=9, n=300)
+    # One object whose sheared fits switched minima: its response is -50 in one half only.
+    fields[0]["minus"]["R"][0, 0, 0] = -50.0
+    b = sb.biases(fields, shear)
+    # The outlier moves the common response by ~50 / 1800 / 0.8 = 3.5%: m by about that,
+    # not by the shape noise of a half (0.26 / sqrt(900) / 0.02 ~ 0.4) times a 10% change.
+    assert b["m"] == pytest.approx(0.035, abs=0.01)
+
+
+def test_paired_leakage_uses_only_the_repeated_skies(sb):
+    shear = (0.02, 0.0)
+    normal = _fields(4, shear, m=0.0, c=(0.0, 0.0), seed=3, n=2000)
+    leaky = _with_psf(normal[:2], (0.03, 0.03), alpha=0.05, seed=4)
+    lk = sb.leakage(normal, leaky, paired=True)
+    # The two fields without a leakage twin carry shape noise ~0.26 / sqrt(8000): they must
+    # not enter the difference.
+    assert lk["alpha1"] == pytest.approx(0.05, abs=3e-3)
 
 
 def test_leakage_is_the_change_of_c_with_the_psf(sb):
@@ -107,4 +145,30 @@ def test_configs_are_copied_with_the_model_and_workers(sb, tmp_path):
     tile_id = open(sb.write_configs(str(tmp_path / "id"), "psf_model", 1, "id")
                    ["config_tile.ini"]).read()
     assert "SEED_BY = ID" in tile_id
+    # PSFEx models need the PSFEx run between the exposure and tile chains.
+    assert list(paths) == ["config_exp.ini", "config_exp_psfex.ini", "config_tile.ini"]
+    assert "SMP_BATCH_SIZE = 3" in open(paths["config_exp_psfex.ini"]).read()
+    assert list(sb.write_configs(str(tmp_path / "m"), "psf_model", 1)) == [
+        "config_exp.ini", "config_tile.ini"]
     assert sb.field_seed(7, 2) != sb.field_seed(7, 3)
+
+
+def test_compare_measures_the_change_between_runs_on_the_same_skies(sb):
+    shear = (0.02, 0.0)
+    normal = _fields(4, shear, m=0.0, c=(0.0, 0.0), seed=11, n=2000, rotated=True)
+    leaky = _with_psf(normal[:2], (0.03, 0.03), alpha=0.02, seed=12)
+    # Run b: the same objects, a response 1% lower in the ellipticities (m -> -0.01) and a
+    # leakage larger by 0.03.
+    def changed(fields, factor, shift):
+        out = []
+        for f in fields:
+            out.append({h: dict(f[h], g=f[h]["g"] * factor + shift) for h in ("plus", "minus")})
+        return out
+    run_a = {"normal": normal, "leaky": leaky}
+    run_b = {"normal": changed(normal, 0.99, 0.0),
+             "leaky": changed(_with_psf(normal[:2], (0.03, 0.03), alpha=0.05, seed=12), 0.99,
+                              0.0)}
+    d = sb.compare(run_a, run_b, shear, [[0, 1], [2, 3]])
+    assert d["d_m"] == pytest.approx(-0.01, abs=1e-3)
+    assert d["d_alpha1"] == pytest.approx(0.03 * 0.99, abs=3e-3)
+    assert 0 < d["d_m_err"] < 2e-3

@@ -280,6 +280,29 @@ def test_paired_fields_identical_noise_opposite_shear(tmp_path):
     assert np.array_equal(wa, wb)
 
 
+def test_rotated_shapes_flip_the_intrinsic_shapes_only(tmp_path):
+    """The rotated twin: intrinsic shapes change sign, everything else is the same survey."""
+    params = tiny_params()
+    params.dithers = params.dithers[:1]
+    make_survey(str(tmp_path / "a"), seed=5, params=params, paired=True)
+    info = make_survey(str(tmp_path / "b"), seed=5, params=params, paired=True,
+                       rotated_shapes=True)
+    assert info["rotated_shapes"] is True
+    ta = fits.getdata(tmp_path / "a" / "plus" / "truth" / "objects.fits", 1)
+    tb = fits.getdata(tmp_path / "b" / "plus" / "truth" / "objects.fits", 1)
+    gal = ta["IS_STAR"] == 0
+    assert np.any(ta["E1_INT"][gal] != 0)
+    assert np.array_equal(tb["E1_INT"], -ta["E1_INT"])
+    assert np.array_equal(tb["E2_INT"], -ta["E2_INT"])
+    for key in ("RA", "DEC", "HLR", "G1", "G2"):
+        assert np.array_equal(ta[key], tb[key]), key
+    name = "image-2000001.fits.fz"
+    ia = fits.getdata(tmp_path / "a" / "plus" / "exposures" / name, 1).astype(float)
+    ib = fits.getdata(tmp_path / "b" / "plus" / "exposures" / name, 1).astype(float)
+    # Same noise and stars: most pixels are equal; galaxies are drawn differently.
+    assert np.mean(ia == ib) > 0.2 and not np.array_equal(ia, ib)
+
+
 def test_shear_is_applied():
     """The mean shape of bright galaxies drawn noise-free follows the applied shear."""
     import galsim

@@ -133,7 +133,7 @@ def _check_output(path, overwrite):
 
 def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=False, des=False,
                 n_processes=1, params=None, overwrite=False, compress=True, log=None,
-                psf_g_offset=None, cfis_names=False):
+                psf_g_offset=None, cfis_names=False, rotated_shapes=False):
     """Render a simulated CFIS-like survey (and optionally DES-like tiles) into ``output_dir``.
 
     Parameters
@@ -168,6 +168,13 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         measure PSF leakage); recorded in ``truth/survey.json``.
     cfis_names : bool
         Also write ``raw/`` with the original CFIS names (see :func:`write_cfis_names`).
+    rotated_shapes : bool
+        Turn every galaxy's intrinsic shape by 90 degrees (``E1_INT, E2_INT -> -E1_INT,
+        -E2_INT``). Objects, positions, sizes, fluxes, PSF and cosmic rays are those of the
+        same seed without it, and with ``paired`` so is the noise array (a single field's
+        Poisson draws follow its expected counts, which differ). The intrinsic shapes of a
+        survey and its rotated twin cancel in a mean over both: shear-calibration runs use
+        such pairs to measure c without the shape noise (``scripts/shear_bias.py``).
 
     Returns
     -------
@@ -196,6 +203,10 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
             os.makedirs(os.path.join(root, sub), exist_ok=True)
 
     cat = make_catalog(params, seed)
+    if rotated_shapes:
+        # A spin-2 quantity turned by 90 degrees changes sign.
+        for key in ("E1_INT", "E2_INT"):
+            cat[key] = -cat[key]
     log(f"catalogue: {int(cat['IS_STAR'].sum())} stars, {int((cat['IS_STAR'] == 0).sum())} "
         "galaxies")
     dx, _, _, _ = geo.ccd_layout(params)
@@ -263,6 +274,7 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
             "seed": int(seed),
             "shear": [fg1, fg2],
             "psf_g_offset": list(params.psf_g_offset),
+            "rotated_shapes": bool(rotated_shapes),
             "full": bool(full),
             "compressed": bool(compress),
             "paired": name if name else False,
