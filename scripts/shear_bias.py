@@ -147,7 +147,9 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
     dict
         ``g`` (n, 2) ellipticities, ``R`` (n, 2, 2) shear responses of the selected objects,
         ``R_S`` (2, 2) selection response, ``psf`` (n, 2) PSF shears, ``snr``, ``t_ratio``,
-        ``truth_idx`` (the matched truth row, -1 for none).
+        ``truth_idx`` (the matched truth row, -1 for none), ``neighbour_dist`` (arcsec from
+        the matched true object to the nearest other true object, detected or not; NaN
+        without a match).
     """
     cat = sv.load_catalogues(files)
     tables = sv.metacal_tables(cat)
@@ -164,7 +166,17 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
     ns = tables["noshear"][sel]
     with np.errstate(invalid="ignore", divide="ignore"):
         t_ratio = ns["T"] / ns["Tpsf"]
+    from scipy.spatial import cKDTree
+
+    dec0 = np.radians(np.median(truth["DEC"]))
+    txy = np.column_stack([truth["RA"] * np.cos(dec0), truth["DEC"]]) * 3600.0
+    matched = idx[sel]
+    nearest = np.full(len(matched), np.nan)
+    if len(txy) > 1 and (matched >= 0).any():
+        dist, _ = cKDTree(txy).query(txy[matched[matched >= 0]], k=2)
+        nearest[matched >= 0] = dist[:, 1]
     return {"g": np.column_stack([ns["g1"], ns["g2"]]), "R": resp.reshape(-1, 2, 2),
+            "neighbour_dist": nearest,
             "R_S": selection_response(tables, select, step=sv.STEP),
             "psf": np.asarray(cat["NGMIX_ELL_PSFo_NOSHEAR"], float).reshape(-1, 2)[sel],
             "snr": ns["snr"], "t_ratio": t_ratio, "truth_idx": idx[sel]}
@@ -368,6 +380,88 @@ def leakage(normal, leaky, paired=True):
     return result(value, np.sqrt(var))
 
 
+NEIGHBOUR_BINS = (0.0, 1.0, 2.0, 3.0, np.inf)  # arcsec to the nearest other true object
+
+
+def _matched_rows(a, b):
+    """Rows of the objects of half-sums ``a`` and ``b`` matched to the same true object."""
+    common, ia, ib = np.intersect1d(a["truth_idx"], b["truth_idx"], return_indices=True)
+    keep = common >= 0
+    return ia[keep], ib[keep]
+
+
+def _boot_ratio(num, den, n_boot=200, seed=0):
+    """``sum(num) / sum(den)`` and its bootstrap error over objects (fixed seed)."""
+    if len(num) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(num), (n_boot, len(num)))
+    boot = num[draws].sum(axis=1) / den[draws].sum(axis=1)
+    return float(num.sum() / den.sum()), float(boot.std())
+
+
+def response_check(fields, shear):
+    """The real response of the objects selected in both halves against metacal's.
+
+    The finite difference ``(g+ - g-) / 2g`` (along the shear) of the same true object is its
+    response to the shear the simulation applied; metacal's ``R`` (mean of the halves) is
+    what the estimator divides by. Their ratio minus one is the part of m that is not
+    selection, by distance to the nearest other true object (detected or not): blends the
+    detection cannot split respond differently.
+
+    Returns
+    -------
+    list of dict
+        ``bin`` (arcsec, "all" first), ``n``, ``ratio_minus_1``, ``err`` (bootstrap over
+        objects).
+    """
+    gvec = np.asarray(shear, float)
+    unit = gvec / np.hypot(*gvec)
+    fd, resp, near = [], [], []
+    for f in fields:
+        ip, im = _matched_rows(f["plus"], f["minus"])
+        fd.append((f["plus"]["g"][ip] - f["minus"]["g"][im]) @ unit / (2 * np.hypot(*gvec)))
+        r = (f["plus"]["R"][ip] + f["minus"]["R"][im]) / 2
+        resp.append(np.einsum("i,nij,j->n", unit, r, unit))
+        near.append(f["plus"]["neighbour_dist"][ip])
+    fd, resp, near = np.concatenate(fd), np.concatenate(resp), np.concatenate(near)
+    out = []
+    for lo, hi in [(None, None)] + list(zip(NEIGHBOUR_BINS[:-1], NEIGHBOUR_BINS[1:])):
+        rows = np.ones(len(fd), bool) if lo is None else (near >= lo) & (near < hi)
+        ratio, err = _boot_ratio(fd[rows], resp[rows])
+        out.append({"bin": "all" if lo is None else _label(lo, hi), "n": int(rows.sum()),
+                    "ratio_minus_1": ratio - 1, "err": err})
+    return out
+
+
+def leakage_check(normal, leaky):
+    """Where the leakage comes from: the same objects, or which objects are selected.
+
+    ``matched``: alpha of the objects selected in both a normal field and its leakage twin
+    (same true object, same half), ``sum(g_leak - g) / sum(psf_leak - psf) / <R>`` per
+    component; ``flips``: objects selected in one of the two only (the rest of the field
+    estimate of alpha comes from them: a selection that depends on the PSF's orientation).
+    """
+    dg, dp, resp, flips, both = [], [], [], 0, 0
+    for norm, leak in zip(normal, leaky):
+        for h in HALVES:
+            a, b = norm[h], leak[h]
+            ia, ib = _matched_rows(a, b)
+            dg.append(b["g"][ib] - a["g"][ia])
+            dp.append(b["psf"][ib] - a["psf"][ia])
+            resp.append((a["R"][ia] + b["R"][ib]).diagonal(axis1=1, axis2=2) / 2)
+            both += len(ia)
+            flips += len(a["g"]) + len(b["g"]) - 2 * len(ia)
+    dg, dp, resp = np.concatenate(dg), np.concatenate(dp), np.concatenate(resp)
+    out = {"both": int(both), "flips": int(flips)}
+    for k in range(2):
+        ratio, err = _boot_ratio(dg[:, k], dp[:, k])
+        mean_r = resp[:, k].mean()
+        out[f"matched_alpha{k + 1}"] = ratio / mean_r
+        out[f"matched_alpha{k + 1}_err"] = err / mean_r
+    return out
+
+
 def pairing(field, outlier=5.0):
     """How alike the two halves of a field are: selected objects matched through the truth.
 
@@ -478,9 +572,12 @@ def analyse(field_info, shear, cuts, log, paired_leakage=True):
                                bin=_label(lo, hi))
                           for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
     summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f)) for f in normal]
+    summary["response_check"] = response_check(normal, shear)
     if leaky:
         summary["leakage"] = leakage(normal, leaky, paired=paired_leakage)
         summary["leakage"]["paired"] = bool(paired_leakage)
+        if paired_leakage:
+            summary["leakage"].update(leakage_check(normal[:len(leaky)], leaky))
     return summary
 
 
@@ -507,11 +604,22 @@ def format_summary(s):
                      f"|R_ii| > 5: {pr['response_outliers'][0]} / {pr['response_outliers'][1]} "
                      f"objects, {100 * pr['outlier_share'][0]:+.0f}% / "
                      f"{100 * pr['outlier_share'][1]:+.0f}% of the summed response")
+    if "response_check" in s:
+        lines.append("  real response / metacal R - 1 of the objects selected in both halves, "
+                     "by distance to the nearest other true object: " + "; ".join(
+                         f"{r['bin']}: {r['ratio_minus_1']:+.3f} +- {r['err']:.3f} ({r['n']})"
+                         for r in s["response_check"]))
     if "leakage" in s:
         lk = s["leakage"]
         lines.append(f"  alpha1 = {lk['alpha1']:+.4f} +- {lk['alpha1_err']:.4f}   "
                      f"alpha2 = {lk['alpha2']:+.4f} +- {lk['alpha2_err']:.4f} "
                      f"({s['n_leakage_fields']} leakage fields)")
+        if "matched_alpha1" in lk:
+            lines.append(f"    of the objects selected with and without the PSF offset "
+                         f"({lk['both']}): alpha1 = {lk['matched_alpha1']:+.4f} +- "
+                         f"{lk['matched_alpha1_err']:.4f}, alpha2 = {lk['matched_alpha2']:+.4f}"
+                         f" +- {lk['matched_alpha2_err']:.4f}; selected in one only: "
+                         f"{lk['flips']}")
     return "\n".join(lines)
 
 

@@ -172,3 +172,38 @@ def test_compare_measures_the_change_between_runs_on_the_same_skies(sb):
     assert d["d_m"] == pytest.approx(-0.01, abs=1e-3)
     assert d["d_alpha1"] == pytest.approx(0.03 * 0.99, abs=3e-3)
     assert 0 < d["d_m_err"] < 2e-3
+
+
+def _with_truth(fields, seed=0):
+    rng = np.random.default_rng(seed)
+    for f in fields:
+        n = len(f["plus"]["g"])
+        near = rng.uniform(0, 5, n)
+        for h in ("plus", "minus"):
+            f[h]["truth_idx"] = np.arange(n)
+            f[h]["neighbour_dist"] = near
+    return fields
+
+
+def test_response_check_compares_the_real_response_with_metacal(sb):
+    shear = (0.02, 0.0)
+    fields = _with_truth(_fields(2, shear, m=-0.05, c=(0.0, 0.0), seed=13, n=3000))
+    rows = sb.response_check(fields, shear)
+    assert rows[0]["bin"] == "all" and rows[0]["n"] == 6000
+    assert rows[0]["ratio_minus_1"] == pytest.approx(-0.05, abs=5e-3)
+    assert 0 < rows[0]["err"] < 5e-3
+    assert sum(r["n"] for r in rows[1:]) == 6000
+
+
+def test_leakage_check_separates_the_objects_from_the_selection(sb):
+    shear = (0.02, 0.0)
+    normal = _with_truth(_fields(2, shear, m=0.0, c=(0.0, 0.0), seed=14, n=2000))
+    leaky = _with_truth(_with_psf(normal, (0.03, 0.03), alpha=0.05, seed=15))
+    # The leakage fields lose 100 objects of each half: a selection the matched part ignores.
+    for f in leaky:
+        for h in ("plus", "minus"):
+            f[h] = {k: (v[100:] if isinstance(v, np.ndarray) and v.ndim and len(v) == 2000
+                        else v) for k, v in f[h].items()}
+    out = sb.leakage_check(normal, leaky)
+    assert out["flips"] == 2 * 2 * 100 and out["both"] == 2 * 2 * 1900
+    assert out["matched_alpha1"] == pytest.approx(0.05, abs=3e-3)
