@@ -223,6 +223,17 @@ def _jackknife_var(estimates):
     return (k - 1) / k * np.sum((jack - jack.mean(axis=0)) ** 2, axis=0)
 
 
+def _group_jackknife_err(stat, groups, shape):
+    """Jackknife error of ``stat(indices)`` leaving out one group of indices at a time.
+
+    NaN (of ``shape``) with fewer than two groups.
+    """
+    if len(groups) < 2:
+        return np.full(shape, np.nan)
+    return np.sqrt(_jackknife_var([stat([k for other in groups if other is not group
+                                         for k in other]) for group in groups]))
+
+
 def _bias_vector(fields, shear, subset, bins=None):
     """``[m1, m2, m, c1, c2]`` and the object count of the fields ``subset``."""
     sel = [fields[k] for k in subset]
@@ -258,16 +269,10 @@ def biases(fields, shear, bins=None, groups=None):
         Fields left out together by the jackknife: a field and its rotated twin, whose shape
         noise cancels only when both are in (default: every field on its own).
     """
-    def stats(subset):
-        return _bias_vector(fields, shear, subset, bins)
-
-    full, n = stats(range(len(fields)))
+    full, n = _bias_vector(fields, shear, range(len(fields)), bins)
     groups = [[k] for k in range(len(fields))] if groups is None else groups
-    if len(groups) > 1:
-        err = np.sqrt(_jackknife_var([stats([j for other in groups if other is not group
-                                             for j in other])[0] for group in groups]))
-    else:
-        err = np.full(full.shape, np.nan)
+    err = _group_jackknife_err(lambda keep: _bias_vector(fields, shear, keep, bins)[0],
+                               groups, full.shape)
     names = ("m1", "m2", "m", "c1", "c2")
     out = {name: float(v) for name, v in zip(names, full)}
     out.update({f"{name}_err": float(e) for name, e in zip(names, err)})
@@ -322,13 +327,8 @@ def compare(run_a, run_b, shear, groups):
             out.append(vec)
         return out[1] - out[0]
 
-    every = [k for g in groups for k in g]
-    value = diff(every)
-    if len(groups) > 1:
-        err = np.sqrt(_jackknife_var([diff([k for other in groups if other is not g
-                                            for k in other]) for g in groups]))
-    else:
-        err = np.full(value.shape, np.nan)
+    value = diff([k for g in groups for k in g])
+    err = _group_jackknife_err(diff, groups, value.shape)
     names = ("m1", "m2", "m", "c1", "c2") + (("alpha1", "alpha2") if n_leak else ())
     out = {f"d_{n}": float(v) for n, v in zip(names, value)}
     out.update({f"d_{n}_err": float(e) for n, e in zip(names, err)})
@@ -348,8 +348,6 @@ def leakage(normal, leaky, paired=True):
         pair cancels in the error as in the estimate. Otherwise the two sets are independent
         and each is jackknifed separately.
     """
-    alpha = _alpha
-
     def result(value, err):
         return {"alpha1": float(value[0]), "alpha2": float(value[1]),
                 "alpha1_err": float(err[0]), "alpha2_err": float(err[1])}
@@ -360,22 +358,19 @@ def leakage(normal, leaky, paired=True):
         # Only the normal fields whose sky the leakage fields repeat: with all of them the
         # shape noise of the others would not cancel.
         normal = normal[:len(leaky)]
-    value = alpha(normal, leaky)
+    value = _alpha(normal, leaky)
     if paired:
-        k = len(leaky)
-        if k < 2:
-            return result(value, np.full(2, np.nan))
-        return result(value, np.sqrt(_jackknife_var(
-            [alpha([f for j, f in enumerate(normal) if j != i],
-                   [f for j, f in enumerate(leaky) if j != i]) for i in range(k)])))
+        return result(value, _group_jackknife_err(
+            lambda keep: _alpha([normal[j] for j in keep], [leaky[j] for j in keep]),
+            [[j] for j in range(len(leaky))], 2))
     var = np.zeros(2)
     for fields, other, first in ((normal, leaky, True), (leaky, normal, False)):
         k = len(fields)
         if k < 2:
             return result(value, np.full(2, np.nan))
-        var += _jackknife_var([alpha([f for j, f in enumerate(fields) if j != i], other)
+        var += _jackknife_var([_alpha([f for j, f in enumerate(fields) if j != i], other)
                                if first else
-                               alpha(other, [f for j, f in enumerate(fields) if j != i])
+                               _alpha(other, [f for j, f in enumerate(fields) if j != i])
                                for i in range(k)])
     return result(value, np.sqrt(var))
 
@@ -476,11 +471,7 @@ def pairing(field, outlier=5.0):
         minima), and ``outlier_share``: their part of the half's summed R11 + R22.
     """
     p, m = field["plus"], field["minus"]
-    sel_p = p["truth_idx"][p["truth_idx"] >= 0]
-    sel_m = m["truth_idx"][m["truth_idx"] >= 0]
-    common, ip, im = np.intersect1d(sel_p, sel_m, assume_unique=True, return_indices=True)
-    rows_p = np.flatnonzero(p["truth_idx"] >= 0)[ip]
-    rows_m = np.flatnonzero(m["truth_idx"] >= 0)[im]
+    rows_p, rows_m = _matched_rows(p, m)
     diff = p["g"][rows_p] - m["g"][rows_m]
     n_out, share = [], []
     for h in (p, m):
@@ -489,8 +480,8 @@ def pairing(field, outlier=5.0):
         n_out.append(int(out.sum()))
         total = diag.sum()
         share.append(float(diag[out].sum() / total) if total else float("nan"))
-    return {"selected": [int(len(p["g"])), int(len(m["g"]))], "both": int(len(common)),
-            "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(common)),
+    return {"selected": [int(len(p["g"])), int(len(m["g"]))], "both": int(len(rows_p)),
+            "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(rows_p)),
             "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
                                             else np.full(2, np.nan))],
             "response_outliers": n_out, "outlier_share": share}
