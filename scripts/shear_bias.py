@@ -65,12 +65,15 @@ def field_seed(seed, index):
     return int(seed) * 1000 + int(index)
 
 
-def write_configs(out_dir, model, processes, seed_by="position"):
+def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shear=None):
     """Copies of the example configs with the PSF model, the worker count and the seeding chosen.
 
     Config files are data: only these keys are replaced, by line. ``seed_by="position"`` sets
     ngmix_runner's ``SEED_BY = POSITION``: an object gets the same metacal noise in both
-    halves of a field (common random numbers), whatever its detection number there.
+    halves of a field (common random numbers), whatever its detection number there. With a
+    sheared scene the halves' positions differ: ``seed_scene_shear = (g1, g2, ra0, dec0)``,
+    the half's own shear and centre, sets ``SEED_SCENE_SHEAR`` so that the cells are taken
+    at the unsheared positions.
     """
     os.makedirs(out_dir, exist_ok=True)
     psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
@@ -84,7 +87,10 @@ def write_configs(out_dir, model, processes, seed_by="position"):
         text = re.sub(r"(?im)^SMP_BATCH_SIZE\s*=.*$", f"SMP_BATCH_SIZE = {processes}", text)
         if name == "config_tile.ini":
             text = re.sub(r"(?im)^ME_DOT_PSF_DIR\s*=.*$", f"ME_DOT_PSF_DIR = {psf_dir}", text)
-            text, n = re.subn(r"(?im)^SEED_BY\s*=.*$", f"SEED_BY = {seed_by.upper()}", text)
+            line = f"SEED_BY = {seed_by.upper()}"
+            if seed_scene_shear is not None:
+                line += "\nSEED_SCENE_SHEAR = " + ", ".join(f"{v:.10g}" for v in seed_scene_shear)
+            text, n = re.subn(r"(?im)^SEED_BY\s*=.*$", line, text)
             if n != 1:
                 raise SystemExit(f"{name}: expected one SEED_BY line in [NGMIX_RUNNER], "
                                  f"found {n}")
@@ -95,18 +101,28 @@ def write_configs(out_dir, model, processes, seed_by="position"):
 
 
 def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log,
-              rotated=False):
-    """Simulate one paired field and run both chains on each half (skipping what is done)."""
+              rotated=False, scene_shear=False, negate_noise=False):
+    """Simulate one paired field and run both chains on each half (skipping what is done).
+
+    ``configs`` is ``{name: path}``, or a callable ``configs(survey_json) -> {name: path}``
+    for configs that depend on the half (its shear and shear centre).
+    """
     from shapepipe.sim import make_survey
 
     data = os.path.join(field_dir, "data")
     if not os.path.isfile(os.path.join(data, "minus", "truth", "survey.json")):
-        log(f"  simulating {data} (seed {seed}{', shapes rotated' if rotated else ''})")
+        log(f"  simulating {data} (seed {seed}{', shapes rotated' if rotated else ''}"
+            f"{', noise negated' if negate_noise else ''})")
         make_survey(data, seed=seed, full=full, shear=shear, paired=True,
                     n_processes=processes, overwrite=True, psf_g_offset=psf_g_offset,
-                    rotated_shapes=rotated)
+                    rotated_shapes=rotated, scene_shear=scene_shear,
+                    negate_noise=negate_noise)
+    half_configs = configs
     cats = {}
     for half in HALVES:
+        if callable(half_configs):
+            with open(os.path.join(data, half, "truth", "survey.json"), encoding="utf-8") as fh:
+                configs = half_configs(json.load(fh))
         done = os.path.join(field_dir, f"{half}.done")
         if os.path.isfile(done):
             with open(done, encoding="utf-8") as handle:
@@ -638,6 +654,17 @@ def main(argv=None):
                              "by 90 degrees, so that the shape noise cancels in c (default); "
                              "--no-rotated-twins: a fresh sky per field (runs made before "
                              "the option, E1)")
+    parser.add_argument("--scene-shear", action=argparse.BooleanOptionalAction, default=None,
+                        help="shear the galaxies' positions too (the simulator's default); "
+                             "--no-scene-shear: shapes only, as E1-E3 (default: the plan's "
+                             "value for an existing --output, else on)")
+    parser.add_argument("--twin-noise", choices=("negated", "same"), default=None,
+                        help="noise of a rotated twin: the sky's noise with its sign flipped "
+                             "(negated), or the same (E2, E3) (default: the plan's value for "
+                             "an existing --output, else negated)")
+    parser.add_argument("--round-cuts", action="store_true",
+                        help="cut on the round-model S/N and size (NGMIX_SNR_R, NGMIX_T_R) "
+                             "instead of the fitted model's; writes shear_bias_round.json/png")
     parser.add_argument("--snr-min", type=float, default=10.0)
     parser.add_argument("--t-ratio-min", type=float, default=0.5)
     parser.add_argument("--report", action="store_true",
@@ -661,6 +688,16 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.time() - start:7.0f}s] {msg}", flush=True)
 
+    plan_path = os.path.join(out, "plan.json")
+    old = None
+    if os.path.isfile(plan_path):
+        with open(plan_path, encoding="utf-8") as handle:
+            old = json.load(handle)
+    # Options added after a plan was written default to that plan's (absent: off) value.
+    if args.scene_shear is None:
+        args.scene_shear = bool(old.get("scene_shear", False)) if old else True
+    if args.twin_noise is None:
+        args.twin_noise = old.get("twin_noise", "same") if old else "negated"
     plan = {"seed": args.seed, "fields": args.fields, "leakage_fields": args.leakage_fields,
             "psf_g_offset": list(args.psf_g_offset), "shear": list(args.shear),
             "model": args.model, "full": args.full}
@@ -670,19 +707,34 @@ def main(argv=None):
         plan["leakage_sky"] = "paired"
     if args.rotated_twins:
         plan["rotated_twins"] = True
-    plan_path = os.path.join(out, "plan.json")
-    if os.path.isfile(plan_path):
-        with open(plan_path, encoding="utf-8") as handle:
-            old = json.load(handle)
+        if args.twin_noise != "same":
+            plan["twin_noise"] = args.twin_noise
+    if args.scene_shear:
+        plan["scene_shear"] = True
+    if old is not None:
         if old != plan:
             parser.error(f"{plan_path} records another plan ({old}); use another --output")
     else:
         write_text(json.dumps(plan, indent=1) + "\n", plan_path)
-    configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
-                            args.seed_by)
+    if args.scene_shear and args.seed_by == "position":
+        def configs(meta):
+            # One config set per half: SEED_SCENE_SHEAR holds the half's own shear.
+            half = meta.get("paired") or "single"
+            return write_configs(os.path.join(out, "configs", half), args.model, args.processes,
+                                 args.seed_by, (*meta["shear"], *meta["shear_centre"]))
+    else:
+        configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
+                                args.seed_by)
     field_info = collect_fields(out, args, configs, log, args.report)
     cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
             "spread_class": 1}
+    if args.round_cuts:
+        cuts["round"] = True
+        first = next((f["cats"]["plus"][0] for f in field_info if f["cats"]["plus"]), None)
+        if first is not None and "NGMIX_SNR_R_NOSHEAR" not in sv.fits.getdata(
+                first, "RESULTS").columns.names:
+            raise SystemExit(f"--round-cuts: {first} has no NGMIX_SNR_R_NOSHEAR column (made "
+                             "before the round measurements existed)")
     summary = analyse(field_info, args.shear, cuts, log,
                       paired_leakage=plan.get("leakage_sky") == "paired")
     summary["plan"] = plan
@@ -697,9 +749,10 @@ def main(argv=None):
         summary["compare"] = dict(d, other=os.path.abspath(args.compare))
         text += "\n" + f"  paired difference (this run - {args.compare}): " + "; ".join(
             f"{k[2:]} {d[k]:+.4f} +- {d[k + '_err']:.4f}" for k in d if not k.endswith("_err"))
+    stem = "shear_bias_round" if args.round_cuts else "shear_bias"
     write_text(json.dumps(summary, indent=1, default=float) + "\n",
-               os.path.join(out, "shear_bias.json"))
-    plot(os.path.join(out, "shear_bias.png"), summary)
+               os.path.join(out, stem + ".json"))
+    plot(os.path.join(out, stem + ".png"), summary)
     print(text)
     return 0
 
@@ -722,7 +775,8 @@ def collect_fields(out, args, configs, log, report):
                 continue
         cats = run_field(fdir, field_seed(args.seed, seed_index), args.shear,
                          args.psf_g_offset if leak else None, configs, args.processes,
-                         args.full, log, rotated=rotated)
+                         args.full, log, rotated=rotated, scene_shear=args.scene_shear,
+                         negate_noise=rotated and args.twin_noise == "negated")
         field_info.append({"cats": cats, "leakage": leak, "sky": seed_index,
                            "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
     return field_info

@@ -363,3 +363,40 @@ def test_psf_stamp_smaller_than_image_and_selection_response(noisy_set):
     cut = np.median(tables["noshear"]["s2n"])
     rs = selection_response(tables, lambda t: t["s2n"] > cut)
     assert rs.shape == (2, 2) and np.all(np.isfinite(rs))
+
+
+def test_seed_scene_shear_maps_both_halves_to_the_same_cells():
+    """SEED_SCENE_SHEAR: an object of a scene sheared by +g and by -g gets one seed cell."""
+    from shapepipe.modules.ngmix.tile import position_labels
+    from shapepipe.utils.lensing import shear_positions
+
+    rng = np.random.default_rng(3)
+    ra0, dec0 = 216.0, 51.0
+    ra = ra0 + rng.uniform(-0.05, 0.05, 2000)
+    dec = dec0 + rng.uniform(-0.05, 0.05, 2000)
+    g = (0.02, -0.01)
+    plus = shear_positions(ra, dec, *g, ra0, dec0)
+    minus = shear_positions(ra, dec, -g[0], -g[1], ra0, dec0)
+    # Without the mapping most objects change cell (they move by up to ~4").
+    assert np.mean(position_labels(*plus) == position_labels(*minus)) < 0.3
+    back_p = shear_positions(*plus, -g[0], -g[1], ra0, dec0)
+    back_m = shear_positions(*minus, g[0], g[1], ra0, dec0)
+    assert np.mean(position_labels(*back_p) == position_labels(*back_m)) > 0.999
+
+
+def test_seed_scene_shear_is_checked_before_any_job():
+    from shapepipe.modules.ngmix_runner import validate
+    from shapepipe.pipeline.config import ShapePipeConfig
+
+    for text, fragment in (("SEED_BY = POSITION\nSEED_SCENE_SHEAR = 0.02, 0.0, 10.0",
+                            "expected g1, g2, RA, Dec"),
+                           ("SEED_SCENE_SHEAR = 0.02, 0.0, 10.0, 20.0",
+                            "needs SEED_BY = POSITION")):
+        config = ShapePipeConfig()
+        config.read_string("[NGMIX_RUNNER]\n" + text + "\n")
+        with pytest.raises(ValueError, match=fragment):
+            validate(config, "NGMIX_RUNNER")
+    config = ShapePipeConfig()
+    config.read_string("[NGMIX_RUNNER]\nSEED_BY = POSITION\n"
+                       "SEED_SCENE_SHEAR = 0.02, 0.0, 10.0, 20.0\n")
+    validate(config, "NGMIX_RUNNER")

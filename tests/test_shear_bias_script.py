@@ -145,6 +145,10 @@ def test_configs_are_copied_with_the_model_and_workers(sb, tmp_path):
     tile_id = open(sb.write_configs(str(tmp_path / "id"), "psf_model", 1, "id")
                    ["config_tile.ini"]).read()
     assert "SEED_BY = ID" in tile_id
+    # A sheared scene: the half's shear and centre map positions back for the seed cells.
+    tile_scene = open(sb.write_configs(str(tmp_path / "s"), "psf_model", 1, "position",
+                                       (-0.02, 0.0, 216.25, 51.5))["config_tile.ini"]).read()
+    assert "SEED_BY = POSITION\nSEED_SCENE_SHEAR = -0.02, 0, 216.25, 51.5\n" in tile_scene
     # PSFEx models need the PSFEx run between the exposure and tile chains.
     assert list(paths) == ["config_exp.ini", "config_exp_psfex.ini", "config_tile.ini"]
     assert "SMP_BATCH_SIZE = 3" in open(paths["config_exp_psfex.ini"]).read()

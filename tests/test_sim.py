@@ -24,6 +24,8 @@ from shapepipe.sim import (
 )
 from shapepipe.sim import geometry as geo
 from shapepipe.sim.render import FLAG_BAD, FLAG_COSMIC, FLAG_SATURATED
+from shapepipe.sim.survey import scene_positions
+from shapepipe.utils.lensing import shear_positions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 11
@@ -66,8 +68,10 @@ def _window_centroid(img, x, y, sigma=2.0, n_iter=10):
 def test_tree_and_headers(tiny):
     params = tiny_params()
     # The compressed weight map comes back as rendered (quantisation step 1e-5 of the median).
-    res = render_ccd(params, SEED, 1, 0, make_catalog(params, SEED), shears=((0.03, -0.02),),
-                     hsm=False)
+    cat = make_catalog(params, SEED)
+    moved = scene_positions(cat, (0.03, -0.02), geo.tile_center(*params.tile_number))
+    res = render_ccd(params, SEED, 1, 0, cat, shears=((0.03, -0.02),), hsm=False,
+                     positions=[moved])
     stored = fits.getdata(os.path.join(tiny, "exposures", "weight-2000002.fits.fz"), 1)
     assert np.array_equal(stored == 0, res["weight"] == 0)
     assert np.allclose(stored, res["weight"], rtol=2e-5, atol=0)
@@ -257,7 +261,10 @@ def test_paired_fields_identical_noise_opposite_shear(tmp_path):
     params = tiny_params()
     params.dithers = params.dithers[:1]
     root = tmp_path / "paired"
-    make_survey(str(root), seed=5, params=params, shear=(0.04, 0.01), paired=True)
+    # Shapes only: the images then differ only where the galaxies' shapes do.
+    info = make_survey(str(root), seed=5, params=params, shear=(0.04, 0.01), paired=True,
+                       scene_shear=False)
+    assert info["scene_shear"] is False
     tp = fits.getdata(root / "plus" / "truth" / "objects.fits", 1)
     tm = fits.getdata(root / "minus" / "truth" / "objects.fits", 1)
     gal = tp["IS_STAR"] == 0
@@ -278,6 +285,42 @@ def test_paired_fields_identical_noise_opposite_shear(tmp_path):
     wa = fits.getdata(root / "plus" / "exposures" / "weight-2000001.fits.fz", 1)
     wb = fits.getdata(root / "minus" / "exposures" / "weight-2000001.fits.fz", 1)
     assert np.array_equal(wa, wb)
+
+
+def test_scene_shear_moves_galaxies_about_the_tile_centre(tmp_path):
+    """The default paired survey shears the scene: galaxies move about the tile centre (in
+    the truth and in the pixels), stars do not; the noise array is shared."""
+    params = tiny_params()
+    params.dithers = params.dithers[:1]
+    root = tmp_path / "scene"
+    info = make_survey(str(root), seed=5, params=params, shear=(0.04, 0.01), paired=True)
+    assert info["scene_shear"] is True
+    centre = geo.tile_center(*params.tile_number)
+    assert np.allclose(info["shear_centre"], centre)
+    tp = fits.getdata(root / "plus" / "truth" / "objects.fits", 1)
+    tm = fits.getdata(root / "minus" / "truth" / "objects.fits", 1)
+    gal = tp["IS_STAR"] == 0
+    assert np.array_equal(tp["RA"][~gal], tm["RA"][~gal])
+    # plus = S(g) p0, minus = S(-g) p0, so minus = S(-g) S(-g) plus.
+    ra0, dec0 = shear_positions(tp["RA"][gal], tp["DEC"][gal], -0.04, -0.01, *centre)
+    ra_m, dec_m = shear_positions(ra0, dec0, -0.04, -0.01, *centre)
+    cosd = np.cos(np.deg2rad(centre[1]))
+    assert np.max(np.hypot((ra_m - tm["RA"][gal]) * cosd, dec_m - tm["DEC"][gal])) * 3600 < 1e-4
+    shift = np.hypot((tp["RA"][gal] - tm["RA"][gal]) * cosd, tp["DEC"][gal] - tm["DEC"][gal])
+    assert 0.5 < np.max(shift) * 3600 < 15.0
+    # In the pixels: the brightest galaxy well inside CCD 0 is where its half's truth says.
+    with fits.open(root / "plus" / "exposures" / "image-2000001.fits.fz") as a, \
+            fits.open(root / "minus" / "exposures" / "image-2000001.fits.fz") as b:
+        wcs = WCS(a[1].header)
+        ia, ib = a[1].data.astype(float), b[1].data.astype(float)
+    xp, yp = wcs.all_world2pix(tp["RA"], tp["DEC"], 1)
+    xm, ym = wcs.all_world2pix(tm["RA"], tm["DEC"], 1)
+    ok = gal & (xp > 40) & (xp < ia.shape[1] - 40) & (yp > 40) & (yp < ia.shape[0] - 40)
+    k = np.flatnonzero(ok)[np.argmin(tp["MAG"][ok])]
+    assert np.hypot(xp[k] - xm[k], yp[k] - ym[k]) > 0.5
+    for img, x, y in ((ia, xp[k], yp[k]), (ib, xm[k], ym[k])):
+        cx, cy = _window_centroid(img - np.median(img), x - 1, y - 1)
+        assert np.hypot(cx - (x - 1), cy - (y - 1)) < 0.2
 
 
 def test_rotated_shapes_flip_the_intrinsic_shapes_only(tmp_path):

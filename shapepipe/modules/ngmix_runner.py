@@ -14,7 +14,7 @@ that object only; counts are in the job log.
 Keys: LOG_WCS (log_exp_headers.sqlite: the file, its directory or a module reference),
 MAG_ZP, PIXEL_SCALE, ID_OBJ_MIN, ID_OBJ_MAX (-1 = no limit), SEED, MODEL,
 MAX_MASKED_FRACTION (epochs more masked than this are dropped; ShapePipe's 1/3), SEED_BY
-(ID or POSITION) and SEED_CELL.
+(ID or POSITION), SEED_CELL and SEED_SCENE_SHEAR (simulations whose scene is sheared).
 
 N_SPLIT: the runner supports splitting a tile into k jobs (``run_dirs["split"] = (part, k)``);
 part i measures the i-th contiguous slice of the selected objects and :func:`combine`
@@ -49,6 +49,10 @@ KEYS = [
              "position on a SEED_CELL grid (POSITION: the same numbers in every simulation of "
              "the same sky, for paired shear-bias tests)"),
     Key("SEED_CELL", "float", default=1.0, help="grid cell (arcsec) of SEED_BY = POSITION"),
+    Key("SEED_SCENE_SHEAR", "float_list", default=[],
+        help="g1, g2, RA, Dec (deg): with SEED_BY = POSITION, positions are first mapped back "
+             "through this scene shear about (RA, Dec), so that the +g and -g halves of a "
+             "simulation with a sheared scene seed an object alike (empty: not used)"),
     Key("MODEL", "str", default="gauss", choices=sorted(MODELS), help="galaxy model"),
     Key("MASK_NEIGHBOURS", "bool", default=True,
         help="mask the pixels nearer to another catalogue object than to the object (its "
@@ -93,6 +97,18 @@ def combine(part_dirs, output_dir, file_number_string, w_log):
     w_log.info("combined %d parts into %s: %d objects", len(paths), name, n_rows)
 
 
+def validate(config, section):
+    """Check SEED_SCENE_SHEAR before any job runs (one line naming the key)."""
+    opts = config.read_keys(section, KEYS)
+    value = opts["SEED_SCENE_SHEAR"]
+    if value and (len(value) != 4 or not abs(complex(value[0], value[1])) < 1.0):
+        raise ValueError(f"[{section}] SEED_SCENE_SHEAR = {', '.join(map(str, value))}: "
+                         "expected g1, g2, RA, Dec (deg) with |g| < 1, or nothing")
+    if value and opts["SEED_BY"].upper() != "POSITION":
+        raise ValueError(f"[{section}] SEED_SCENE_SHEAR needs SEED_BY = POSITION, got "
+                         f"SEED_BY = {opts['SEED_BY']}")
+
+
 def _decorator_props():
     # ``combine=`` is the framework's N_SPLIT hook; older decorators (without it) still load
     # this runner, the function is then attached as an attribute below.
@@ -114,6 +130,7 @@ def _decorator_props():
     numbering_scheme="-000-000",
     run_method="parallel",
     keys=KEYS,
+    validate=validate,
     **_decorator_props(),
 )
 def ngmix_runner(input_file_list, run_dirs, file_number_string, config, module_config_sec,
@@ -147,7 +164,8 @@ def ngmix_runner(input_file_list, run_dirs, file_number_string, config, module_c
         pixel_scale=opts["PIXEL_SCALE"], id_min=opts["ID_OBJ_MIN"], id_max=opts["ID_OBJ_MAX"],
         part=part, n_part=n_part, max_masked_fraction=opts["MAX_MASKED_FRACTION"], log=w_log,
         mask_neighbours=opts["MASK_NEIGHBOURS"], bad_pixel_fill=opts["BAD_PIXEL_FILL"],
-        seed_by=opts["SEED_BY"].lower(), seed_cell=opts["SEED_CELL"])
+        seed_by=opts["SEED_BY"].lower(), seed_cell=opts["SEED_CELL"],
+        seed_scene_shear=tuple(opts["SEED_SCENE_SHEAR"]) or None)
     w_log.info("wrote %s: %d objects, %d measured, %d flagged, %d epochs", output,
                counts["objects"], counts["measured"], counts["flagged"], counts["epochs"])
     return None, None

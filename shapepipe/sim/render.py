@@ -92,7 +92,7 @@ def galaxy_profile(flux, hlr_disk, hlr_bulge, bulge_frac, e1, e2, g1, g2, gspara
     return prof.shear(g1=e1, g2=e2).shear(g1=g1, g2=g2).withFlux(flux)
 
 
-def render_signal(cat, wcs, psf_row, shape, shears, sky_sigma, margin=60):
+def render_signal(cat, wcs, psf_row, shape, shears, sky_sigma, margin=60, positions=None):
     """Noise-free images of the objects on one CCD, one per applied shear.
 
     Parameters
@@ -111,6 +111,9 @@ def render_signal(cat, wcs, psf_row, shape, shears, sky_sigma, margin=60):
         Background noise (ADU): stamps extend to where the profile drops below 0.1 of it.
     margin : int
         Objects this far (px) outside the CCD are still drawn (their light spills in).
+    positions : list of (numpy.ndarray, numpy.ndarray), optional
+        (RA, Dec) of every object in each image, one pair per shear (a scene shear moves
+        the galaxies; stars must be the same in all). Default: the catalogue's RA, DEC.
 
     Returns
     -------
@@ -122,12 +125,19 @@ def render_signal(cat, wcs, psf_row, shape, shears, sky_sigma, margin=60):
     import galsim
 
     ny, nx = shape
-    x, y = geo.sky_to_pix(wcs, cat["RA"], cat["DEC"])
+    if positions is None:
+        positions = [(cat["RA"], cat["DEC"])] * len(shears)
+    if len(positions) != len(shears):
+        raise ValueError(f"{len(positions)} position sets for {len(shears)} shears")
+    pix = [geo.sky_to_pix(wcs, ra, dec) for ra, dec in positions]
+    x, y = pix[0]  # the stars' positions (the same in every image)
     is_star = cat["IS_STAR"] == 1
     flux = 10.0 ** (-0.4 * (cat["MAG"].astype(float) - geo.MAGZP))
     # Bright stars spill far: widen their margin.
     marg = np.where(is_star & (cat["MAG"] < 16.0), MAX_STAMP_HALF, margin)
-    inside = (x > -marg) & (x < nx + 1 + marg) & (y > -marg) & (y < ny + 1 + marg)
+    inside = np.zeros(x.shape, bool)
+    for px, py in pix:
+        inside |= (px > -marg) & (px < nx + 1 + marg) & (py > -marg) & (py < ny + 1 + marg)
     idx = np.flatnonzero(inside)
     fwhm, beta, pg1, pg2 = eval_model(psf_row, x[idx], y[idx])
     fwhm_px = fwhm / geo.PIXEL_SCALE
@@ -149,7 +159,9 @@ def render_signal(cat, wcs, psf_row, shape, shears, sky_sigma, margin=60):
     gal_pos = np.flatnonzero(~star_sel)
     if gal_pos.size:
         g_idx = idx[gal_pos]
-        jac = geo.local_jacobian(wcs, x[g_idx], y[g_idx])
+        jacs = [geo.local_jacobian(wcs, px[g_idx], py[g_idx]) for px, py in pix]
+        # The PSF where each image has the galaxy (a scene shear moves it).
+        gpsf = [eval_model(psf_row, px[g_idx], py[g_idx]) for px, py in pix]
         e_abs = np.hypot(cat["E1_INT"][g_idx], cat["E2_INT"][g_idx]).astype(float)
         e_abs = np.minimum(e_abs + max(np.hypot(*s) for s in shears), 0.95)
         ghalf = galaxy_stamp_half(flux[g_idx], cat["HLR_DISK"][g_idx] / geo.PIXEL_SCALE,
@@ -157,14 +169,15 @@ def render_signal(cat, wcs, psf_row, shape, shears, sky_sigma, margin=60):
                                   cat["BULGE_FRAC"][g_idx], e_abs, fwhm_px[gal_pos], threshold)
         for k, p in enumerate(gal_pos):
             i = idx[p]
-            psf = moffat(fwhm[p], beta[p], pg1[p], pg2[p], gsparams=gsp)
-            local = galsim.JacobianWCS(*jac[k])
-            for im, (g1, g2) in zip(images, shears):
+            for im, (g1, g2), (px, py), jac, (pf, pb, q1, q2) in zip(images, shears, pix, jacs,
+                                                                     gpsf):
+                psf = moffat(pf[k], pb[k], q1[k], q2[k], gsparams=gsp)
                 gal = galaxy_profile(flux[i], float(cat["HLR_DISK"][i]), float(cat["HLR_BULGE"][i]),
                                      float(cat["BULGE_FRAC"][i]), float(cat["E1_INT"][i]),
                                      float(cat["E2_INT"][i]), g1, g2, gsp)
+                local = galsim.JacobianWCS(*jac[k])
                 conv = galsim.Convolve(local.profileToImage(gal), psf, gsparams=gsp)
-                stamp, x0, y0 = _draw(conv, x[i], y[i], int(ghalf[k]))
+                stamp, x0, y0 = _draw(conv, px[i], py[i], int(ghalf[k]))
                 _add_stamp(im, stamp, x0, y0)
     stars = {"index": s_idx, "x": x[s_idx], "y": y[s_idx], "n_drawn": int(idx.size)}
     return images, stars
@@ -262,7 +275,8 @@ def sky_model(params, cond, ccd, shape):
     return cond["sky"] * (1.0 + cond["grad"][0] * u[None, :] + cond["grad"][1] * v[:, None])
 
 
-def render_ccd(params, seed, i_exp, ccd, cat, shears=((0.0, 0.0),), hsm=True):
+def render_ccd(params, seed, i_exp, ccd, cat, shears=((0.0, 0.0),), hsm=True, positions=None,
+               noise_sign=1.0):
     """Render one CCD of one exposure.
 
     Parameters
@@ -283,6 +297,12 @@ def render_ccd(params, seed, i_exp, ccd, cat, shears=((0.0, 0.0),), hsm=True):
         expected counts. With one, the noise is Poisson + Gaussian read noise.
     hsm : bool
         Also measure the noiseless PSF with HSM at every star (``psf_stars`` truth).
+    positions : list of (numpy.ndarray, numpy.ndarray), optional
+        (RA, Dec) of the objects in each field (scene shear), see :func:`render_signal`.
+    noise_sign : {1.0, -1.0}
+        With paired fields, -1 draws the same noise array with its sign flipped (the rotated
+        twin of a shear-calibration sky: with opposite noise, the first-order noise terms
+        cancel in the mean of the twins too).
 
     Returns
     -------
@@ -301,11 +321,17 @@ def render_ccd(params, seed, i_exp, ccd, cat, shears=((0.0, 0.0),), hsm=True):
     var_bg_e = sky * geo.GAIN + geo.RDNOISE**2  # e-^2
     sky_sigma = float(np.sqrt(np.mean(var_bg_e))) / geo.GAIN
     row = model_row(params, seed, exp_num, ccd)
-    signals, stars = render_signal(cat, wcs, row, shape, list(shears), sky_sigma)
+    signals, stars = render_signal(cat, wcs, row, shape, list(shears), sky_sigma,
+                                   positions=positions)
 
     rng = make_rng(seed, "noise", int(exp_num), int(ccd))
     flag = np.zeros(shape, dtype=np.int16)
     images = []
+    if noise_sign not in (1.0, -1.0):
+        raise ValueError(f"noise_sign must be 1 or -1, got {noise_sign}")
+    if noise_sign < 0 and len(signals) == 1:
+        raise ValueError("noise_sign = -1 needs paired fields (Gaussian noise); one field has "
+                         "Poisson noise")
     if len(signals) == 1:
         mu_e = (signals[0] + sky) * geo.GAIN
         counts = rng.poisson(np.maximum(mu_e, 0.0)).astype(np.float64)
@@ -313,7 +339,7 @@ def render_ccd(params, seed, i_exp, ccd, cat, shears=((0.0, 0.0),), hsm=True):
         images.append(counts / geo.GAIN)
     else:
         mean_mu_e = (np.mean(signals, axis=0) + sky) * geo.GAIN
-        noise_e = rng.standard_normal(shape) * np.sqrt(np.maximum(mean_mu_e, 0.0)
+        noise_e = noise_sign * rng.standard_normal(shape) * np.sqrt(np.maximum(mean_mu_e, 0.0)
                                                        + geo.RDNOISE**2)
         for s in signals:
             images.append((s + sky) + noise_e / geo.GAIN)

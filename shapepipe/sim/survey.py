@@ -18,11 +18,13 @@ from shapepipe.sim.render import exposure_conditions, render_ccd, sky_model
 from shapepipe.sim.tables import table_hdulist
 from shapepipe.sim.tile import TileStacker
 from shapepipe.utils.atomic import atomic_path, write_fits
+from shapepipe.utils.lensing import shear_positions
 from shapepipe.utils.rng import make_rng
 
 SUBDIRS = ("exposures", "tiles", "star_cat", "truth")
 
 _CATALOG = None  # set in the parent before forking workers (avoids pickling it per task)
+_POSITIONS = None  # (RA, Dec) of every object in each field, likewise
 
 
 class SimError(Exception):
@@ -36,8 +38,9 @@ def _dither_seed(seed, exp_num, ccd, kind):
 
 
 def _render_task(args):
-    params, seed, i_exp, ccd, shears, hsm = args
-    return render_ccd(params, seed, i_exp, ccd, _CATALOG, shears=shears, hsm=hsm)
+    params, seed, i_exp, ccd, shears, hsm, noise_sign = args
+    return render_ccd(params, seed, i_exp, ccd, _CATALOG, shears=shears, hsm=hsm,
+                      positions=_POSITIONS, noise_sign=noise_sign)
 
 
 def _sexagesimal(ra, dec):
@@ -133,7 +136,8 @@ def _check_output(path, overwrite):
 
 def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=False, des=False,
                 n_processes=1, params=None, overwrite=False, compress=True, log=None,
-                psf_g_offset=None, cfis_names=False, rotated_shapes=False):
+                psf_g_offset=None, cfis_names=False, rotated_shapes=False, scene_shear=True,
+                negate_noise=False):
     """Render a simulated CFIS-like survey (and optionally DES-like tiles) into ``output_dir``.
 
     Parameters
@@ -147,6 +151,11 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         small default.
     shear : tuple of float
         Constant shear (g1, g2) applied to every galaxy.
+    scene_shear : bool
+        Shear the galaxies' positions too, about the tile centre, as a lens does (the
+        default). Without it only the shapes are sheared and neighbours keep their unsheared
+        separations: blends then respond less to the shear than metacal measures
+        (:mod:`shapepipe.utils.lensing`). The truth catalogue has the sheared positions.
     paired : bool
         Write two fields, ``plus`` (+shear) and ``minus`` (-shear), with identical noise.
     des : bool
@@ -175,13 +184,16 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         Poisson draws follow its expected counts, which differ). The intrinsic shapes of a
         survey and its rotated twin cancel in a mean over both: shear-calibration runs use
         such pairs to measure c without the shape noise (``scripts/shear_bias.py``).
+    negate_noise : bool
+        With ``paired``: flip the sign of the noise array (used with ``rotated_shapes``, so
+        that the first-order noise terms of a sky and its twin cancel too).
 
     Returns
     -------
     dict
         The contents of ``truth/survey.json`` (of the plus field when paired).
     """
-    global _CATALOG
+    global _CATALOG, _POSITIONS
     log = log or (lambda msg: None)
     g1, g2 = (float(shear[0]), float(shear[1]))
     if np.hypot(g1, g2) >= 0.5:
@@ -202,6 +214,8 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         for sub in SUBDIRS:
             os.makedirs(os.path.join(root, sub), exist_ok=True)
 
+    if negate_noise and not paired:
+        raise SimError("negate_noise needs paired fields (one field has Poisson noise)")
     cat = make_catalog(params, seed)
     if rotated_shapes:
         # A spin-2 quantity turned by 90 degrees changes sign.
@@ -212,7 +226,12 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
     dx, _, _, _ = geo.ccd_layout(params)
     n_ccd = dx.size
     shears = [f[1] for f in fields]
-    tasks = [(params, seed, i, c, shears, True) for i in range(params.n_exp) for c in range(n_ccd)]
+    centre = geo.tile_center(*params.tile_number)
+    positions = [scene_positions(cat, s, centre) if scene_shear else (cat["RA"], cat["DEC"])
+                 for s in shears]
+    sign = -1.0 if negate_noise else 1.0
+    tasks = [(params, seed, i, c, shears, True, sign) for i in range(params.n_exp)
+             for c in range(n_ccd)]
     stackers = [TileStacker(geo.tile_header(params)) for _ in fields]
     psf_star_parts = []
 
@@ -221,6 +240,7 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
     if not compress:
         kinds = dict.fromkeys(kinds)
     _CATALOG = cat
+    _POSITIONS = positions
     pool = None
     writers = None
     try:
@@ -230,7 +250,7 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
             results = pool.imap(_render_task, tasks)
         else:
             results = map(_render_task, tasks)
-        for (_, _, i_exp, ccd, _, _), res in zip(tasks, results):
+        for (_, _, i_exp, ccd, _, _, _), res in zip(tasks, results):
             exp_num = params.exposures[i_exp]
             if ccd == 0:
                 primary = _primary_header(params, seed, i_exp, n_ccd)
@@ -260,6 +280,7 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
         raise
     finally:
         _CATALOG = None
+        _POSITIONS = None
         if pool is not None:
             pool.terminate()
             pool.join()
@@ -269,10 +290,14 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
     for k, (name, (fg1, fg2), root) in enumerate(fields):
         _write_tile(params, stackers[k], root)
         stackers[k] = None
-        _write_truth(params, seed, cat, (fg1, fg2), psf_stars, root)
+        field_cat = dict(cat, RA=positions[k][0], DEC=positions[k][1])
+        _write_truth(params, seed, field_cat, (fg1, fg2), psf_stars, root)
         meta = {
             "seed": int(seed),
             "shear": [fg1, fg2],
+            "scene_shear": bool(scene_shear),
+            "shear_centre": list(centre),
+            "negate_noise": bool(negate_noise),
             "psf_g_offset": list(params.psf_g_offset),
             "rotated_shapes": bool(rotated_shapes),
             "full": bool(full),
@@ -300,6 +325,19 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
     if des:
         make_des(os.path.join(output_dir, "des"), seed=seed, log=log)
     return info
+
+
+def scene_positions(cat, shear, centre):
+    """(RA, Dec) of the catalogue's objects in a field whose scene is sheared by ``shear``.
+
+    Galaxies move about ``centre`` (:func:`shapepipe.utils.lensing.shear_positions`); stars,
+    in front of the lens, do not.
+    """
+    gal = cat["IS_STAR"] == 0
+    ra = np.array(cat["RA"], dtype=np.float64)
+    dec = np.array(cat["DEC"], dtype=np.float64)
+    ra[gal], dec[gal] = shear_positions(ra[gal], dec[gal], shear[0], shear[1], *centre)
+    return ra.astype(cat["RA"].dtype), dec.astype(cat["DEC"].dtype)
 
 
 def _write_tile(params, stacker, root):

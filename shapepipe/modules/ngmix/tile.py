@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 from astropy.io import fits
 
+from shapepipe.utils.lensing import shear_positions
 from shapepipe.utils.pixels import stamp_corner
 from shapepipe.utils.stamp_store import decode
 
@@ -412,7 +413,7 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
                  zero_point=30.0, pixel_scale=0.187, id_min=-1, id_max=-1, part=1, n_part=1,
                  max_masked_fraction=MAX_MASKED_FRACTION, log=None, progress_interval=20.0,
                  mask_neighbours=True, neighbour_radius=14.0, bad_pixel_fill="symmetric",
-                 seed_by="id", seed_cell=1.0):
+                 seed_by="id", seed_cell=1.0, seed_scene_shear=None):
     """Measure the objects of one tile (or one split part of it) and write the catalogue.
 
     Parameters
@@ -451,6 +452,10 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
         simulations of the same sky, e.g. the +g / -g halves of a shear-bias test).
     seed_cell : float
         Cell size (arcsec) for ``seed_by="position"``.
+    seed_scene_shear : (g1, g2, ra0, dec0), optional
+        For ``seed_by="position"`` in simulations whose whole scene is sheared about
+        (ra0, dec0): positions are mapped back through that shear before the cells are taken,
+        so an object falls in the same cell in the +g and -g halves.
     neighbour_radius : float
         Neighbours are looked for within this radius (arcsec). A neighbour farther than twice
         the stamp's half-diagonal (2 x 6.7" for 51 pixels of 0.187") cannot be nearer than
@@ -466,7 +471,11 @@ def process_tile(cat_path, store_paths, read_wcs, output_path, seed=0, model="ga
     rows_idx = select_rows(ids, id_min, id_max, part, n_part)
     near = _neighbour_finder(ra, dec, neighbour_radius) if mask_neighbours else None
     if seed_by == "position":
-        labels = position_labels(ra, dec, seed_cell)
+        if seed_scene_shear is not None:
+            g1, g2, ra0, dec0 = seed_scene_shear
+            labels = position_labels(*shear_positions(ra, dec, -g1, -g2, ra0, dec0), seed_cell)
+        else:
+            labels = position_labels(ra, dec, seed_cell)
     elif seed_by == "id":
         labels = ids
     else:
