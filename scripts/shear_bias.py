@@ -12,7 +12,11 @@ Per component, the paired estimate of the multiplicative bias is ``R^-1 (<g+> - 
 and of the additive bias ``R^-1 (<g+> + <g->) / 2``, with one response ``R`` (metacal plus
 selection) averaged over both halves; the figures combine the fields' sums and take their errors
 from a jackknife over skies. By default field 2i+1 is field 2i's sky with every intrinsic shape
-turned by 90 degrees (``--rotated-twins``), so the shape noise cancels in c as it does in m.
+turned by 90 degrees (``--rotated-twins``), so the shape noise cancels in c as it does in m;
+its noise array is the sky's with the sign flipped (``--twin-noise negated``), so that the
+first-order noise terms cancel there too. The simulated shear acts on the whole scene
+(``--scene-shear``): galaxies move about the tile centre as their shapes shear, so blends
+respond to it as metacal assumes (E1-E3 sheared the shapes only: ``--no-scene-shear``).
 Optional leakage fields add a mean PSF shear to every focal plane; the PSF leakage is
 ``alpha = (c_leak - c) / (psf_leak - psf)`` with the mean PSF shears measured on the selected
 galaxies (``NGMIX_ELL_PSFo_NOSHEAR``).
@@ -21,7 +25,7 @@ Resumable: a field's data and each half's runs are kept in ``--output`` and not 
 
     python scripts/shear_bias.py --output DIR [--seed N] [--fields K] [--leakage-fields L]
         [--processes N] [--model psf_model|psfex] [--shear G] [--psf-g-offset G1,G2]
-        [--full] [--report]
+        [--full] [--report [--round-cuts] [--spread-class C] [--compare DIR]]
 
 Writes ``DIR/shear_bias.json`` and ``DIR/shear_bias.png`` (m by S/N and by size, per-field m).
 A figure of record fixes ``--seed``, ``--fields`` and ``--leakage-fields`` before it runs
@@ -664,7 +668,10 @@ def main(argv=None):
                              "an existing --output, else negated)")
     parser.add_argument("--round-cuts", action="store_true",
                         help="cut on the round-model S/N and size (NGMIX_SNR_R, NGMIX_T_R) "
-                             "instead of the fitted model's; writes shear_bias_round.json/png")
+                             "instead of the fitted model's (outputs: shear_bias_round*)")
+    parser.add_argument("--spread-class", type=int, default=1,
+                        help="SPREAD_CLASS kept (-1: no class cut; the T/Tpsf cut then "
+                             "removes the stars)")
     parser.add_argument("--snr-min", type=float, default=10.0)
     parser.add_argument("--t-ratio-min", type=float, default=0.5)
     parser.add_argument("--report", action="store_true",
@@ -727,7 +734,7 @@ def main(argv=None):
                                 args.seed_by)
     field_info = collect_fields(out, args, configs, log, args.report)
     cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
-            "spread_class": 1}
+            "spread_class": None if args.spread_class < 0 else args.spread_class}
     if args.round_cuts:
         cuts["round"] = True
         first = next((f["cats"]["plus"][0] for f in field_info if f["cats"]["plus"]), None)
@@ -749,7 +756,8 @@ def main(argv=None):
         summary["compare"] = dict(d, other=os.path.abspath(args.compare))
         text += "\n" + f"  paired difference (this run - {args.compare}): " + "; ".join(
             f"{k[2:]} {d[k]:+.4f} +- {d[k + '_err']:.4f}" for k in d if not k.endswith("_err"))
-    stem = "shear_bias_round" if args.round_cuts else "shear_bias"
+    stem = "shear_bias" + ("_round" if args.round_cuts else "") + (
+        "" if args.spread_class == 1 else f"_class{args.spread_class}".replace("-", "m"))
     write_text(json.dumps(summary, indent=1, default=float) + "\n",
                os.path.join(out, stem + ".json"))
     plot(os.path.join(out, stem + ".png"), summary)
