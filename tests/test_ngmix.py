@@ -394,6 +394,16 @@ def test_round_T_closed_form_and_round_mixture_keeps_determinant():
     np.testing.assert_allclose(r.cuu * r.cvv - r.cuv ** 2, gm.cuu * gm.cvv - gm.cuv ** 2)
     np.testing.assert_array_equal(r.cuu, r.cvv)
     assert np.all(r.cuv == 0) and np.all(r.flux == gm.flux) and np.all(r.u == gm.u)
+    # The round fast path renders what the general (elliptical) renderer does with g = 0.
+    from shapepipe.modules.ngmix.fitting import _render_round
+
+    u, v = np.meshgrid(np.linspace(-2, 2, 23), np.linspace(-1.5, 2.5, 19))
+    p, f = profile_mixture("exp")
+    general, _, ok = model_and_derivs(np.array([0.1, -0.2, 0.0, 0.0, 0.4, 30.0]), u.ravel(),
+                                      v.ravel(), 0.035, p, f, r, False)
+    fast = _render_round(0.1, -0.2, 0.4, 30.0, u.ravel(), v.ravel(), 0.035, p, f, r)
+    assert ok
+    np.testing.assert_allclose(fast, general, rtol=1e-12, atol=1e-15 * general.max())
 
 
 @pytest.mark.parametrize("model", ["gauss", "exp"])
