@@ -440,8 +440,9 @@ def _render_round(u0, v0, t_r, flux, u, v, area, p, f, psf):
     """Round galaxy mixture ``(p, f)`` of size ``t_r`` convolved with a round PSF mixture.
 
     Every convolved component is a round Gaussian of variance ``t_r f_i / 2 + s_j``, so one
-    squared radius per PSF centre and one exponential per (component, pixel) suffice (a
-    third of the cost of the general elliptical rendering). None if some variance <= 0.
+    squared radius per PSF centre and one exponential per (component, pixel) suffice (for the
+    exp model, a quarter of the cost of the general elliptical renderer; bench/RESULTS.md).
+    None if some variance <= 0.
     """
     var = 0.5 * t_r * f[:, None] + psf.cuu[None, :]          # (n_gal, n_psf)
     if np.any(var <= 0):

@@ -295,7 +295,8 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     for t, res in results.items():
         row = rows[t]
         x, cov = res["pars"], res["pars_cov"]
-        # Same pixels, weights and PSF (the round reconvolution Gaussian) as the fit.
+        # Same pixels, weights and PSF as the fit. The fit's PSF is the round reconvolution
+        # Gaussian (making it round changes nothing); the galaxy model is made round.
         row["T_r"], row["s2n_r"] = round_measures(pixels, x, reconv, model)
         err = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
         row.update({
