@@ -20,7 +20,10 @@ directory:
 Standard cuts (each configurable, see ``--help``): FLAGS == 0, NGMIX_FLAGS == 0 and
 NGMIX_MCAL_FLAGS == 0, NGMIX_SNR > 10, NGMIX_T / NGMIX_Tpsf > 0.5, SPREAD_CLASS == 1. The
 selection response redoes the cuts on the metacal quantities of the 1P/1M/2P/2M images
-(FLAGS and SPREAD_CLASS, measured on the unsheared tile, are not sheared).
+(FLAGS and SPREAD_CLASS, measured on the unsheared tile, are not sheared). ``--round-cuts``
+applies the S/N and size thresholds to the round quantities NGMIX_SNR_R and
+NGMIX_T_R / NGMIX_Tpsf instead (the fitted model made round, convolved with the round PSF:
+they do not depend on the galaxy's orientation relative to the PSF, as DES Y3's s2n_r, T_r).
 
 Usage::
 
@@ -66,8 +69,16 @@ def _needed_columns():
     return cols
 
 
-def load_catalogues(files, optional=("SNR_WIN", "NUMBER", "NGMIX_ELL_ERR_NOSHEAR")):
-    """Concatenate the needed columns of the final catalogues (HDU RESULTS)."""
+#: Columns read when present: the round quantities are absent from older catalogues.
+OPTIONAL_COLUMNS = (("SNR_WIN", "NUMBER", "NGMIX_ELL_ERR_NOSHEAR")
+                    + tuple(f"NGMIX_{q}_{t}" for t in TYPES for q in ("T_R", "SNR_R")))
+
+
+def load_catalogues(files, optional=OPTIONAL_COLUMNS):
+    """Concatenate the needed columns of the final catalogues (HDU RESULTS).
+
+    An optional column is kept only if every catalogue has it.
+    """
     need = _needed_columns()
     parts = []
     for path in files:
@@ -207,10 +218,13 @@ def match_dominant(cat_ra, cat_dec, truth, radius=1.0, psf_fwhm=0.7, zero_point=
 
 
 def metacal_tables(cat):
-    """``{type: structured array}`` with g1, g2, snr, T, Tpsf, flags of that metacal type and
-    the unsheared sex_flags, mcal_flags, spread_class (the layout ``shear_response`` reads)."""
+    """``{type: structured array}`` with g1, g2, snr, T, Tpsf, snr_r, T_r, flags of that
+    metacal type and the unsheared sex_flags, mcal_flags, spread_class (the layout
+    ``shear_response`` reads). ``snr_r`` and ``T_r`` (round S/N and size) are NaN when the
+    catalogue has no NGMIX_SNR_R / NGMIX_T_R columns."""
     n = len(cat["FLAGS"])
     dtype = [("g1", "f8"), ("g2", "f8"), ("snr", "f8"), ("T", "f8"), ("Tpsf", "f8"),
+             ("snr_r", "f8"), ("T_r", "f8"),
              ("flags", "i8"), ("sex_flags", "i8"), ("mcal_flags", "i8"), ("spread_class", "i8")]
     tables = {}
     for t in TYPES:
@@ -219,6 +233,8 @@ def metacal_tables(cat):
         tab["g1"], tab["g2"] = ell[:, 0], ell[:, 1]
         tab["snr"] = cat[f"NGMIX_SNR_{t}"]
         tab["T"] = cat[f"NGMIX_T_{t}"]
+        tab["snr_r"] = cat.get(f"NGMIX_SNR_R_{t}", np.nan)
+        tab["T_r"] = cat.get(f"NGMIX_T_R_{t}", np.nan)
         tab["Tpsf"] = cat[f"NGMIX_Tpsf_{t}"]
         tab["flags"] = cat[f"NGMIX_FLAGS_{t}"]
         tab["sex_flags"] = cat["FLAGS"]
@@ -229,16 +245,23 @@ def metacal_tables(cat):
 
 
 def make_selector(cuts):
-    """``select(table) -> bool array`` applying the standard cuts (``None`` disables one)."""
+    """``select(table) -> bool array`` applying the standard cuts (``None`` disables one).
+
+    ``cuts`` keys: ``flags`` (bool), ``snr_min``, ``t_ratio_min``, ``spread_class`` and the
+    optional ``round`` (default False): when true the S/N cut reads ``snr_r`` and the size
+    cut ``T_r / Tpsf`` (round quantities; NaN, hence rejected, where not measured).
+    """
+    snr_name, t_name = ("snr_r", "T_r") if cuts.get("round", False) else ("snr", "T")
+
     def select(tab):
         ok = np.isfinite(tab["g1"]) & np.isfinite(tab["g2"])
         if cuts["flags"]:
             ok &= (tab["sex_flags"] == 0) & (tab["flags"] == 0) & (tab["mcal_flags"] == 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             if cuts["snr_min"] is not None:
-                ok &= tab["snr"] > cuts["snr_min"]
+                ok &= tab[snr_name] > cuts["snr_min"]
             if cuts["t_ratio_min"] is not None:
-                ok &= tab["T"] / tab["Tpsf"] > cuts["t_ratio_min"]
+                ok &= tab[t_name] / tab["Tpsf"] > cuts["t_ratio_min"]
         if cuts["spread_class"] is not None:
             ok &= tab["spread_class"] == cuts["spread_class"]
         return ok
@@ -507,10 +530,15 @@ def validate(run_dir, truth_dir, out_dir, cuts, snr_bins=(10, 20, 40, 1e9), n_bo
     if mag_bins is None:
         mag_bins = np.arange(16.0, 26.01, 0.5)
     snr = cat["SNR_WIN"] if "SNR_WIN" in cat else cat["NGMIX_SNR_NOSHEAR"]
+    round_cuts = bool(cuts.get("round", False))
+    if round_cuts and not all(f"NGMIX_{q}_{t}" in cat for t in TYPES for q in ("T_R", "SNR_R")):
+        raise SystemExit(f"{run_dir}: --round-cuts needs NGMIX_T_R_<T> and NGMIX_SNR_R_<T> in "
+                         "every final_cat (catalogues made before the round columns lack them)")
     tables = metacal_tables(cat)
     select = make_selector(cuts)
     shear_res = {"all": mean_shear(tables, select, n_boot, seed)}
-    snr_ns = tables["noshear"]["snr"]
+    # S/N bins on the quantity the S/N cut uses.
+    snr_ns = tables["noshear"]["snr_r" if round_cuts else "snr"]
     for lo, hi in zip(snr_bins[:-1], snr_bins[1:]):
         with np.errstate(invalid="ignore"):
             rows = (snr_ns > lo) & (snr_ns <= hi)
@@ -620,11 +648,15 @@ def main(argv=None):
     parser.add_argument("--match-radius", type=float, default=0.6, help="arcsec")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--round-cuts", action="store_true",
+                        help="cut on the round S/N and size (NGMIX_SNR_R, NGMIX_T_R / "
+                             "NGMIX_Tpsf) instead of NGMIX_SNR and NGMIX_T / NGMIX_Tpsf")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     cuts = {"flags": not args.no_flag_cut, "snr_min": args.snr_min,
             "t_ratio_min": args.t_ratio_min,
-            "spread_class": None if args.spread_class < 0 else args.spread_class}
+            "spread_class": None if args.spread_class < 0 else args.spread_class,
+            "round": args.round_cuts}
     summary = validate(args.run_dir, args.truth, args.output, cuts, n_boot=args.n_boot,
                        match_radius=args.match_radius, seed=args.seed,
                        plots=not args.no_plots)

@@ -28,7 +28,8 @@ def _ngmix_rows(ids, rng):
         for j, t in enumerate(("noshear", "1p", "1m", "2p", "2m")):
             row = {name: (rng.normal() if dt == "f8" else 0) for name, dt in COLUMNS}
             row.update(id=int(obj), n_epoch_model=2, flags=j, mcal_flags=0, moments_fail=0,
-                       g1=0.01 * obj + j, g2=-0.01 * obj - j)
+                       g1=0.01 * obj + j, g2=-0.01 * obj - j, T_r=0.001 * obj + j,
+                       s2n_r=10.0 * obj + j)
             per_type[t] = row
         rows.append(per_type)
     return rows
@@ -99,8 +100,13 @@ def test_final_catalogue(sp, alias):
     np.testing.assert_array_equal(d["SPREAD_CLASS"], [0, 0, 1, 2, 2, 0])
     for j, t in enumerate(NGMIX_TYPES):
         for col in ("ELL", "ELL_ERR", "T", "T_ERR", "Tpsf", "SNR", "FLUX", "FLUX_ERR", "MAG",
-                    "MAG_ERR", "FLAGS", "ELL_PSFo", "T_PSFo"):
+                    "MAG_ERR", "FLAGS", "ELL_PSFo", "T_PSFo", "T_R", "SNR_R"):
             assert f"NGMIX_{col}_{t}" in names
+        # Round size and S/N of each type, NaN where not measured.
+        np.testing.assert_allclose(d[f"NGMIX_T_R_{t}"][:4], 0.001 * ids[:4] + j)
+        np.testing.assert_allclose(d[f"NGMIX_SNR_R_{t}"][:4], 10.0 * ids[:4] + j)
+        assert np.all(np.isnan(d[f"NGMIX_T_R_{t}"][4:]))
+        assert np.all(np.isnan(d[f"NGMIX_SNR_R_{t}"][4:]))
         g = d[f"NGMIX_ELL_{t}"]
         np.testing.assert_allclose(g[:4, 0], 0.01 * ids[:4] + j)
         np.testing.assert_allclose(g[:4, 1], -0.01 * ids[:4] - j)
@@ -134,3 +140,23 @@ def test_three_inputs_with_sexcat_sm_in_add_mode(sp):
     assert "SPREAD_CLASS" not in d.columns.names and "VIGNET" not in d.columns.names
     assert d.columns.names.count("SPREAD_MODEL") == 1
     np.testing.assert_allclose(d["SPREAD_MODEL"], sm[::-1], rtol=1e-6)
+
+
+def test_ngmix_catalogue_without_round_columns_gives_nan():
+    """An ngmix catalogue written before T_r / s2n_r existed still makes a final catalogue."""
+    from numpy.lib import recfunctions as rfn
+
+    from shapepipe.modules.make_catalog import ngmix_columns
+    from shapepipe.modules.ngmix import rows_to_tables
+
+    tables = rows_to_tables(_ngmix_rows([3, 1], np.random.default_rng(0)))
+    old = {t: rfn.drop_fields(tab, ["T_r", "s2n_r"], usemask=False) for t, tab in tables.items()}
+    cols = {c.name: c.array for c in ngmix_columns(np.array([1, 2, 3]), old)}
+    new = {c.name: c.array for c in ngmix_columns(np.array([1, 2, 3]), tables)}
+    for t in NGMIX_TYPES:
+        assert np.all(np.isnan(cols[f"NGMIX_T_R_{t}"]))
+        assert np.all(np.isnan(cols[f"NGMIX_SNR_R_{t}"]))
+        np.testing.assert_array_equal(cols[f"NGMIX_SNR_{t}"], new[f"NGMIX_SNR_{t}"])
+        np.testing.assert_allclose(new[f"NGMIX_SNR_R_{t}"][[0, 2]], [10.0, 30.0] + np.array(
+            [NGMIX_TYPES.index(t)] * 2))
+        assert np.isnan(new[f"NGMIX_SNR_R_{t}"][1])

@@ -26,6 +26,8 @@ from shapepipe.modules.ngmix import (
     measure_object,
     profile_mixture,
     read_catalog,
+    round_measures,
+    round_T,
     rows_to_tables,
     shear_response,
     write_catalog,
@@ -286,7 +288,7 @@ def test_catalog_roundtrip(tmp_path, noisy_set):
         for col in ("id", "n_epoch_model", "moments_fail", "ntry_fit", "g1_psfo_ngmix",
                     "g2_psfo_ngmix", "T_psfo_ngmix", "g1", "g2", "g1_err", "g2_err", "T",
                     "T_err", "Tpsf", "g1_psf", "g2_psf", "flux", "flux_err", "s2n", "mag",
-                    "mag_err", "flags", "mcal_flags"):
+                    "mag_err", "flags", "mcal_flags", "T_r", "s2n_r"):
             assert col in hdul["NOSHEAR"].columns.names
     back = read_catalog(str(path))
     np.testing.assert_array_equal(back["1p"]["g1"], tables["1p"]["g1"])
@@ -400,3 +402,98 @@ def test_seed_scene_shear_is_checked_before_any_job():
     config.read_string("[NGMIX_RUNNER]\nSEED_BY = POSITION\n"
                        "SEED_SCENE_SHEAR = 0.02, 0.0, 10.0, 20.0\n")
     validate(config, "NGMIX_RUNNER")
+
+# --- Round size and S/N (T_r, s2n_r): selection quantities independent of orientation ---
+
+def _render_model(pars, psf, jac, shape, model):
+    """Noiseless PSF-convolved model image (flux per pixel) on the grid of ``jac``."""
+    ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    u, v = jac.uv(x.ravel(), y.ravel())
+    p, f = profile_mixture(model)
+    m, _, ok = model_and_derivs(np.asarray(pars, float), u, v, jac.det, p, f, psf, False)
+    assert ok
+    return m.reshape(shape)
+
+
+def test_round_T_closed_form_and_round_mixture_keeps_determinant():
+    g1, g2, T = 0.3, -0.4, 0.7
+    gsq = g1 * g1 + g2 * g2
+    assert round_T(g1, g2, T) == pytest.approx(T * (1 - gsq) / (1 + gsq), rel=1e-14)
+    # Same determinant as the elliptical Gaussian: (T_r / 2)^2 = Iuu Ivv - Iuv^2.
+    cuu, cvv, cuv = gT_to_moments(g1, g2, T)
+    assert (round_T(g1, g2, T) / 2) ** 2 == pytest.approx(cuu * cvv - cuv ** 2, rel=1e-12)
+    assert round_T(0.0, 0.0, T) == T
+    assert np.isnan(round_T(0.8, 0.7, T))
+    gm = GMix([0.3, 0.7], [0.01, 0.0], [0.0, -0.02], [0.05, 0.2], [0.03, 0.1], [0.01, -0.04])
+    r = gm.make_round()
+    np.testing.assert_allclose(r.cuu * r.cvv - r.cuv ** 2, gm.cuu * gm.cvv - gm.cuv ** 2)
+    np.testing.assert_array_equal(r.cuu, r.cvv)
+    assert np.all(r.cuv == 0) and np.all(r.flux == gm.flux) and np.all(r.u == gm.u)
+    # The round fast path renders what the general (elliptical) renderer does with g = 0.
+    from shapepipe.modules.ngmix.fitting import _render_round
+
+    u, v = np.meshgrid(np.linspace(-2, 2, 23), np.linspace(-1.5, 2.5, 19))
+    p, f = profile_mixture("exp")
+    general, _, ok = model_and_derivs(np.array([0.1, -0.2, 0.0, 0.0, 0.4, 30.0]), u.ravel(),
+                                      v.ravel(), 0.035, p, f, r, False)
+    fast = _render_round(0.1, -0.2, 0.4, 30.0, u.ravel(), v.ravel(), 0.035, p, f, r)
+    assert ok
+    np.testing.assert_allclose(fast, general, rtol=1e-12, atol=1e-15 * general.max())
+
+
+@pytest.mark.parametrize("model", ["gauss", "exp"])
+def test_round_s2n_of_round_galaxy_and_psf_is_the_fit_s2n(model):
+    jac = Jacobian(16.2, 15.8, [[SCALE, 0.0], [0.0, SCALE]])
+    psf = GMix.round_gauss(0.18)
+    truth = [0.01, -0.02, 0.0, 0.0, 0.3, 80.0]
+    im = _render_model(truth, psf, jac, (33, 33), model)
+    px = PixelSet([Observation(im, np.full((33, 33), 4.0), jac)])
+    res = fit_gmix_model(px, psf, model, guess=[0, 0, 0.05, 0.0, 0.2, 60.0], priors=NO_PRIORS)
+    assert res["flags"] == 0
+    t_r, s2n_r = round_measures(px, res["pars"], psf, model)
+    assert t_r == pytest.approx(res["pars"][4], rel=1e-6)
+    # Noiseless and fitted exactly: the fit's S/N is the model S/N sqrt(sum w m^2).
+    assert s2n_r == pytest.approx(res["s2n"], rel=1e-6)
+    model_s2n = np.sqrt(np.sum(px.weight * _render_model(truth, psf, jac, (33, 33),
+                                                         model).ravel() ** 2))
+    assert s2n_r == pytest.approx(model_s2n, rel=1e-6)
+
+
+def test_round_s2n_independent_of_orientation_relative_to_elliptical_psf():
+    """Rotating the galaxy under elliptical PSFs changes the fitted model's S/N by percents
+    but not the round S/N (two epochs, each with its own elliptical PSF)."""
+    jacs = [Jacobian(20.0, 20.0, [[SCALE, 0.0], [0.0, SCALE]]),
+            Jacobian(19.6, 20.3, [[0.18, 0.02], [-0.01, 0.19]])]
+    psfs = [GMix(1.0, 0.0, 0.0, *gT_to_moments(0.15, 0.08, 0.2)),
+            GMix(1.0, 0.0, 0.0, *gT_to_moments(0.12, 0.1, 0.16))]
+    s2n, s2n_r, t_r = [], [], []
+    for angle in np.linspace(0.0, np.pi, 6, endpoint=False):
+        pars = [0.0, 0.0, 0.35 * np.cos(2 * angle), 0.35 * np.sin(2 * angle), 0.12, 100.0]
+        obs = [Observation(_render_model(pars, p, j, (41, 41), "exp"),
+                           np.full((41, 41), 5.0), j) for p, j in zip(psfs, jacs)]
+        px = PixelSet(obs)
+        res = fit_gmix_model(px, psfs, "exp", guess=[0, 0, 0, 0, 0.1, 90.0],
+                             priors=NO_PRIORS)
+        assert res["flags"] == 0
+        np.testing.assert_allclose(res["pars"], pars, atol=1e-6)
+        tr, sr = round_measures(px, res["pars"], psfs, "exp")
+        s2n.append(res["s2n"])
+        s2n_r.append(sr)
+        t_r.append(tr)
+    spread = np.ptp(s2n) / np.mean(s2n)
+    spread_r = np.ptp(s2n_r) / np.mean(s2n_r)
+    assert spread > 0.02, s2n          # the elliptical model's S/N depends on orientation
+    assert spread_r < 1e-3, s2n_r      # the round one does not
+    assert np.ptp(t_r) / np.mean(t_r) < 1e-6
+
+
+def test_measure_object_fills_round_columns(noisy_set):
+    _, _, tables = noisy_set
+    for t, tab in tables.items():
+        assert np.all(np.isfinite(tab["T_r"])) and np.all(tab["s2n_r"] > 0), t
+        np.testing.assert_allclose(tab["T_r"], round_T(tab["g1"], tab["g2"], tab["T"]),
+                                   rtol=1e-12)
+        # Same weights as the fit: close to its (noisy, elliptical-model) S/N.
+        ratio = tab["s2n_r"] / tab["s2n"]
+        assert np.all((ratio > 0.7) & (ratio < 1.4)), (t, ratio)

@@ -217,3 +217,68 @@ def test_missing_column_one_line(truth_dir, tmp_path):
         sv.validate(str(path), truth_dir, str(tmp_path / "o"), dict(CUTS))
     with pytest.raises(SystemExit, match="no final_cat"):
         sv.validate(str(tmp_path / "nothing"), truth_dir, str(tmp_path / "o"), dict(CUTS))
+
+
+def _with_round(cols, snr_r, t_r):
+    out = dict(cols)
+    for t in TYPES:
+        out[f"NGMIX_SNR_R_{t}"] = snr_r
+        out[f"NGMIX_T_R_{t}"] = t_r
+    return out
+
+
+def test_round_cuts_use_the_round_columns():
+    rng = np.random.default_rng(7)
+    n = 400
+    cols = synthetic_columns(rng, n, (0.0, 0.0))
+    snr_r = rng.uniform(5, 60, n)
+    t_r = rng.uniform(0.0, 0.4, n)  # Tpsf = 0.4: T_r / Tpsf in 0-1
+    tables = sv.metacal_tables(_with_round(cols, snr_r, t_r))
+    ns = tables["noshear"]
+    np.testing.assert_array_equal(ns["snr_r"], snr_r)
+    np.testing.assert_array_equal(ns["T_r"], t_r)
+    plain = sv.make_selector(dict(CUTS))(ns)
+    # Without the key, or round False: the elliptical-model columns, as before.
+    expect_plain = (ns["snr"] > 10) & (ns["T"] / ns["Tpsf"] > 0.5)
+    np.testing.assert_array_equal(plain, expect_plain)
+    np.testing.assert_array_equal(sv.make_selector({**CUTS, "round": False})(ns), plain)
+    rnd = sv.make_selector({**CUTS, "round": True})(ns)
+    np.testing.assert_array_equal(rnd, (snr_r > 10) & (t_r / 0.4 > 0.5))
+    assert rnd.sum() != plain.sum()
+    # Old catalogues: NaN round fields; the plain cuts still work, round cuts reject all.
+    old = sv.metacal_tables(cols)
+    assert np.all(np.isnan(old["1p"]["snr_r"])) and np.all(np.isnan(old["2m"]["T_r"]))
+    np.testing.assert_array_equal(sv.make_selector(dict(CUTS))(old["noshear"]), plain)
+    assert not sv.make_selector({**CUTS, "round": True})(old["noshear"]).any()
+
+
+def test_round_cuts_flag_end_to_end(truth_dir, tmp_path):
+    path = tmp_path / "final_cat-270-283.fits"
+    _final_cat(truth_dir, str(path))
+    with pytest.raises(SystemExit, match="round-cuts needs NGMIX_T_R"):
+        sv.main([str(path), "--truth", truth_dir, "-o", str(tmp_path / "o1"), "--round-cuts",
+                 "--no-plots", "--n-boot", "10"])
+    # Add round columns: S/N_r 0 for every other object, T_r = T.
+    with fits.open(path) as hdul:
+        data = hdul["RESULTS"].data
+        n = len(data)
+        snr_r = np.where(np.arange(n) % 2 == 0, 0.0, np.asarray(data["NGMIX_SNR_NOSHEAR"]))
+        extra = []
+        for t in TYPES:
+            extra += [fits.Column(name=f"NGMIX_SNR_R_{t}", format="D", array=snr_r),
+                      fits.Column(name=f"NGMIX_T_R_{t}", format="D",
+                                  array=np.asarray(data[f"NGMIX_T_{t}"]))]
+        hdu = fits.BinTableHDU.from_columns(hdul["RESULTS"].columns + fits.ColDefs(extra),
+                                            name="RESULTS")
+    with_round = tmp_path / "r" / "final_cat-270-283.fits"
+    with_round.parent.mkdir()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(with_round)
+    assert sv.main([str(with_round), "--truth", truth_dir, "-o", str(tmp_path / "o2"),
+                    "--no-plots", "--n-boot", "10"]) == 0
+    assert sv.main([str(with_round), "--truth", truth_dir, "-o", str(tmp_path / "o3"),
+                    "--round-cuts", "--no-plots", "--n-boot", "10"]) == 0
+    plain = json.loads((tmp_path / "o2" / "shear_summary.json").read_text())
+    rnd = json.loads((tmp_path / "o3" / "shear_summary.json").read_text())
+    assert plain["cuts"]["round"] is False and rnd["cuts"]["round"] is True
+    # The round S/N zeroes half the objects: about half as many pass.
+    assert 0.4 < rnd["n_selected"] / plain["n_selected"] < 0.6

@@ -9,8 +9,11 @@ Columns (ShapePipe's names, so that analysis scripts written for ShapePipe run):
   or when the spread model is undefined (NaN);
 - for T in NOSHEAR, 1P, 1M, 2P, 2M: NGMIX_ELL_T (g1, g2), NGMIX_ELL_ERR_T, NGMIX_T_T,
   NGMIX_T_ERR_T, NGMIX_Tpsf_T, NGMIX_SNR_T, NGMIX_FLUX_T, NGMIX_FLUX_ERR_T, NGMIX_MAG_T,
-  NGMIX_MAG_ERR_T, NGMIX_FLAGS_T, NGMIX_ELL_PSFo_T, NGMIX_T_PSFo_T; NGMIX_MCAL_FLAGS,
-  NGMIX_N_EPOCH, NGMIX_MOM_FAIL;
+  NGMIX_MAG_ERR_T, NGMIX_FLAGS_T, NGMIX_ELL_PSFo_T, NGMIX_T_PSFo_T, and the round size and
+  S/N NGMIX_T_R_T, NGMIX_SNR_R_T (the fitted model made round with its determinant kept,
+  convolved with the round PSF: selection quantities independent of the galaxy's
+  orientation relative to the PSF, as DES Y3 metacal's T_r and s2n_r; NaN when the ngmix
+  catalogue predates them); NGMIX_MCAL_FLAGS, NGMIX_N_EPOCH, NGMIX_MOM_FAIL;
 - the PSF at the object: E1_PSF_HSM, E2_PSF_HSM, SIGMA_PSF_HSM (mean over the epochs whose
   HSM fit succeeded), and optionally ShapePipe's per-epoch PSF_ELL_<i>, PSF_FWHM_<i>,
   PSF_FLAG_<i>.
@@ -102,6 +105,9 @@ def ngmix_columns(ids, tables):
             rows_t = rows
 
         def get(name, fill=nan, tab=tab, rows_t=rows_t):
+            if name not in tab.dtype.names:
+                # A column that ngmix catalogues of older versions lack (T_r, s2n_r).
+                return np.full(len(rows_t), fill, dtype=float)
             return _take(tab[name], rows_t, fill)
 
         def pair(a, b):
@@ -114,6 +120,8 @@ def ngmix_columns(ids, tables):
             fits.Column(name=f"NGMIX_T_ERR_{t}", format="D", array=get("T_err")),
             fits.Column(name=f"NGMIX_Tpsf_{t}", format="D", array=get("Tpsf")),
             fits.Column(name=f"NGMIX_SNR_{t}", format="D", array=get("s2n")),
+            fits.Column(name=f"NGMIX_T_R_{t}", format="D", array=get("T_r")),
+            fits.Column(name=f"NGMIX_SNR_R_{t}", format="D", array=get("s2n_r")),
             fits.Column(name=f"NGMIX_FLUX_{t}", format="D", array=get("flux")),
             fits.Column(name=f"NGMIX_FLUX_ERR_{t}", format="D", array=get("flux_err")),
             fits.Column(name=f"NGMIX_MAG_{t}", format="D", array=get("mag")),

@@ -5,7 +5,7 @@ import numpy as np
 from ._kernels import HAVE_KERNEL
 from ._kernels import admom_sums as kernel_admom_sums
 from ._kernels import normal_equations as kernel_normal_equations
-from .gmix import GMix, model_and_derivs, moments_to_gT, profile_mixture
+from .gmix import GMix, model_and_derivs, moments_to_gT, profile_mixture, round_T
 
 # Flag bits (combined with bitwise OR).
 FLAG_PSF_FAILED = 1          # PSF fit failed for some epoch
@@ -380,6 +380,79 @@ def fit_gmix_model(pixels, psf, model="gauss", guess=None, priors=None, data=Non
     else:
         out["s2n"] = np.nan
     return out
+
+
+def round_measures(pixels, pars, psf, model="gauss"):
+    """Round size ``T_r`` and round S/N ``s2n_r`` of a fitted galaxy model.
+
+    The S/N and size of the fitted (elliptical) model depend on the galaxy's orientation
+    relative to an elliptical PSF, so cuts on them select differently when the PSF is
+    elongated (PSF leakage through the selection). The round quantities remove the
+    orientation, as ngmix / DES Y3 metacal do: the galaxy model is made round with its
+    covariance determinant kept (``T_r = T (1 - g^2) / (1 + g^2)``, same centre and flux),
+    convolved with the round version of each epoch's PSF mixture (every component made
+    round with its determinant kept, :meth:`GMix.make_round`), and
+
+        s2n_r = sqrt(sum_epochs sum_pixels w * model_r^2),
+
+    on the weights of the fit (no data enter: it is the S/N a round galaxy of the fitted flux
+    would have). For a round galaxy and a round PSF it equals the model S/N of the fit.
+
+    Parameters
+    ----------
+    pixels : PixelSet
+        The pixels and weights of the fit.
+    pars : array_like
+        Fitted ``(u0, v0, g1, g2, T, flux)``.
+    psf : GMix or list of GMix
+        The PSF mixture the fit convolved with: one for every epoch, or one per epoch.
+    model : str
+        Galaxy model of the fit.
+
+    Returns
+    -------
+    T_r, s2n_r : float
+        NaN where undefined (``|g| >= 1``, non-finite parameters, a round model that is not
+        positive definite).
+    """
+    u0, v0, g1, g2, T, flux = (float(x) for x in pars)
+    t_r = float(round_T(g1, g2, T))
+    if not (np.isfinite(t_r) and np.isfinite(flux) and np.isfinite(u0) and np.isfinite(v0)):
+        return t_r, np.nan
+    p, f = profile_mixture(model)
+    per_epoch = isinstance(psf, (list, tuple))
+    try:
+        psfs = [pm.make_round() for pm in (psf if per_epoch else [psf])]
+    except ValueError:
+        return t_r, np.nan
+    parts = [sl for sl, _ in pixels.slices] if per_epoch else [slice(None)]
+    s2n_sum = 0.0
+    for sl, pm in zip(parts, psfs):
+        area = pixels.area[sl] if np.ndim(pixels.area) else pixels.area
+        m = _render_round(u0, v0, t_r, flux, pixels.u[sl], pixels.v[sl], area, p, f, pm)
+        if m is None:
+            return t_r, np.nan
+        s2n_sum += float(np.dot(pixels.weight[sl] * m, m))
+    return t_r, float(np.sqrt(s2n_sum)) if s2n_sum > 0 else np.nan
+
+
+def _render_round(u0, v0, t_r, flux, u, v, area, p, f, psf):
+    """Round galaxy mixture ``(p, f)`` of size ``t_r`` convolved with a round PSF mixture.
+
+    Every convolved component is a round Gaussian of variance ``t_r f_i / 2 + s_j``, so one
+    squared radius per PSF centre and one exponential per (component, pixel) suffice (for the
+    exp model, a quarter of the cost of the general elliptical renderer; bench/RESULTS.md).
+    None if some variance <= 0.
+    """
+    var = 0.5 * t_r * f[:, None] + psf.cuu[None, :]          # (n_gal, n_psf)
+    if np.any(var <= 0):
+        return None
+    amp = (flux * p[:, None] * psf.flux[None, :] / psf.flux.sum()) / (2.0 * np.pi * var)
+    model = np.zeros(u.shape)
+    for j in range(len(psf)):
+        r2 = (u - (u0 + psf.u[j])) ** 2 + (v - (v0 + psf.v[j])) ** 2
+        model += amp[:, j] @ np.exp(np.multiply.outer(-0.5 / var[:, j], r2))
+    return model * area
 
 
 def _pixel_equations(u, v, area, data, sw, p, f, psfs, parts):

@@ -58,6 +58,18 @@ def gT_to_moments(g1, g2, T):
     return half * (1.0 + e1), half * (1.0 - e1), half * e2
 
 
+def round_T(g1, g2, T):
+    """Size of the shape made round with its determinant (area) kept: ``T (1-g^2)/(1+g^2)``.
+
+    A component with reduced-shear shape ``g`` and size ``T`` has covariance determinant
+    ``(T/2)^2 (1 - e^2)`` with ``sqrt(1 - e^2) = (1 - g^2) / (1 + g^2)``; the round
+    component of the same determinant has ``T_r = T sqrt(1 - e^2)``. NaN where ``|g| >= 1``.
+    """
+    gsq = np.asarray(g1, dtype=float) ** 2 + np.asarray(g2, dtype=float) ** 2
+    with np.errstate(invalid="ignore"):
+        return np.where(gsq < 1.0, T * (1.0 - gsq) / (1.0 + gsq), np.nan)
+
+
 def _sersic_profile(r, n):
     """Unnormalised Sersic profile with unit half-light radius (b_n from the gamma function)."""
     from scipy.special import gammaincinv
@@ -165,6 +177,19 @@ class GMix:
     def round_gauss(cls, T, flux=1.0):
         """A single round Gaussian of size T centred at the origin."""
         return cls(flux, 0.0, 0.0, 0.5 * T, 0.5 * T, 0.0)
+
+    def make_round(self):
+        """The mixture with every component made round, its determinant kept.
+
+        Each covariance becomes ``sqrt(det C) * I`` (centres and fluxes unchanged): the area
+        of each component, hence its peak and its S/N contribution at fixed flux, is kept
+        while its orientation is removed.
+        """
+        det = self.cuu * self.cvv - self.cuv ** 2
+        if np.any(det <= 0):
+            raise ValueError("cannot make round a mixture with a non-positive covariance")
+        c = np.sqrt(det)
+        return GMix(self.flux, self.u, self.v, c, c, np.zeros_like(c))
 
     def total_flux(self):
         return float(self.flux.sum())

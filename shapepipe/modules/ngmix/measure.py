@@ -20,6 +20,7 @@ from .fitting import (
     adaptive_moments,
     fit_gmix_model,
     fit_psf_gauss,
+    round_measures,
 )
 from .gmix import GMix, gT_to_moments
 from .metacal import METACAL_TYPES, MetacalImager, metacal_shears
@@ -29,7 +30,9 @@ HDU_NAMES = {"noshear": "NOSHEAR", "1p": "1P", "1m": "1M", "2p": "2P", "2m": "2M
 # Output columns (name, numpy dtype) of every HDU: ShapePipe's ngmix catalogue columns
 # in ShapePipe's order (``*_psfo_ngmix`` = original PSF, Gaussian fit averaged over epochs,
 # noiseless so its errors are 0; ``Tpsf``, ``g1_psf``, ``g2_psf`` = the round reconvolution
-# PSF of the metacal images), then extras.
+# PSF of the metacal images), then extras. ``T_r`` / ``s2n_r``: round size and round S/N of
+# the fitted model (:func:`~shapepipe.modules.ngmix.fitting.round_measures`), for selection
+# cuts that do not depend on the galaxy's orientation relative to the PSF (DES Y3's cuts).
 COLUMNS = [
     ("id", "i8"), ("n_epoch_model", "i4"), ("moments_fail", "i4"), ("ntry_fit", "i2"),
     ("g1_psfo_ngmix", "f8"), ("g2_psfo_ngmix", "f8"), ("T_psfo_ngmix", "f8"),
@@ -39,7 +42,7 @@ COLUMNS = [
     ("flux", "f8"), ("flux_err", "f8"), ("s2n", "f8"), ("mag", "f8"), ("mag_err", "f8"),
     ("flags", "i4"), ("mcal_flags", "i4"),
     ("g1g2_cov", "f8"), ("u0", "f8"), ("v0", "f8"), ("chi2", "f8"), ("npix", "i4"),
-    ("nfev", "i2"),
+    ("nfev", "i2"), ("T_r", "f8"), ("s2n_r", "f8"),
 ]
 
 
@@ -292,6 +295,9 @@ def measure_object(obs_list, object_id, seed=0, model="gauss", step=0.01, priors
     for t, res in results.items():
         row = rows[t]
         x, cov = res["pars"], res["pars_cov"]
+        # Same pixels, weights and PSF as the fit. The fit's PSF is the round reconvolution
+        # Gaussian (making it round changes nothing); the galaxy model is made round.
+        row["T_r"], row["s2n_r"] = round_measures(pixels, x, reconv, model)
         err = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
         row.update({
             "n_epoch_model": len(good_obs),
