@@ -47,9 +47,12 @@ def main(argv=None):
     parser.add_argument("--negate-noise", action="store_true",
                         help="with --paired: the same noise array with its sign flipped (the "
                              "rotated twin of a calibration sky)")
-    parser.add_argument("--shape-shear-only", action="store_true",
-                        help="shear the galaxy shapes but not their positions (the default "
-                             "shears the whole scene about the tile centre, as a lens does)")
+    parser.add_argument("--scene-shear", choices=("field", "groups", "none"), default="field",
+                        help="how galaxy positions shear: about the tile centre as a lens "
+                             "does (field, default), each group of galaxies closer than 4\" "
+                             "about its own centre (groups: isolated galaxies stay on their "
+                             "pixels, for paired calibration fields), or not (none: shapes "
+                             "only)")
     parser.add_argument("--des", action="store_true", help="also write DES-like tiles in DIR/des")
     parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--no-compress", action="store_true",
@@ -71,7 +74,7 @@ def main(argv=None):
                     overwrite=args.overwrite, compress=not args.no_compress, log=log,
                     psf_g_offset=args.psf_g_offset, cfis_names=args.cfis_names,
                     rotated_shapes=args.rotated_shapes, negate_noise=args.negate_noise,
-                    scene_shear=not args.shape_shear_only)
+                    scene_shear=args.scene_shear)
     except SimError as exc:
         print(f"make_example_data: {exc}", file=sys.stderr)
         return 2

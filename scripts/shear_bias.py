@@ -14,9 +14,12 @@ selection) averaged over both halves; the figures combine the fields' sums and t
 from a jackknife over skies. By default field 2i+1 is field 2i's sky with every intrinsic shape
 turned by 90 degrees (``--rotated-twins``), so the shape noise cancels in c as it does in m;
 its noise array is the sky's with the sign flipped (``--twin-noise negated``), so that the
-first-order noise terms cancel there too. The simulated shear acts on the whole scene
-(``--scene-shear``): galaxies move about the tile centre as their shapes shear, so blends
-respond to it as metacal assumes (E1-E3 sheared the shapes only: ``--no-scene-shear``).
+first-order noise terms cancel there too. The simulated shear moves the galaxies too
+(``--scene-shear groups``): galaxies closer than 4" are sheared about their group's centre, so
+blends respond to the shear as in a lensed scene (as metacal assumes), while an isolated
+galaxy stays on the same pixel noise in both halves (a field-wide scene shear, ``field``,
+moves every galaxy onto other noise and loses the pairing; E1-E3 sheared the shapes only:
+``none``).
 Optional leakage fields add a mean PSF shear to every focal plane; the PSF leakage is
 ``alpha = (c_leak - c) / (psf_leak - psf)`` with the mean PSF shears measured on the selected
 galaxies (``NGMIX_ELL_PSFo_NOSHEAR``).
@@ -105,7 +108,7 @@ def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shea
 
 
 def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log,
-              rotated=False, scene_shear=False, negate_noise=False):
+              rotated=False, scene_shear="none", negate_noise=False):
     """Simulate one paired field and run both chains on each half (skipping what is done).
 
     ``configs`` is ``{name: path}``, or a callable ``configs(survey_json) -> {name: path}``
@@ -658,10 +661,14 @@ def main(argv=None):
                              "by 90 degrees, so that the shape noise cancels in c (default); "
                              "--no-rotated-twins: a fresh sky per field (runs made before "
                              "the option, E1)")
-    parser.add_argument("--scene-shear", action=argparse.BooleanOptionalAction, default=None,
-                        help="shear the galaxies' positions too (the simulator's default); "
-                             "--no-scene-shear: shapes only, as E1-E3 (default: the plan's "
-                             "value for an existing --output, else on)")
+    parser.add_argument("--scene-shear", choices=("groups", "field", "none"), default=None,
+                        help="how galaxy positions shear (make_survey's scene_shear): each "
+                             "group of galaxies closer than 4\" about its centre (groups: "
+                             "blends respond as in a lensed scene and isolated galaxies keep "
+                             "their pixel noise in both halves), about the tile centre "
+                             "(field: every galaxy moves onto other noise), or not (none: "
+                             "E1-E3) (default: the plan's value for an existing --output, "
+                             "else groups)")
     parser.add_argument("--twin-noise", choices=("negated", "same"), default=None,
                         help="noise of a rotated twin: the sky's noise with its sign flipped "
                              "(negated), or the same (E2, E3) (default: the plan's value for "
@@ -702,7 +709,7 @@ def main(argv=None):
             old = json.load(handle)
     # Options added after a plan was written default to that plan's (absent: off) value.
     if args.scene_shear is None:
-        args.scene_shear = bool(old.get("scene_shear", False)) if old else True
+        args.scene_shear = old.get("scene_shear", "none") if old else "groups"
     if args.twin_noise is None:
         args.twin_noise = old.get("twin_noise", "same") if old else "negated"
     plan = {"seed": args.seed, "fields": args.fields, "leakage_fields": args.leakage_fields,
@@ -716,16 +723,17 @@ def main(argv=None):
         plan["rotated_twins"] = True
         if args.twin_noise != "same":
             plan["twin_noise"] = args.twin_noise
-    if args.scene_shear:
-        plan["scene_shear"] = True
+    if args.scene_shear != "none":
+        plan["scene_shear"] = args.scene_shear
     if old is not None:
         if old != plan:
             parser.error(f"{plan_path} records another plan ({old}); use another --output")
     else:
         write_text(json.dumps(plan, indent=1) + "\n", plan_path)
-    if args.scene_shear and args.seed_by == "position":
+    if args.scene_shear == "field" and args.seed_by == "position":
         def configs(meta):
-            # One config set per half: SEED_SCENE_SHEAR holds the half's own shear.
+            # One config set per half: SEED_SCENE_SHEAR holds the half's own shear (with
+            # "groups", an object moves by < 0.5": its cell is kept without it).
             half = meta.get("paired") or "single"
             return write_configs(os.path.join(out, "configs", half), args.model, args.processes,
                                  args.seed_by, (*meta["shear"], *meta["shear_centre"]))

@@ -52,3 +52,29 @@ def test_separations_shear_like_profiles():
     assert np.allclose(back[0], ra, atol=1e-11) and np.allclose(back[1], dec, atol=1e-11)
     c = shear_positions(np.array([ra0]), np.array([dec0]), *g, ra0, dec0)
     assert np.allclose(c[0], ra0) and np.allclose(c[1], dec0)
+
+
+def test_groups_shear_their_separations_and_isolated_galaxies_stay():
+    from shapepipe.utils.lensing import shear_groups
+
+    ra0, dec0 = 150.0, 20.0
+    cosd = np.cos(np.deg2rad(dec0))
+    # A pair 3" apart, a triple chained by 6" links (its ends 12" apart), an isolated galaxy.
+    du = np.array([0.0, 3.0, 100.0, 106.0, 112.0, -200.0]) / 3600.0
+    dv = np.array([0.0, 0.0, 50.0, 50.0, 50.0, -80.0]) / 3600.0
+    ra = ra0 + 0.05 - du / cosd  # u points west
+    dec = dec0 + dv
+    g = (0.04, 0.02)
+    rs, ds, labels = shear_groups(ra, dec, *g, ra0, dec0, link_arcsec=8.0)
+    assert labels[0] == labels[1] and labels[2] == labels[3] == labels[4]
+    assert len(set(labels.tolist())) == 3
+    assert rs[5] == ra[5] and ds[5] == dec[5]  # isolated: not moved at all
+    u, v = gnomonic(ra, dec, ra0, dec0)
+    us, vs = gnomonic(rs, ds, ra0, dec0)
+    for a, b in ((0, 1), (2, 4), (3, 4)):
+        sep = np.array([u[b] - u[a], v[b] - v[a]])
+        assert np.allclose([us[b] - us[a], vs[b] - vs[a]], shear_matrix(*g) @ sep, rtol=1e-6)
+    # Each group keeps its centre.
+    for members in ([0, 1], [2, 3, 4]):
+        assert np.allclose(us[members].mean(), u[members].mean(), atol=1e-13)
+        assert np.allclose(vs[members].mean(), v[members].mean(), atol=1e-13)

@@ -263,8 +263,8 @@ def test_paired_fields_identical_noise_opposite_shear(tmp_path):
     root = tmp_path / "paired"
     # Shapes only: the images then differ only where the galaxies' shapes do.
     info = make_survey(str(root), seed=5, params=params, shear=(0.04, 0.01), paired=True,
-                       scene_shear=False)
-    assert info["scene_shear"] is False
+                       scene_shear="none")
+    assert info["scene_shear"] == "none"
     tp = fits.getdata(root / "plus" / "truth" / "objects.fits", 1)
     tm = fits.getdata(root / "minus" / "truth" / "objects.fits", 1)
     gal = tp["IS_STAR"] == 0
@@ -294,7 +294,7 @@ def test_scene_shear_moves_galaxies_about_the_tile_centre(tmp_path):
     params.dithers = params.dithers[:1]
     root = tmp_path / "scene"
     info = make_survey(str(root), seed=5, params=params, shear=(0.04, 0.01), paired=True)
-    assert info["scene_shear"] is True
+    assert info["scene_shear"] == "field"
     centre = geo.tile_center(*params.tile_number)
     assert np.allclose(info["shear_centre"], centre)
     tp = fits.getdata(root / "plus" / "truth" / "objects.fits", 1)
@@ -321,6 +321,25 @@ def test_scene_shear_moves_galaxies_about_the_tile_centre(tmp_path):
     for img, x, y in ((ia, xp[k], yp[k]), (ib, xm[k], ym[k])):
         cx, cy = _window_centroid(img - np.median(img), x - 1, y - 1)
         assert np.hypot(cx - (x - 1), cy - (y - 1)) < 0.2
+
+
+def test_group_scene_shear_keeps_isolated_galaxies_on_their_pixels(tmp_path):
+    params = tiny_params()
+    params.dithers = params.dithers[:1]
+    root = tmp_path / "groups"
+    info = make_survey(str(root), seed=5, params=params, shear=(0.04, 0.01), paired=True,
+                       scene_shear="groups")
+    assert info["scene_shear"] == "groups"
+    tp = fits.getdata(root / "plus" / "truth" / "objects.fits", 1)
+    tm = fits.getdata(root / "minus" / "truth" / "objects.fits", 1)
+    cosd = np.cos(np.deg2rad(tp["DEC"][0]))
+    shift = np.hypot((tp["RA"] - tm["RA"]) * cosd, tp["DEC"] - tm["DEC"]) * 3600
+    gal = tp["IS_STAR"] == 0
+    # Galaxies alone within 4" do not move; members of groups move a little.
+    assert 0.25 < np.mean(shift[gal] == 0) < 0.9
+    assert 0 < np.max(shift[gal]) < 1.0 and np.all(shift[~gal] == 0)
+    with pytest.raises(SimError, match="scene_shear"):
+        make_survey(str(tmp_path / "bad"), seed=5, params=params, scene_shear="lens")
 
 
 def test_rotated_shapes_flip_the_intrinsic_shapes_only(tmp_path):
