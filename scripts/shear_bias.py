@@ -172,7 +172,7 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
         ``R_S`` (2, 2) selection response, ``psf`` (n, 2) PSF shears, ``snr``, ``t_ratio``,
         ``truth_idx`` (the matched truth row, -1 for none), ``neighbour_dist`` (arcsec from
         the matched true object to the nearest other true object, detected or not; NaN
-        without a match).
+        without a match) and ``neighbour_is_star`` (that object is a star).
     """
     cat = sv.load_catalogues(files)
     tables = sv.metacal_tables(cat)
@@ -195,11 +195,13 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
     txy = np.column_stack([truth["RA"] * np.cos(dec0), truth["DEC"]]) * 3600.0
     matched = idx[sel]
     nearest = np.full(len(matched), np.nan)
+    nearest_star = np.zeros(len(matched), bool)
     if len(txy) > 1 and (matched >= 0).any():
-        dist, _ = cKDTree(txy).query(txy[matched[matched >= 0]], k=2)
+        dist, which = cKDTree(txy).query(txy[matched[matched >= 0]], k=2)
         nearest[matched >= 0] = dist[:, 1]
+        nearest_star[matched >= 0] = truth["IS_STAR"][which[:, 1]] == 1
     return {"g": np.column_stack([ns["g1"], ns["g2"]]), "R": resp.reshape(-1, 2, 2),
-            "neighbour_dist": nearest,
+            "neighbour_dist": nearest, "neighbour_is_star": nearest_star,
             "R_S": selection_response(tables, select, step=sv.STEP),
             "psf": np.asarray(cat["NGMIX_ELL_PSFo_NOSHEAR"], float).reshape(-1, 2)[sel],
             "snr": ns["snr"], "t_ratio": t_ratio, "truth_idx": idx[sel]}
@@ -424,31 +426,37 @@ def response_check(fields, shear):
     The finite difference ``(g+ - g-) / 2g`` (along the shear) of the same true object is its
     response to the shear the simulation applied; metacal's ``R`` (mean of the halves) is
     what the estimator divides by. Their ratio minus one is the part of m that is not
-    selection, by distance to the nearest other true object (detected or not): blends the
-    detection cannot split respond differently.
+    selection, by distance to the nearest other true object (detected or not), and by
+    whether that object is a star or a galaxy: blends the detection cannot split respond
+    differently, and a star, which a lens does not shear, adds light that metacal shears.
 
     Returns
     -------
     list of dict
-        ``bin`` (arcsec, "all" first), ``n``, ``ratio_minus_1``, ``err`` (bootstrap over
-        objects).
+        ``bin`` (arcsec, "all" first), ``neighbour`` ("any", "star" or "galaxy"), ``n``,
+        ``ratio_minus_1``, ``err`` (bootstrap over objects).
     """
     gvec = np.asarray(shear, float)
     unit = gvec / np.hypot(*gvec)
-    fd, resp, near = [], [], []
+    fd, resp, near, star = [], [], [], []
     for f in fields:
         ip, im = _matched_rows(f["plus"], f["minus"])
         fd.append((f["plus"]["g"][ip] - f["minus"]["g"][im]) @ unit / (2 * np.hypot(*gvec)))
         r = (f["plus"]["R"][ip] + f["minus"]["R"][im]) / 2
         resp.append(np.einsum("i,nij,j->n", unit, r, unit))
         near.append(f["plus"]["neighbour_dist"][ip])
-    fd, resp, near = np.concatenate(fd), np.concatenate(resp), np.concatenate(near)
+        star.append(f["plus"].get("neighbour_is_star", np.zeros(len(ip), bool))[ip])
+    fd, resp, near, star = (np.concatenate(a) for a in (fd, resp, near, star))
     out = []
     for lo, hi in [(None, None)] + list(zip(NEIGHBOUR_BINS[:-1], NEIGHBOUR_BINS[1:])):
-        rows = np.ones(len(fd), bool) if lo is None else (near >= lo) & (near < hi)
-        ratio, err = _boot_ratio(fd[rows], resp[rows])
-        out.append({"bin": "all" if lo is None else _label(lo, hi), "n": int(rows.sum()),
-                    "ratio_minus_1": ratio - 1, "err": err})
+        in_bin = np.ones(len(fd), bool) if lo is None else (near >= lo) & (near < hi)
+        for kind, rows in (("any", in_bin), ("star", in_bin & star),
+                           ("galaxy", in_bin & ~star)):
+            if kind != "any" and lo is None:
+                continue
+            ratio, err = _boot_ratio(fd[rows], resp[rows])
+            out.append({"bin": "all" if lo is None else _label(lo, hi), "neighbour": kind,
+                        "n": int(rows.sum()), "ratio_minus_1": ratio - 1, "err": err})
     return out
 
 
@@ -595,6 +603,12 @@ def analyse(field_info, shear, cuts, log, paired_leakage=True):
     return summary
 
 
+def _kind(row):
+    """`` star`` / `` galaxy`` for a response-check row split by neighbour kind, else ``""``."""
+    kind = row.get("neighbour", "any")
+    return "" if kind == "any" else f" {kind}"
+
+
 def format_summary(s):
     a = s["all"]
     lines = [f"pipeline shear bias: {s['n_fields']} paired fields ({a['n_objects']} galaxy "
@@ -620,9 +634,10 @@ def format_summary(s):
                      f"{100 * pr['outlier_share'][1]:+.0f}% of the summed response")
     if "response_check" in s:
         lines.append("  real response / metacal R - 1 of the objects selected in both halves, "
-                     "by distance to the nearest other true object: " + "; ".join(
-                         f"{r['bin']}: {r['ratio_minus_1']:+.3f} +- {r['err']:.3f} ({r['n']})"
-                         for r in s["response_check"]))
+                     "by distance to the nearest other true object (star / galaxy): " +
+                     "; ".join(
+                         f"{r['bin']}{_kind(r)}: {r['ratio_minus_1']:+.3f} +- {r['err']:.3f} "
+                         f"({r['n']})" for r in s["response_check"]))
     if "leakage" in s:
         lk = s["leakage"]
         lines.append(f"  alpha1 = {lk['alpha1']:+.4f} +- {lk['alpha1_err']:.4f}   "

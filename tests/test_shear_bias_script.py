@@ -183,9 +183,11 @@ def _with_truth(fields, seed=0):
     for f in fields:
         n = len(f["plus"]["g"])
         near = rng.uniform(0, 5, n)
+        star = rng.uniform(0, 1, n) < 0.3
         for h in ("plus", "minus"):
             f[h]["truth_idx"] = np.arange(n)
             f[h]["neighbour_dist"] = near
+            f[h]["neighbour_is_star"] = star
     return fields
 
 
@@ -196,7 +198,13 @@ def test_response_check_compares_the_real_response_with_metacal(sb):
     assert rows[0]["bin"] == "all" and rows[0]["n"] == 6000
     assert rows[0]["ratio_minus_1"] == pytest.approx(-0.05, abs=5e-3)
     assert 0 < rows[0]["err"] < 5e-3
-    assert sum(r["n"] for r in rows[1:]) == 6000
+    assert sum(r["n"] for r in rows[1:] if r["neighbour"] == "any") == 6000
+    # Each distance bin splits into objects whose nearest neighbour is a star or a galaxy.
+    for k in range(1, len(rows), 3):
+        any_, star, gal = rows[k: k + 3]
+        assert (any_["neighbour"], star["neighbour"], gal["neighbour"]) == ("any", "star",
+                                                                            "galaxy")
+        assert star["n"] + gal["n"] == any_["n"] and 0 < star["n"] < gal["n"]
 
 
 def test_leakage_check_separates_the_objects_from_the_selection(sb):
