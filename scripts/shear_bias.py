@@ -162,7 +162,7 @@ def _restricted(select, rows):
     return lambda tab: select(tab) & rows
 
 
-def half_sums(files, truth_dir, select, true_galaxies=False):
+def half_sums(files, truth_dir, select, true_galaxies=False, star_clearance=None):
     """Per-object quantities of one half after the cuts, for combination across fields.
 
     Returns
@@ -182,6 +182,8 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
         is_gal = np.zeros(len(idx), bool)
         is_gal[idx >= 0] = truth["IS_STAR"][idx[idx >= 0]] == 0
         select = _restricted(select, is_gal)
+    if star_clearance:
+        select = _restricted(select, _star_distance(cat, truth, idx) >= star_clearance)
     sel = select(tables["noshear"])
     from shapepipe.modules.ngmix.measure import selection_response, shear_response
 
@@ -205,6 +207,22 @@ def half_sums(files, truth_dir, select, true_galaxies=False):
             "R_S": selection_response(tables, select, step=sv.STEP),
             "psf": np.asarray(cat["NGMIX_ELL_PSFo_NOSHEAR"], float).reshape(-1, 2)[sel],
             "snr": ns["snr"], "t_ratio": t_ratio, "truth_idx": idx[sel]}
+
+
+def _star_distance(cat, truth, idx):
+    """Arcsec from each detection to the nearest true star other than its own match."""
+    from scipy.spatial import cKDTree
+
+    star = truth["IS_STAR"] == 1
+    if star.sum() < 2:
+        return np.full(len(idx), np.inf)
+    cosd = np.cos(np.radians(np.median(truth["DEC"])))
+    sxy = np.column_stack([truth["RA"][star] * cosd, truth["DEC"][star]]) * 3600.0
+    dxy = np.column_stack([cat["XWIN_WORLD"] * cosd, cat["YWIN_WORLD"]]) * 3600.0
+    dist, _ = cKDTree(sxy).query(dxy, k=2)
+    own = np.zeros(len(idx), bool)
+    own[idx >= 0] = star[idx[idx >= 0]]
+    return np.where(own, dist[:, 1], dist[:, 0])
 
 
 def _means(parts, rows=None):
@@ -555,11 +573,12 @@ def _label(lo, hi):
     return f"{lo:g}-{hi:g}" if hi < 1e8 else f">{lo:g}"
 
 
-def field_sums(field_info, select, true_galaxies=False):
+def field_sums(field_info, select, true_galaxies=False, star_clearance=None):
     """``{"normal": [...], "leaky": [...], "skies": [...]}``: half_sums of every field."""
     run = {"normal": [], "leaky": [], "skies": []}
     for info in field_info:
-        halves = {h: half_sums(info["cats"][h], info["truth"][h], select, true_galaxies)
+        halves = {h: half_sums(info["cats"][h], info["truth"][h], select, true_galaxies,
+                               star_clearance)
                   for h in HALVES}
         run["leaky" if info["leakage"] else "normal"].append(halves)
         if not info["leakage"]:
@@ -572,8 +591,12 @@ def sky_groups(skies):
     return [[k for k, sky in enumerate(skies) if sky == one] for one in sorted(set(skies))]
 
 
-def analyse(field_info, shear, cuts, log, paired_leakage=True):
-    """The summary dict from the catalogues of every field."""
+def analyse(field_info, shear, cuts, log, paired_leakage=True, star_clearance=None):
+    """The summary dict from the catalogues of every field.
+
+    ``star_clearance`` (arcsec): also m and c without the detections that have a true star
+    that close (a diagnostic: truth decides, so no survey can apply it).
+    """
     select = sv.make_selector(cuts)
     run = field_sums(field_info, select)
     normal, leaky, skies = run["normal"], run["leaky"], run["skies"]
@@ -588,6 +611,11 @@ def analyse(field_info, shear, cuts, log, paired_leakage=True):
     summary["jackknife_groups"] = groups
     summary["all"] = biases(normal, shear, groups=groups)
     summary["true_galaxies_only"] = biases(normal_truth, shear, groups=groups)
+    if star_clearance:
+        clear = field_sums([f for f in field_info if not f["leakage"]], select,
+                           star_clearance=star_clearance)["normal"]
+        summary["no_true_star_within"] = dict(biases(clear, shear, groups=groups),
+                                              arcsec=float(star_clearance))
     summary["by_snr"] = [dict(biases(normal, shear, ("snr", lo, hi), groups), bin=_label(lo, hi))
                          for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:])]
     summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi), groups),
@@ -621,6 +649,10 @@ def format_summary(s):
              f"{a['c2_err']:.2e}"]
     t = s["true_galaxies_only"]
     lines.append(f"  true galaxies only: m = {t['m']:+.5f} +- {t['m_err']:.5f}")
+    if "no_true_star_within" in s:
+        t = s["no_true_star_within"]
+        lines.append(f"  without detections that have a true star within {t['arcsec']:g}\": "
+                     f"m = {t['m']:+.5f} +- {t['m_err']:.5f} ({t['n_objects']})")
     for key, name in (("by_snr", "S/N"), ("by_size", "T/Tpsf")):
         lines.append(f"  m by {name}: " + "; ".join(
             f"{r['bin']}: {r['m']:+.4f} +- {r['m_err']:.4f} ({r['n_objects']})" for r in s[key]))
@@ -694,6 +726,9 @@ def main(argv=None):
     parser.add_argument("--spread-class", type=int, default=1,
                         help="SPREAD_CLASS kept (-1: no class cut; the T/Tpsf cut then "
                              "removes the stars)")
+    parser.add_argument("--star-clearance", type=float, default=0.0, metavar="ARCSEC",
+                        help="also report m without the detections that have a true star "
+                             "within ARCSEC (a truth-based diagnostic of star blends)")
     parser.add_argument("--snr-min", type=float, default=10.0)
     parser.add_argument("--t-ratio-min", type=float, default=0.5)
     parser.add_argument("--report", action="store_true",
@@ -766,7 +801,8 @@ def main(argv=None):
             raise SystemExit(f"--round-cuts: {first} has no NGMIX_SNR_R_NOSHEAR column (made "
                              "before the round measurements existed)")
     summary = analyse(field_info, args.shear, cuts, log,
-                      paired_leakage=plan.get("leakage_sky") == "paired")
+                      paired_leakage=plan.get("leakage_sky") == "paired",
+                      star_clearance=args.star_clearance or None)
     summary["plan"] = plan
     text = format_summary(summary)
     if args.compare:

@@ -219,3 +219,17 @@ def test_leakage_check_separates_the_objects_from_the_selection(sb):
     out = sb.leakage_check(normal, leaky)
     assert out["flips"] == 2 * 2 * 100 and out["both"] == 2 * 2 * 1900
     assert out["matched_alpha1"] == pytest.approx(0.05, abs=3e-3)
+
+
+def test_star_distance_skips_the_detections_own_star(sb):
+    arc = 1.0 / 3600.0
+    truth = {"RA": np.array([10.0, 10.0 + 1.5 * arc, 10.0 + 10 * arc, 10.0 + 30 * arc]),
+             "DEC": np.zeros(4), "IS_STAR": np.array([0, 1, 1, 0])}
+    # Detections on the galaxy, on the star at 10", on the far galaxy; one unmatched.
+    cat = {"XWIN_WORLD": np.array([10.0, 10.0 + 10 * arc, 10.0 + 30 * arc, 10.0 + 50 * arc]),
+           "YWIN_WORLD": np.zeros(4)}
+    idx = np.array([0, 2, 3, -1])
+    d = sb._star_distance(cat, truth, idx)
+    # the galaxy: the star 1.5" away; the star: the other star, not itself; the far galaxy
+    # and the unmatched detection: the star at 10".
+    assert d == pytest.approx([1.5, 8.5, 20.0, 40.0], abs=1e-6)
