@@ -72,7 +72,8 @@ def field_seed(seed, index):
     return int(seed) * 1000 + int(index)
 
 
-def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shear=None):
+def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shear=None,
+                  mask_neighbours=True):
     """Copies of the example configs with the PSF model, the worker count and the seeding chosen.
 
     Config files are data: only these keys are replaced, by line. ``seed_by="position"`` sets
@@ -80,7 +81,8 @@ def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shea
     halves of a field (common random numbers), whatever its detection number there. With a
     sheared scene the halves' positions differ: ``seed_scene_shear = (g1, g2, ra0, dec0)``,
     the half's own shear and centre, sets ``SEED_SCENE_SHEAR`` so that the cells are taken
-    at the unsheared positions.
+    at the unsheared positions. ``mask_neighbours=False`` sets ``MASK_NEIGHBOURS = False``
+    (a diagnostic: how much of a bias the neighbour masks make).
     """
     os.makedirs(out_dir, exist_ok=True)
     psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
@@ -97,6 +99,8 @@ def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shea
             line = f"SEED_BY = {seed_by.upper()}"
             if seed_scene_shear is not None:
                 line += "\nSEED_SCENE_SHEAR = " + ", ".join(f"{v:.10g}" for v in seed_scene_shear)
+            if not mask_neighbours:
+                line += "\nMASK_NEIGHBOURS = False"
             text, n = re.subn(r"(?im)^SEED_BY\s*=.*$", line, text)
             if n != 1:
                 raise SystemExit(f"{name}: expected one SEED_BY line in [NGMIX_RUNNER], "
@@ -720,6 +724,10 @@ def main(argv=None):
                         help="noise of a rotated twin: the sky's noise with its sign flipped "
                              "(negated), or the same (E2, E3) (default: the plan's value for "
                              "an existing --output, else negated)")
+    parser.add_argument("--neighbour-masks", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="ngmix_runner MASK_NEIGHBOURS (default on, as the example config); "
+                             "--no-neighbour-masks: a diagnostic of what the masks do")
     parser.add_argument("--round-cuts", action="store_true",
                         help="cut on the round-model S/N and size (NGMIX_SNR_R, NGMIX_T_R) "
                              "instead of the fitted model's (outputs: shear_bias_round*)")
@@ -775,6 +783,8 @@ def main(argv=None):
             plan["twin_noise"] = args.twin_noise
     if args.scene_shear != "none":
         plan["scene_shear"] = args.scene_shear
+    if not args.neighbour_masks:
+        plan["neighbour_masks"] = False
     if old is not None:
         if old != plan:
             parser.error(f"{plan_path} records another plan ({old}); use another --output")
@@ -786,10 +796,11 @@ def main(argv=None):
             # "groups", an object moves by < 0.5": its cell is kept without it).
             half = meta.get("paired") or "single"
             return write_configs(os.path.join(out, "configs", half), args.model, args.processes,
-                                 args.seed_by, (*meta["shear"], *meta["shear_centre"]))
+                                 args.seed_by, (*meta["shear"], *meta["shear_centre"]),
+                                 mask_neighbours=args.neighbour_masks)
     else:
         configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
-                                args.seed_by)
+                                args.seed_by, mask_neighbours=args.neighbour_masks)
     field_info = collect_fields(out, args, configs, log, args.report)
     cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
             "spread_class": None if args.spread_class < 0 else args.spread_class}

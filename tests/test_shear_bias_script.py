@@ -149,6 +149,10 @@ def test_configs_are_copied_with_the_model_and_workers(sb, tmp_path):
     tile_scene = open(sb.write_configs(str(tmp_path / "s"), "psf_model", 1, "position",
                                        (-0.02, 0.0, 216.25, 51.5))["config_tile.ini"]).read()
     assert "SEED_BY = POSITION\nSEED_SCENE_SHEAR = -0.02, 0, 216.25, 51.5\n" in tile_scene
+    tile_nomask = open(sb.write_configs(str(tmp_path / "n"), "psf_model", 1, "position",
+                                        mask_neighbours=False)["config_tile.ini"]).read()
+    assert "SEED_BY = POSITION\nMASK_NEIGHBOURS = False\n" in tile_nomask
+    assert "MASK_NEIGHBOURS" not in tile
     # PSFEx models need the PSFEx run between the exposure and tile chains.
     assert list(paths) == ["config_exp.ini", "config_exp_psfex.ini", "config_tile.ini"]
     assert "SMP_BATCH_SIZE = 3" in open(paths["config_exp_psfex.ini"]).read()
