@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from shapepipe.modules.ngmix.measure import selection_response, shear_response  # noqa: E402
 from shapepipe.utils.atomic import atomic_path, write_text  # noqa: E402
+from shapepipe.utils.lensing import gnomonic  # noqa: E402
 from shapepipe.utils.rng import make_rng  # noqa: E402
 
 TYPES = ("NOSHEAR", "1P", "1M", "2P", "2M")
@@ -122,12 +123,9 @@ def load_truth(truth_dir):
 
 
 def _tangent(ra, dec, ra0, dec0):
-    """Gnomonic projection (arcsec) about (ra0, dec0)."""
-    ra, dec, ra0, dec0 = (np.deg2rad(a) for a in (ra, dec, ra0, dec0))
-    cosc = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
-    x = np.cos(dec) * np.sin(ra - ra0) / cosc
-    y = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cosc
-    return np.rad2deg(x) * 3600.0, np.rad2deg(y) * 3600.0
+    """Gnomonic projection (arcsec, +x east) about (ra0, dec0)."""
+    u, v = gnomonic(ra, dec, ra0, dec0)  # u points west
+    return -np.rad2deg(u) * 3600.0, np.rad2deg(v) * 3600.0
 
 
 def match(cat_ra, cat_dec, truth_ra, truth_dec, radius=0.6):

@@ -3,7 +3,8 @@
 import numpy as np
 from scipy.special import gammainc
 
-from shapepipe.sim.geometry import MAGZP, field_bounds, tangent_to_sky, tile_center
+from shapepipe.sim.geometry import MAGZP, field_bounds, tile_center
+from shapepipe.utils.lensing import tangent_to_sky
 from shapepipe.utils.rng import make_rng
 
 STAR_SLOPE = 0.2  # d log10 N / dm of the star counts

@@ -284,15 +284,3 @@ def field_bounds(params, margin_arcsec=20.0):
     ymin = min(y_lo + offs[:, 1].min(), -params.tile_ny / 2 * PIXEL_SCALE) - margin_arcsec
     ymax = max(y_hi + offs[:, 1].max(), params.tile_ny / 2 * PIXEL_SCALE) + margin_arcsec
     return xmin, xmax, ymin, ymax
-
-
-def tangent_to_sky(ra0, dec0, xi_arcsec, eta_arcsec):
-    """Gnomonic inverse projection: tangent-plane offsets (arcsec, +xi east) to RA, Dec (deg)."""
-    xi = np.deg2rad(np.asarray(xi_arcsec, float) / 3600.0)
-    eta = np.deg2rad(np.asarray(eta_arcsec, float) / 3600.0)
-    a0 = np.deg2rad(ra0)
-    d0 = np.deg2rad(dec0)
-    denom = np.cos(d0) - eta * np.sin(d0)
-    ra = a0 + np.arctan2(xi, denom)
-    dec = np.arctan2(np.sin(d0) + eta * np.cos(d0), np.hypot(xi, denom))
-    return np.rad2deg(ra) % 360.0, np.rad2deg(dec)

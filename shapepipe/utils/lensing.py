@@ -69,20 +69,21 @@ def gnomonic(ra, dec, ra0, dec0):
     return -xi, eta
 
 
-def inverse_gnomonic(u, v, ra0, dec0):
+def tangent_to_sky(ra0, dec0, xi_arcsec, eta_arcsec):
+    """Gnomonic inverse projection: tangent-plane offsets (arcsec, +xi east) to RA, Dec (deg)."""
+    xi = np.deg2rad(np.asarray(xi_arcsec, float) / 3600.0)
+    eta = np.deg2rad(np.asarray(eta_arcsec, float) / 3600.0)
+    a0 = np.deg2rad(ra0)
+    d0 = np.deg2rad(dec0)
+    denom = np.cos(d0) - eta * np.sin(d0)
+    ra = a0 + np.arctan2(xi, denom)
+    dec = np.arctan2(np.sin(d0) + eta * np.cos(d0), np.hypot(xi, denom))
+    return np.rad2deg(ra) % 360.0, np.rad2deg(dec)
+
+
+def _uv_to_sky(u, v, ra0, dec0):
     """(ra, dec) in degrees of tangent-plane coordinates (u west, v north; radians)."""
-    xi = -np.asarray(u, float)
-    eta = np.asarray(v, float)
-    d0 = np.deg2rad(float(dec0))
-    rho = np.hypot(xi, eta)
-    c = np.arctan(rho)
-    sin_c, cos_c = np.sin(c), np.cos(c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dec = np.arcsin(cos_c * np.sin(d0) + np.where(rho > 0, eta * sin_c / rho, 0.0)
-                        * np.cos(d0))
-    ra = float(ra0) + np.rad2deg(np.arctan2(xi * sin_c, rho * np.cos(d0) * cos_c
-                                            - eta * np.sin(d0) * sin_c))
-    return np.mod(ra, 360.0), np.rad2deg(dec)
+    return tangent_to_sky(ra0, dec0, -np.rad2deg(u) * 3600.0, np.rad2deg(v) * 3600.0)
 
 
 def shear_positions(ra, dec, g1, g2, ra0, dec0):
@@ -104,7 +105,7 @@ def shear_positions(ra, dec, g1, g2, ra0, dec0):
     """
     u, v = gnomonic(ra, dec, ra0, dec0)
     m = shear_matrix(g1, g2)
-    return inverse_gnomonic(m[0, 0] * u + m[0, 1] * v, m[1, 0] * u + m[1, 1] * v, ra0, dec0)
+    return _uv_to_sky(m[0, 0] * u + m[0, 1] * v, m[1, 0] * u + m[1, 1] * v, ra0, dec0)
 
 
 def friends_of_friends(u, v, link):
@@ -152,7 +153,7 @@ def shear_groups(ra, dec, g1, g2, ra0, dec0, link_arcsec=8.0):
     ra_s = np.array(ra, dtype=np.float64)
     dec_s = np.array(dec, dtype=np.float64)
     moved = size[labels] > 1  # a group of one stays exactly where it was
-    ra_s[moved], dec_s[moved] = inverse_gnomonic(
+    ra_s[moved], dec_s[moved] = _uv_to_sky(
         cu[moved] + m[0, 0] * du[moved] + m[0, 1] * dv[moved],
         cv[moved] + m[1, 0] * du[moved] + m[1, 1] * dv[moved], ra0, dec0)
     return ra_s, dec_s, labels
