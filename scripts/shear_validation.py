@@ -17,6 +17,10 @@ directory:
   fitted leakage slope;
 - ``shear_summary.txt`` / ``shear_summary.json``: the numbers.
 
+When the run also holds metadetection catalogues (``metadetect_cat-<tile>.fits``,
+metadetect_runner), their mean shear ``<e>_noshear / R`` (R from the sheared steps, selection
+included) is reported beside the metacal one, with a bootstrap over cells.
+
 Standard cuts (each configurable, see ``--help``): FLAGS == 0, NGMIX_FLAGS == 0 and
 NGMIX_MCAL_FLAGS == 0, NGMIX_SNR > 10, NGMIX_T / NGMIX_Tpsf > 0.5, SPREAD_CLASS == 1. The
 selection response redoes the cuts on the metacal quantities of the 1P/1M/2P/2M images
@@ -551,6 +555,7 @@ def validate(run_dir, truth_dir, out_dir, cuts, snr_bins=(10, 20, 40, 1e9), n_bo
     res = shear_res["all"]
     with np.errstate(invalid="ignore", divide="ignore"):
         nsigma = (np.asarray(res["g"]) - applied) / np.asarray(res["g_err"])
+    mdet = metadetect_shear(run_dir, applied, cuts, n_boot, seed)
     m = idx >= 0
     sel = select(tables["noshear"])
     summary = {
@@ -574,6 +579,8 @@ def validate(run_dir, truth_dir, out_dir, cuts, snr_bins=(10, 20, 40, 1e9), n_bo
         "n_bootstrap": n_boot,
         "seed": seed,
     }
+    if mdet is not None:
+        summary["metadetect"] = mdet
     summary = _jsonable(summary)
     write_text(json.dumps(summary, indent=1) + "\n", os.path.join(out_dir,
                                                                   "shear_summary.json"))
@@ -581,6 +588,51 @@ def validate(run_dir, truth_dir, out_dir, cuts, snr_bins=(10, 20, 40, 1e9), n_bo
     if plots:
         plot_all(out_dir, cat, tables, select, cls, det, shear_res, applied, leak, mag_bins)
     return summary
+
+
+def find_metadetect_catalogues(path):
+    """``metadetect_cat*.fits`` under a run directory (or one file), sorted."""
+    if os.path.isfile(path):
+        return [path] if os.path.basename(path).startswith("metadetect_cat") else []
+    return sorted(glob.glob(os.path.join(path, "**", "metadetect_cat*.fits"), recursive=True))
+
+
+def metadetect_shear(run_dir, applied, cuts, n_boot=200, seed=0):
+    """Mean shear of the run's metadetection catalogues (None when it has none).
+
+    The S/N and size thresholds are the ngmix cuts' (``MDET_S2N``, ``MDET_T_RATIO``: the
+    weighted-moment S/N and the PSF-deconvolved size over the PSF's); the flag cut is
+    MDET_FLAGS == 0 and MASK_FLAGS == 0. There is no class cut: the size cut removes stars.
+    """
+    from shapepipe.modules.metadetect.shear import default_cuts
+    from shapepipe.modules.metadetect.shear import mean_shear as mdet_mean
+
+    files = find_metadetect_catalogues(run_dir)
+    if not files:
+        return None
+    parts, step = [], None
+    for k, path in enumerate(files):
+        with fits.open(path) as hdul:
+            data = hdul["METADETECT"].data
+            file_step = float(hdul["METADETECT"].header.get("MDETSTEP", STEP))
+        if step is not None and file_step != step:
+            raise SystemExit(f"{path}: MDETSTEP = {file_step}, the other catalogues have {step}")
+        step = file_step
+        # Cells are numbered per tile: make them distinct across tiles for the bootstrap.
+        cell = np.asarray(data["CELL"], dtype=np.int64) + k * 10 ** 9
+        parts.append({"MDET_STEP": np.asarray(data["MDET_STEP"]).astype(str), "CELL": cell,
+                      **{c: np.asarray(data[c]) for c in ("MDET_FLAGS", "MASK_FLAGS",
+                                                          "MDET_S2N", "MDET_T_RATIO",
+                                                          "MDET_G1", "MDET_G2")}})
+    table = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    snr_min = cuts["snr_min"] if cuts["snr_min"] is not None else 10.0
+    t_min = cuts["t_ratio_min"] if cuts["t_ratio_min"] is not None else 0.5
+    select = default_cuts(table, snr_min, t_min, mask_flags=cuts["flags"])
+    res = mdet_mean(table, select, step=step, n_boot=n_boot, seed=seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res["nsigma"] = ((np.asarray(res["g"]) - applied) / np.asarray(res["g_err"])).tolist()
+    res.update(catalogues=files, snr_min=snr_min, t_ratio_min=t_min, step=step)
+    return res
 
 
 def format_summary(s):
@@ -612,6 +664,19 @@ def format_summary(s):
         f"{'within' if s['shear_within_3sigma'] else 'NOT within'} 3 sigma",
         "",
     ]
+    if "metadetect" in s:
+        md = s["metadetect"]
+        lines += [
+            f"metadetection ({len(md['catalogues'])} catalogue(s), cuts MDET_FLAGS = 0, "
+            f"MASK_FLAGS = 0, MDET_S2N > {md['snr_min']:g}, MDET_T_RATIO > "
+            f"{md['t_ratio_min']:g}; errors: bootstrap over {md['n_cells']} cells)",
+            f"{'metadetect':<14} {md['n']:>7d} {f(md['g'][0], '+10.5f')} "
+            f"{f(md['g_err'][0], '8.5f')} {f(md['g'][1], '+10.5f')} {f(md['g_err'][1], '8.5f')} "
+            f"{f(md['R'][0][0], '7.3f')} {f(md['R'][1][1], '7.3f')}",
+            f"(mean - applied) / error: g1 {f(md['nsigma'][0], '+.2f')}, g2 "
+            f"{f(md['nsigma'][1], '+.2f')}",
+            "",
+        ]
     c = s["classification"]
     lines += [
         f"galaxy purity (SPREAD_CLASS 1, S/N > 20): {f(c['galaxy_purity_snr_gt_20'], '.4f')} "

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shapepipe.modules.metadetect.cell import metadetect_cell, tile_noise
+from shapepipe.modules.metadetect.cell import correction_input, metadetect_cell, tile_noise
 from shapepipe.modules.metadetect.moments import FLAG_EDGE, FLAG_MASKED, weighted_moments
 from shapepipe.modules.ngmix.observation import Jacobian
 
@@ -102,8 +102,8 @@ def _mean_shear(g1, g2):
     image, weight, psf = _ring_cell(g1, g2)
     n = image.shape[0]
     jac = Jacobian((n - 1) / 2.0, (n - 1) / 2.0, np.eye(2) * SCALE)
-    noise = tile_noise(np.random.default_rng(2), image.shape, weight)
-    res, info = metadetect_cell(image, weight, psf, jac, noise)
+    white = np.random.default_rng(2).standard_normal(image.shape)
+    res, info = metadetect_cell(image, weight, psf, jac, white)
     mean = {}
     for t, r in res.items():
         ok = (r["flags"] == 0) & (r["s2n"] > 10) & (r["T_ratio"] > 0.5)
@@ -122,3 +122,77 @@ def test_metadetect_recovers_the_shear_of_a_cell():
     assert mean["noshear"][1] / r11 == pytest.approx(g[0], abs=1e-3)
     assert mean["noshear"][2] / r22 == pytest.approx(g[1], abs=1e-3)
     assert info["sigma_reconv"] > 0 and info["T_reconv"] > 0
+
+
+def _moffat_psf(size=41):
+    import galsim
+
+    psf = galsim.Moffat(beta=3.0, fwhm=0.7).shear(g1=0.05, g2=-0.03)
+    img = psf.drawImage(nx=size, ny=size, scale=SCALE).array
+    return img / img.sum()
+
+
+def test_correction_noise_has_the_spectrum_of_the_rotated_sheared_noise():
+    """The shared-phase correction has the power spectrum of Sheldon & Huff's construction
+    (noise rotated by 90 degrees, put through the step's operator, rotated back)."""
+    from shapepipe.modules.ngmix.metacal import MetacalImager
+
+    n = 96
+    psf = _moffat_psf()
+    jac = Jacobian((n - 1) / 2.0, (n - 1) / 2.0, np.eye(2) * SCALE)
+    offsets = [(0.3, 0.7), (0.5, 0.1), (0.9, 0.4)]
+    weight = np.full((n, n), 4.0)
+    sigma_r = 0.45
+    g = (0.05, 0.0)  # a large step, so that the anisotropy is measurable
+    imager = MetacalImager((n, n), jac, psf, sigma_r)
+    rng = np.random.default_rng(11)
+    inner = slice(16, n - 16)  # away from the stamp operator's edges
+    ref, new = np.zeros((n - 32, n - 32)), np.zeros((n - 32, n - 32))
+    for _ in range(60):
+        noise = tile_noise(rng, (n, n), weight, offsets)
+        rotated = np.rot90(imager.make(np.rot90(noise, 1), *g).real, -1)
+        ref += np.abs(np.fft.fft2(rotated[inner, inner])) ** 2
+        n_in = correction_input(rng.standard_normal((n, n)), weight, psf, jac, sigma_r, *g,
+                                offsets=offsets)
+        c = imager.make(1j * n_in, *g).imag
+        new += np.abs(np.fft.fft2(c[inner, inner])) ** 2
+    assert new.sum() == pytest.approx(ref.sum(), rel=0.05)  # same variance
+    k = 2 * np.pi * np.fft.fftfreq(n - 32)
+    kx, ky = np.meshgrid(k, k)
+    low = (kx ** 2 + ky ** 2 < 1.0) & (kx ** 2 + ky ** 2 > 0)
+    # the anisotropy: power along kx against along ky, the same in both constructions
+    aniso_ref = (ref[low] * (kx[low] ** 2 - ky[low] ** 2)).sum() / ref[low].sum()
+    aniso_new = (new[low] * (kx[low] ** 2 - ky[low] ** 2)).sum() / new[low].sum()
+    assert abs(aniso_ref) > 0.01
+    assert aniso_new == pytest.approx(aniso_ref, rel=0.15)
+
+
+def test_correction_noise_moves_with_the_scene_in_every_step():
+    """Under an object 100+ pixels from the cell centre, the 1p and 1m corrections are the
+    same realisation (each moved with its sheared scene)."""
+    from scipy.ndimage import map_coordinates
+
+    from shapepipe.modules.ngmix.metacal import MetacalImager, shear_matrix
+
+    n = 200
+    psf = _moffat_psf()
+    c0 = (n - 1) / 2.0
+    jac = Jacobian(c0, c0, np.eye(2) * SCALE)
+    white = np.random.default_rng(3).standard_normal((n, n))
+    weight = np.ones((n, n))
+    imager = MetacalImager((n, n), jac, psf, 0.45)
+    step = 0.01
+    fields = {}
+    for g in (step, -step):
+        n_in = correction_input(white, weight, psf, jac, 0.45, g, 0.0)
+        fields[g] = imager.make(1j * n_in, g, 0.0).imag
+    # A point p of the unsheared scene is at a(g) p in the image of shear g.
+    y, x = np.mgrid[30:60, 30:60].astype(float)  # ~100 pixels from the centre
+    p = np.stack([x.ravel() - c0, y.ravel() - c0])
+    at = {g: shear_matrix(g, 0.0) @ p + c0 for g in fields}
+    vals = {g: map_coordinates(fields[g], [at[g][1], at[g][0]], order=3) for g in fields}
+    assert np.corrcoef(vals[step], vals[-step])[0, 1] > 0.98
+    # at the same pixel (the rotated construction's behaviour) they are far less alike
+    same_pixel = np.corrcoef(fields[step][30:60, 30:60].ravel(),
+                             fields[-step][30:60, 30:60].ravel())[0, 1]
+    assert same_pixel < np.corrcoef(vals[step], vals[-step])[0, 1] - 0.05

@@ -16,7 +16,12 @@ responses are all inside R. See :mod:`shapepipe.modules.metadetect.cell`.
 
 Keys: CELL_SIZE, CELL_MARGIN (pixels), STEP, WEIGHT_FWHM (arcsec), DETECT_THRESH,
 DETECT_MINAREA, DEBLEND_NTHRESH, DEBLEND_MINCONT, PSF_SIZE, SEED, TILE_RESAMPLING (NONE |
-BILINEAR, with LOG_WCS: the stacking kernel in the PSF and in the noise texture), PREFIX.
+BILINEAR, with LOG_WCS: the stacking kernel in the PSF and in the noise texture),
+STAR_CAT_PATH (+ STAR_CAT_RA_COL/DEC_COL/MAG_COL), STAR_MASK_MAG, STAR_MASK_RADIUS,
+STAR_MASK_RADIUS_MAX (detections near bright reference stars get MDET_FLAGS 16), PREFIX.
+
+MDET_FLAGS bits: 1 the moments stamp leaves the cell, 2 a pixel without data under the
+weight, 4 no shape (non-positive flux or moments), 16 near a bright reference star.
 """
 
 import os
@@ -42,6 +47,17 @@ KEYS = [
              "the PSF and the noise texture (needs LOG_WCS)"),
     Key("LOG_WCS", "str", default="",
         help="log_exp_headers.sqlite (file or module reference) for TILE_RESAMPLING"),
+    Key("STAR_CAT_PATH", "file", default=None,
+        help="reference star catalogue (RA, DEC in deg, a magnitude): detections near its "
+             "bright stars get MDET_FLAGS 16"),
+    Key("STAR_CAT_RA_COL", "str", default="RA", help="right ascension column"),
+    Key("STAR_CAT_DEC_COL", "str", default="DEC", help="declination column"),
+    Key("STAR_CAT_MAG_COL", "str", default="MAG", help="magnitude column"),
+    Key("STAR_MASK_MAG", "float", default=18.0, help="stars brighter than this are masked"),
+    Key("STAR_MASK_RADIUS", "float", default=2.5,
+        help="mask radius (arcsec) of a star at STAR_MASK_MAG, x 10**(0.2 (STAR_MASK_MAG - mag)) "
+             "for brighter ones"),
+    Key("STAR_MASK_RADIUS_MAX", "float", default=30.0, help="largest mask radius (arcsec)"),
     Key("PREFIX", "str", default=None, help="output prefix: <PREFIX>_metadetect_cat<num>.fits"),
 ]
 
@@ -69,6 +85,10 @@ def _check(config, section):
         raise ValueError(f"[{section}] WEIGHT_FWHM = {opts['WEIGHT_FWHM']}: expected > 0")
     if not opts["DETECT_THRESH"] > 0:
         raise ValueError(f"[{section}] DETECT_THRESH = {opts['DETECT_THRESH']}: expected > 0")
+    if not opts["STAR_MASK_RADIUS"] > 0 or opts["STAR_MASK_RADIUS_MAX"] < opts["STAR_MASK_RADIUS"]:
+        raise ValueError(f"[{section}] STAR_MASK_RADIUS = {opts['STAR_MASK_RADIUS']}, "
+                         f"STAR_MASK_RADIUS_MAX = {opts['STAR_MASK_RADIUS_MAX']}: expected "
+                         "0 < STAR_MASK_RADIUS <= STAR_MASK_RADIUS_MAX")
     if opts["TILE_RESAMPLING"].upper() == "BILINEAR" and not opts["LOG_WCS"]:
         raise ValueError(f"[{section}] TILE_RESAMPLING = BILINEAR needs LOG_WCS (the "
                          "log_exp_headers.sqlite of merge_headers_runner)")
@@ -110,10 +130,19 @@ def metadetect_runner(input_file_list, run_dirs, file_number_string, config, mod
     detect = DetectConfig(thresh=opts["DETECT_THRESH"], minarea=opts["DETECT_MINAREA"],
                           deblend_nthresh=opts["DEBLEND_NTHRESH"],
                           deblend_cont=opts["DEBLEND_MINCONT"])
+    stars = None
+    if opts["STAR_CAT_PATH"]:
+        from shapepipe.modules.mask.catalogs import read_star_catalogue
+
+        stars = read_star_catalogue(os.path.expanduser(opts["STAR_CAT_PATH"]),
+                                    opts["STAR_CAT_RA_COL"], opts["STAR_CAT_DEC_COL"],
+                                    opts["STAR_CAT_MAG_COL"])
     counts = process_tile(image, weight, flag, sexcat, psf_store, out, exp_wcs=exp_wcs,
                           seed=opts["SEED"], cell_size=opts["CELL_SIZE"],
                           cell_margin=opts["CELL_MARGIN"], step=opts["STEP"],
                           weight_fwhm=opts["WEIGHT_FWHM"], psf_size=opts["PSF_SIZE"],
-                          detect=detect, log=w_log)
+                          detect=detect, stars=stars, star_mask_mag=opts["STAR_MASK_MAG"],
+                          star_mask_radius=opts["STAR_MASK_RADIUS"],
+                          star_mask_radius_max=opts["STAR_MASK_RADIUS_MAX"], log=w_log)
     w_log.info("wrote %s: %s", out, counts)
     return None, None
