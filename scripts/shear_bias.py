@@ -24,10 +24,21 @@ Optional leakage fields add a mean PSF shear to every focal plane; the PSF leaka
 ``alpha = (c_leak - c) / (psf_leak - psf)`` with the mean PSF shears measured on the selected
 galaxies (``NGMIX_ELL_PSFo_NOSHEAR``).
 
+``--method metadetect`` measures with metadetection instead (Sheldon et al. 2020): the tile
+chain is mask, SExtractor, PSF interpolation and ``metadetect_runner``, which shears the whole
+coadd (noshear, 1p, 1m, 2p, 2m), detects and measures on each image and writes
+``metadetect_cat-<tile>.fits``. Each step's rows are cut on their own values (MDET_FLAGS == 0,
+MASK_FLAGS == 0, MDET_S2N > ``--snr-min``, MDET_T_RATIO > ``--t-ratio-min``) and the response
+is the difference of the steps' means, ``R11 = (<G1>_1p - <G1>_1m) / (2 step)`` (R22 from 2p,
+2m): detection, deblending and selection are inside it. Halves and fields combine by their
+sums; m, c and alpha then follow as above (PSF shear: PSF_G1, PSF_G2 of the noshear rows).
+The per-object response check of metacal does not apply.
+
 Resumable: a field's data and each half's runs are kept in ``--output`` and not redone.
 
     python scripts/shear_bias.py --output DIR [--seed N] [--fields K] [--leakage-fields L]
-        [--processes N] [--model psf_model|psfex] [--shear G] [--psf-g-offset G1,G2]
+        [--processes N] [--model psf_model|psfex] [--method metacal|metadetect]
+        [--shear G] [--psf-g-offset G1,G2]
         [--full] [--report [--round-cuts] [--spread-class C] [--compare DIR]]
 
 Writes ``DIR/shear_bias.json`` and ``DIR/shear_bias.png`` (m by S/N and by size, per-field m).

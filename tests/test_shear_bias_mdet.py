@@ -221,6 +221,20 @@ def test_metadetect_sums_combine_fields(sb):
         sb._mdet_means([halves[0], dict(halves[1], step=0.02)])
 
 
+def test_metadetect_compare_measures_a_change_on_the_same_skies(sb, tmp_path):
+    shear = (0.02, 0.0)
+    select = sb.mdet_selector(CUTS)
+    runs = {}
+    for name, m in (("a", 0.0), ("b", -0.01)):
+        info, _ = _write_run(str(tmp_path / name), 4, 2, shear, n=800, seed=2, m=m,
+                             alpha=0.02 if name == "a" else 0.05)
+        runs[name] = sb.field_sums(info, select, method="metadetect")
+    d = sb.compare(runs["a"], runs["b"], shear, sb.sky_groups(runs["b"]["skies"]))
+    # Stars dilute both runs alike: the change of m is (1 - star share) * -0.01.
+    assert d["d_m"] == pytest.approx(-0.0095, abs=1e-3)
+    assert d["d_alpha1"] == pytest.approx(0.03, abs=2e-3)
+
+
 def _example(tmp_path, section=True, module=True):
     root = tmp_path / "root"
     (root / "example").mkdir(parents=True)
