@@ -154,10 +154,11 @@ def _metadetect_chain(text, name):
 
 
 def find_catalogues(path, method="metacal"):
-    """The final catalogues of ``method`` under a run directory (any depth), sorted."""
+    """The final catalogues of ``method`` under a run directory (any depth), sorted; the
+    runner's optional PREFIX (``<prefix>_metadetect_cat-<tile>.fits``) is allowed."""
     if method == "metacal":
         return sv.find_final_catalogues(path)
-    return sorted(glob.glob(os.path.join(path, "**", f"{CATALOGUE_PREFIX[method]}-*.fits"),
+    return sorted(glob.glob(os.path.join(path, "**", f"*{CATALOGUE_PREFIX[method]}-*.fits"),
                             recursive=True))
 
 
@@ -299,7 +300,10 @@ def load_metadetect(files):
             if missing:
                 raise SystemExit(f"{path}: missing column(s) {', '.join(missing)} in HDU "
                                  "METADETECT")
-            parts.append({c: np.array(hdu.data[c]) for c in MDET_COLUMNS})
+            data = hdu.data  # None for a table without rows
+            parts.append({c: np.array(data[c]) if data is not None else
+                          np.zeros(0, "U7" if c == "MDET_STEP" else float)
+                          for c in MDET_COLUMNS})
     if not parts:
         raise SystemExit("no metadetect catalogue to read")
     if len(steps) != 1 or not 0 < min(steps) < 1:
