@@ -418,15 +418,15 @@ def _mdet_means(parts, rows=None):
     steps = {p["step"] for p in parts}
     if len(steps) > 1:
         raise ValueError(f"metadetect halves with different shear steps {sorted(steps)}")
-    total = None
+    total = {"n": np.zeros(len(MDET_STEPS)), "sum_g": np.zeros((len(MDET_STEPS), 2)),
+             "sum_psf": np.zeros(2)}
     for k, p in enumerate(parts):
-        sums = mdet_sums(p, None if rows is None else rows[k])
-        total = sums if total is None else {key: total[key] + v for key, v in sums.items()}
-    if total is None or total["n"].min() < 2:
-        return np.full(2, np.nan), np.full((2, 2), np.nan), 0 if total is None else int(
-            total["n"][0])
-    return total["sum_g"][0] / total["n"][0], mdet_response(total, steps.pop()), int(
-        total["n"][0])
+        for key, v in mdet_sums(p, None if rows is None else rows[k]).items():
+            total[key] = total[key] + v
+    n = int(total["n"][0])
+    if total["n"].min() < 2:
+        return np.full(2, np.nan), np.full((2, 2), np.nan), n
+    return total["sum_g"][0] / n, mdet_response(total, steps.pop()), n
 
 
 def _means(parts, rows=None):
