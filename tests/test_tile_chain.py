@@ -120,3 +120,23 @@ def test_exposure_then_tile_chain_to_the_final_catalogue(tmp_path, monkeypatch):
     off = n_epoch == 0
     if off.any():
         assert np.all(np.isnan(final["NGMIX_ELL_NOSHEAR"][off]))
+
+    # Metadetection: every step present, each with about the same detections, and the
+    # measured shapes are shapes (|e| < 1) where unflagged.
+    mdet = fits.getdata(out("metadetect_runner", f"metadetect_cat{num}.fits"), "METADETECT")
+    assert sorted(np.unique(mdet["MDET_STEP"])) == sorted(["noshear", "1p", "1m", "2p", "2m"])
+    good = (mdet["MDET_FLAGS"] == 0) & (mdet["MDET_S2N"] > 10)
+    # the real detections (not the noise peaks of the 0.8-sigma threshold) are the same
+    # objects in every step
+    _, counts = np.unique(mdet["MDET_STEP"][good], return_counts=True)
+    print("metadetect S/N > 10 per step:", counts)
+    assert counts.min() > 0.97 * counts.max()
+    assert np.sum(good & (mdet["MDET_STEP"] == "noshear")) > 50
+    assert np.all(np.hypot(mdet["MDET_G1"][good], mdet["MDET_G2"][good]) < 1)
+    assert np.all(np.isfinite(mdet["RA"])) and np.all(mdet["PSF_T"] > 0)
+    # positions are on the tile, unique numbers
+    assert len(np.unique(mdet["NUMBER"])) == len(mdet)
+    with fits.open(str(data / "tiles" / f"CFIS_image{num}.fits")) as hdul:
+        ny, nx = hdul[0].data.shape
+    assert np.all((mdet["X_IMAGE"] > 0.5) & (mdet["X_IMAGE"] < nx + 0.5))
+    assert np.all((mdet["Y_IMAGE"] > 0.5) & (mdet["Y_IMAGE"] < ny + 0.5))

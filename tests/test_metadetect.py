@@ -1,0 +1,124 @@
+"""Metadetection: weighted moments, the stack's noise texture, the shear recovered on a cell."""
+
+import numpy as np
+import pytest
+
+from shapepipe.modules.metadetect.cell import metadetect_cell, tile_noise
+from shapepipe.modules.metadetect.moments import FLAG_EDGE, FLAG_MASKED, weighted_moments
+from shapepipe.modules.ngmix.observation import Jacobian
+
+SCALE = 0.187
+
+
+def _gaussian(shape, x0, y0, cov_pix, flux=1.0):
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    d = np.stack([x - x0, y - y0])
+    inv = np.linalg.inv(cov_pix)
+    q = np.einsum("i...,ij,j...->...", d, inv, d)
+    return flux * np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(np.linalg.det(cov_pix)))
+
+
+def test_weighted_moments_of_a_gaussian_match_the_analytic_product():
+    cov_pix = np.array([[9.0, 2.0], [2.0, 5.0]])  # well sampled: pixel effects ~1e-3
+    img = _gaussian((81, 81), 40.3, 39.6, cov_pix, flux=1000.0)
+    jac = np.array([[SCALE, 0.0], [0.0, SCALE]])
+    sigma_w = 0.8
+    m = weighted_moments(img, [40.3], [39.6], jac, sigma_w)
+    c = cov_pix * SCALE ** 2
+    cw = np.linalg.inv(np.linalg.inv(c) + np.eye(2) / sigma_w ** 2)
+    e1 = (cw[0, 0] - cw[1, 1]) / np.trace(cw)
+    e2 = 2 * cw[0, 1] / np.trace(cw)
+    assert m["flags"][0] == 0
+    assert m["e1"][0] == pytest.approx(e1, abs=2e-3)
+    assert m["e2"][0] == pytest.approx(e2, abs=2e-3)
+    assert m["T_w"][0] == pytest.approx(np.trace(cw), rel=3e-3)
+    # the weight divided out gives the object's own size
+    assert m["T"][0] == pytest.approx(np.trace(c), rel=1e-2)
+
+
+def test_weighted_moments_flag_edges_masks_and_non_shapes():
+    img = _gaussian((41, 41), 20, 20, np.eye(2) * 4.0, 100.0)
+    jac = np.eye(2) * SCALE
+    bad = np.zeros(img.shape, bool)
+    bad[21, 20] = True
+    m = weighted_moments(img, [20.0, 2.0], [20.0, 20.0], jac, 0.5, bad=bad)
+    assert m["flags"][0] & FLAG_MASKED and not m["flags"][0] & FLAG_EDGE
+    assert m["flags"][1] & FLAG_EDGE
+    # pure negative noise: no shape, no e
+    neg = weighted_moments(-img, [20.0], [20.0], jac, 0.5)
+    assert neg["flags"][0] and np.isnan(neg["e1"][0])
+
+
+def test_tile_noise_has_the_level_and_texture_of_bilinear_resampling():
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(5)
+    shape = (400, 400)
+    offsets = [(0.3, 0.7), (0.5, 0.1), (0.9, 0.4)]
+    w = np.full(shape, 4.0)  # stack weight: 3 epochs of weight 4/3 each
+    # the stacker's operation on white noise of each epoch (sigma^2 = 3/4)
+    ref = np.zeros(shape)
+    y, x = np.mgrid[:shape[0], :shape[1]].astype(float)
+    for ux, uy in offsets:
+        white = rng.standard_normal((shape[0] + 2, shape[1] + 2)) * np.sqrt(0.75)
+        ref += map_coordinates(white, [y + uy, x + ux], order=1)
+    ref /= len(offsets)
+    sim = tile_noise(np.random.default_rng(6), shape, w, offsets)
+    assert sim.var() == pytest.approx(ref.var(), rel=0.03)
+    for axis in (0, 1):
+        lag_ref = np.mean(ref * np.roll(ref, 1, axis)) / ref.var()
+        lag_sim = np.mean(sim * np.roll(sim, 1, axis)) / sim.var()
+        assert lag_sim == pytest.approx(lag_ref, abs=0.02)
+    assert np.all(tile_noise(rng, (5, 5), np.zeros((5, 5)), offsets) == 0)
+
+
+def _ring_cell(g1, g2, n=260, noise=0.05):
+    """Exponential galaxies in rotated rings, sheared in shape and position, Moffat PSF."""
+    import galsim
+
+    psf = galsim.Moffat(beta=3.0, fwhm=0.7).shear(g1=0.03, g2=-0.02)
+    img = galsim.ImageD(n, n, scale=SCALE)
+    c = (n - 1) / 2.0
+    a = np.array([[1 + g1, g2], [g2, 1 - g1]]) / np.sqrt(1 - g1 * g1 - g2 * g2)
+    k = 0
+    for iy in range(4):
+        for ix in range(4):
+            e = 0.3
+            beta = np.pi / 4 * k  # 8 orientations: shape noise cancels in the mean
+            gal = galsim.Exponential(half_light_radius=0.5 + 0.1 * (k % 3), flux=5000.0)
+            gal = gal.shear(e=e, beta=beta * galsim.radians).shear(g1=g1, g2=g2)
+            p = a @ np.array([40 + 60 * ix - c, 40 + 60 * iy - c]) + c
+            galsim.Convolve(gal, psf).drawImage(img, add_to_image=True,
+                                                offset=(p[0] - c, p[1] - c))
+            k += 1
+    psf_img = psf.drawImage(nx=41, ny=41, scale=SCALE).array
+    rng = np.random.default_rng(1)
+    image = img.array + rng.normal(0, noise, img.array.shape)
+    weight = np.full(image.shape, noise ** -2)
+    return image, weight, psf_img / psf_img.sum()
+
+
+def _mean_shear(g1, g2):
+    image, weight, psf = _ring_cell(g1, g2)
+    n = image.shape[0]
+    jac = Jacobian((n - 1) / 2.0, (n - 1) / 2.0, np.eye(2) * SCALE)
+    noise = tile_noise(np.random.default_rng(2), image.shape, weight)
+    res, info = metadetect_cell(image, weight, psf, jac, noise)
+    mean = {}
+    for t, r in res.items():
+        ok = (r["flags"] == 0) & (r["s2n"] > 10) & (r["T_ratio"] > 0.5)
+        mean[t] = (ok.sum(), np.mean(r["e1"][ok]), np.mean(r["e2"][ok]))
+    r11 = (mean["1p"][1] - mean["1m"][1]) / 0.02
+    r22 = (mean["2p"][2] - mean["2m"][2]) / 0.02
+    return mean, r11, r22, info
+
+
+def test_metadetect_recovers_the_shear_of_a_cell():
+    g = (0.02, -0.01)
+    mean, r11, r22, info = _mean_shear(*g)
+    assert all(v[0] == 16 for v in mean.values())  # every galaxy, once, in every step
+    assert 0.2 < r11 < 0.8 and 0.2 < r22 < 0.8
+    # 16 galaxies of 8 orientations: shape noise cancels to ~1e-4 in the means
+    assert mean["noshear"][1] / r11 == pytest.approx(g[0], abs=1e-3)
+    assert mean["noshear"][2] / r22 == pytest.approx(g[1], abs=1e-3)
+    assert info["sigma_reconv"] > 0 and info["T_reconv"] > 0
