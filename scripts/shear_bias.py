@@ -24,10 +24,21 @@ Optional leakage fields add a mean PSF shear to every focal plane; the PSF leaka
 ``alpha = (c_leak - c) / (psf_leak - psf)`` with the mean PSF shears measured on the selected
 galaxies (``NGMIX_ELL_PSFo_NOSHEAR``).
 
+``--method metadetect`` measures with metadetection instead (Sheldon et al. 2020): the tile
+chain is mask, SExtractor, PSF interpolation and ``metadetect_runner``, which shears the whole
+coadd (noshear, 1p, 1m, 2p, 2m), detects and measures on each image and writes
+``metadetect_cat-<tile>.fits``. Each step's rows are cut on their own values (MDET_FLAGS == 0,
+MASK_FLAGS == 0, MDET_S2N > ``--snr-min``, MDET_T_RATIO > ``--t-ratio-min``) and the response
+is the difference of the steps' means, ``R11 = (<G1>_1p - <G1>_1m) / (2 step)`` (R22 from 2p,
+2m): detection, deblending and selection are inside it. Halves and fields combine by their
+sums; m, c and alpha then follow as above (PSF shear: PSF_G1, PSF_G2 of the noshear rows).
+The per-object response check of metacal does not apply.
+
 Resumable: a field's data and each half's runs are kept in ``--output`` and not redone.
 
     python scripts/shear_bias.py --output DIR [--seed N] [--fields K] [--leakage-fields L]
-        [--processes N] [--model psf_model|psfex] [--shear G] [--psf-g-offset G1,G2]
+        [--processes N] [--model psf_model|psfex] [--method metacal|metadetect]
+        [--shear G] [--psf-g-offset G1,G2]
         [--full] [--report [--round-cuts] [--spread-class C] [--compare DIR]]
 
 Writes ``DIR/shear_bias.json`` and ``DIR/shear_bias.png`` (m by S/N and by size, per-field m).
@@ -36,6 +47,7 @@ A figure of record fixes ``--seed``, ``--fields`` and ``--leakage-fields`` befor
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -44,6 +56,7 @@ import sys
 import time
 
 import numpy as np
+from astropy.io import fits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -57,6 +70,16 @@ from shapepipe.utils.atomic import atomic_path, write_text  # noqa: E402
 HALVES = ("plus", "minus")
 SNR_BINS = (10.0, 15.0, 25.0, 50.0, 1e9)
 SIZE_BINS = (0.5, 0.8, 1.2, 2.0, 1e9)  # T / Tpsf
+METHODS = ("metacal", "metadetect")
+#: The catalogue each method's tile chain ends with (``<prefix>-<tile>.fits``).
+CATALOGUE_PREFIX = {"metacal": "final_cat", "metadetect": "metadetect_cat"}
+#: metadetect's tile chain: it detects and measures on its own sheared images, so the
+#: SExtractor catalogue is needed only for the PSF (psfex_interp_runner) and the masks.
+MDET_MODULES = "mask_runner, sextractor_runner, psfex_interp_runner, metadetect_runner"
+MDET_STEPS = ("noshear", "1p", "1m", "2p", "2m")
+#: Columns of metadetect_runner's HDU METADETECT read here.
+MDET_COLUMNS = ("MDET_STEP", "RA", "DEC", "MDET_FLAGS", "MASK_FLAGS", "MDET_S2N",
+                "MDET_T_RATIO", "MDET_G1", "MDET_G2", "PSF_G1", "PSF_G2")
 
 
 def _pair(text):
@@ -73,7 +96,7 @@ def field_seed(seed, index):
 
 
 def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shear=None,
-                  mask_neighbours=True):
+                  mask_neighbours=True, method="metacal"):
     """Copies of the example configs with the PSF model, the worker count and the seeding chosen.
 
     Config files are data: only these keys are replaced, by line. ``seed_by="position"`` sets
@@ -82,7 +105,9 @@ def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shea
     sheared scene the halves' positions differ: ``seed_scene_shear = (g1, g2, ra0, dec0)``,
     the half's own shear and centre, sets ``SEED_SCENE_SHEAR`` so that the cells are taken
     at the unsheared positions. ``mask_neighbours=False`` sets ``MASK_NEIGHBOURS = False``
-    (a diagnostic: how much of a bias the neighbour masks make).
+    (a diagnostic: how much of a bias the neighbour masks make). ``method="metadetect"`` sets
+    the tile chain's MODULE line to ``MDET_MODULES`` (the config must have a
+    ``[METADETECT_RUNNER]`` section).
     """
     os.makedirs(out_dir, exist_ok=True)
     psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
@@ -105,14 +130,40 @@ def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shea
             if n != 1:
                 raise SystemExit(f"{name}: expected one SEED_BY line in [NGMIX_RUNNER], "
                                  f"found {n}")
+            if method == "metadetect":
+                text = _metadetect_chain(text, name)
         path = os.path.join(out_dir, name)
         write_text(text, path)
         paths[name] = path
     return paths
 
 
+def _metadetect_chain(text, name):
+    """The tile config ``text`` with its MODULE line (and continuation lines) set to
+    ``MDET_MODULES``; SystemExit naming ``name`` without exactly one such line or without a
+    ``[METADETECT_RUNNER]`` section."""
+    if not re.search(r"(?im)^\[METADETECT_RUNNER\][ \t]*$", text):
+        raise SystemExit(f"{name}: no [METADETECT_RUNNER] section (--method metadetect runs "
+                         "metadetect_runner with that section's keys)")
+    # A configparser value continues on the following indented lines.
+    text, n = re.subn(r"(?im)^MODULE[ \t]*=.*(?:\n[ \t]+\S.*)*$", "MODULE = " + MDET_MODULES,
+                      text)
+    if n != 1:
+        raise SystemExit(f"{name}: expected one MODULE line in [EXECUTION], found {n}")
+    return text
+
+
+def find_catalogues(path, method="metacal"):
+    """The final catalogues of ``method`` under a run directory (any depth), sorted; the
+    runner's optional PREFIX (``<prefix>_metadetect_cat-<tile>.fits``) is allowed."""
+    if method == "metacal":
+        return sv.find_final_catalogues(path)
+    return sorted(glob.glob(os.path.join(path, "**", f"*{CATALOGUE_PREFIX[method]}-*.fits"),
+                            recursive=True))
+
+
 def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log,
-              rotated=False, scene_shear="none", negate_noise=False):
+              rotated=False, scene_shear="none", negate_noise=False, method="metacal"):
     """Simulate one paired field and run both chains on each half (skipping what is done).
 
     ``configs`` is ``{name: path}``, or a callable ``configs(survey_json) -> {name: path}``
@@ -150,9 +201,10 @@ def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, lo
                 f"({time.time() - t0:.0f} s)")
             if proc.returncode == 2:
                 raise SystemExit(f"{name}: configuration error: {proc.stderr.strip()}")
-        files = sv.find_final_catalogues(os.path.join(field_dir, "runs", half))
+        files = find_catalogues(os.path.join(field_dir, "runs", half), method)
         if not files:
-            raise SystemExit(f"{field_dir} {half}: no final_cat-*.fits was produced "
+            raise SystemExit(f"{field_dir} {half}: no {CATALOGUE_PREFIX[method]}-*.fits was "
+                             "produced "
                              f"(see the run logs under {env['SP_RUN']})")
         # Only the newest tile run's catalogues.
         newest = max(os.path.dirname(f) for f in files)
@@ -229,8 +281,161 @@ def _star_distance(cat, truth, idx):
     return np.where(own, dist[:, 1], dist[:, 0])
 
 
+def load_metadetect(files):
+    """The METADETECT tables of ``files`` (columns ``MDET_COLUMNS``, concatenated) and the
+    shear step of their sheared images (header key MDETSTEP, the same in every file)."""
+    parts, steps = [], set()
+    for path in files:
+        with fits.open(path, memmap=True) as hdul:
+            if "METADETECT" not in hdul:
+                raise SystemExit(f"{path}: no HDU METADETECT (expected metadetect_runner's "
+                                 "metadetect_cat-<tile>.fits)")
+            hdu = hdul["METADETECT"]
+            if "MDETSTEP" not in hdu.header:
+                raise SystemExit(f"{path}: HDU METADETECT has no header key MDETSTEP (the "
+                                 "shear step of the sheared images)")
+            steps.add(float(hdu.header["MDETSTEP"]))
+            names = hdu.columns.names
+            missing = [c for c in MDET_COLUMNS if c not in names]
+            if missing:
+                raise SystemExit(f"{path}: missing column(s) {', '.join(missing)} in HDU "
+                                 "METADETECT")
+            data = hdu.data  # None for a table without rows
+            parts.append({c: np.array(data[c]) if data is not None else
+                          np.zeros(0, "U7" if c == "MDET_STEP" else float)
+                          for c in MDET_COLUMNS})
+    if not parts:
+        raise SystemExit("no metadetect catalogue to read")
+    if len(steps) != 1 or not 0 < min(steps) < 1:
+        raise SystemExit(f"{', '.join(files)}: MDETSTEP {sorted(steps)}: expected one step in "
+                         "(0, 1) for all catalogues")
+    cat = {c: np.concatenate([p[c] for p in parts]) for c in MDET_COLUMNS}
+    cat["MDET_STEP"] = np.char.strip(cat["MDET_STEP"].astype(str))
+    unknown = sorted(set(np.unique(cat["MDET_STEP"]).tolist()) - set(MDET_STEPS))
+    if unknown:
+        raise SystemExit(f"{', '.join(files)}: MDET_STEP values {unknown}: expected "
+                         f"{', '.join(MDET_STEPS)}")
+    return cat, steps.pop()
+
+
+def mdet_selector(cuts):
+    """``select(rows) -> bool array`` on a dict of METADETECT columns (one step's rows).
+
+    ``cuts``: ``flags`` (MDET_FLAGS == 0 and MASK_FLAGS == 0), ``snr_min`` (MDET_S2N >) and
+    ``t_ratio_min`` (MDET_T_RATIO >); ``None`` disables a number. The cuts of DES Y6's
+    weighted-moments catalogue by default. Each step's rows are cut on their own values, so
+    the selection's response to the shear is inside the difference of the steps' means.
+    """
+    def select(tab):
+        ok = np.isfinite(tab["MDET_G1"]) & np.isfinite(tab["MDET_G2"])
+        if cuts["flags"]:
+            ok &= (tab["MDET_FLAGS"] == 0) & (tab["MASK_FLAGS"] == 0)
+        with np.errstate(invalid="ignore"):
+            if cuts["snr_min"] is not None:
+                ok &= tab["MDET_S2N"] > cuts["snr_min"]
+            if cuts["t_ratio_min"] is not None:
+                ok &= tab["MDET_T_RATIO"] > cuts["t_ratio_min"]
+        return ok
+    return select
+
+
+def mdet_half_sums(files, truth_dir, select, true_galaxies=False, star_clearance=None):
+    """The selected rows of each metadetect step of one half (the counterpart of half_sums).
+
+    Returns
+    -------
+    dict
+        ``method`` ("metadetect"), ``step`` (MDETSTEP) and ``steps``: per step name, ``g``
+        (n, 2) (MDET_G1, MDET_G2), ``psf`` (n, 2) (PSF_G1, PSF_G2), ``snr`` (MDET_S2N),
+        ``t_ratio`` (MDET_T_RATIO) and ``truth_idx`` (the matched truth row, -1 for none) of
+        the rows that pass ``select`` (and, with ``true_galaxies``, are matched to a true
+        galaxy; with ``star_clearance``, have no true star other than their match within that
+        many arcsec). ``mdet_sums`` reduces it to sums.
+    """
+    cat, step = load_metadetect(files)
+    truth, _ = sv.load_truth(truth_dir)
+    out = {"method": "metadetect", "step": step, "steps": {}}
+    for name in MDET_STEPS:
+        mine = cat["MDET_STEP"] == name
+        tab = {c: cat[c][mine] for c in MDET_COLUMNS}
+        # Every step's positions are in the unsheared frame: all match the same truth.
+        idx = (sv.match(tab["RA"], tab["DEC"], truth["RA"], truth["DEC"]) if mine.any()
+               else np.zeros(0, int))
+        keep = select(tab)
+        if true_galaxies:
+            is_gal = np.zeros(len(idx), bool)
+            is_gal[idx >= 0] = truth["IS_STAR"][idx[idx >= 0]] == 0
+            keep &= is_gal
+        if star_clearance:
+            keep &= _star_distance({"XWIN_WORLD": tab["RA"], "YWIN_WORLD": tab["DEC"]}, truth,
+                                   idx) >= star_clearance
+        out["steps"][name] = {
+            "g": np.column_stack([tab["MDET_G1"], tab["MDET_G2"]])[keep].astype(float),
+            "psf": np.column_stack([tab["PSF_G1"], tab["PSF_G2"]])[keep].astype(float),
+            "snr": tab["MDET_S2N"][keep].astype(float),
+            "t_ratio": tab["MDET_T_RATIO"][keep].astype(float), "truth_idx": idx[keep]}
+    return out
+
+
+def _is_mdet(half):
+    return "steps" in half
+
+
+def _noshear(half):
+    """The per-object entries (g, psf, truth_idx, ...) of a half's unsheared measurements."""
+    return half["steps"]["noshear"] if _is_mdet(half) else half
+
+
+def mdet_sums(half, rows=None):
+    """``n`` (5,), ``sum_g`` (5, 2) per step (``MDET_STEPS`` order) and ``sum_psf`` (2,) of
+    the noshear rows: what a metadetect half contributes, so halves and fields combine by
+    adding. ``rows``: optional ``{step: bool array}`` restricting each step's rows."""
+    n, sum_g = np.zeros(len(MDET_STEPS)), np.zeros((len(MDET_STEPS), 2))
+    for k, name in enumerate(MDET_STEPS):
+        g = half["steps"][name]["g"]
+        if rows is not None:
+            g = g[rows[name]]
+        n[k], sum_g[k] = len(g), g.sum(axis=0)
+    psf = half["steps"]["noshear"]["psf"]
+    if rows is not None:
+        psf = psf[rows["noshear"]]
+    return {"n": n, "sum_g": sum_g, "sum_psf": psf.sum(axis=0)}
+
+
+def mdet_response(sums, step):
+    """``diag(R11, R22)`` from summed steps: ``R11 = (<G1>_1p - <G1>_1m) / (2 step)``, ``R22``
+    likewise from 2p/2m. The means are over each step's own selection, so the selection
+    response is inside. NaN where a step has no rows."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums["sum_g"] / sums["n"][:, None]
+    return np.diag([(mean[1, 0] - mean[2, 0]) / (2 * step),
+                    (mean[3, 1] - mean[4, 1]) / (2 * step)])
+
+
+def _mdet_means(parts, rows=None):
+    """``<G>_noshear``, the metadetect response and the noshear row count of a list of
+    metadetect halves, pooled by sums (object-weighted, as ``_means``)."""
+    steps = {p["step"] for p in parts}
+    if len(steps) > 1:
+        raise ValueError(f"metadetect halves with different shear steps {sorted(steps)}")
+    total = {"n": np.zeros(len(MDET_STEPS)), "sum_g": np.zeros((len(MDET_STEPS), 2)),
+             "sum_psf": np.zeros(2)}
+    for k, p in enumerate(parts):
+        for key, v in mdet_sums(p, None if rows is None else rows[k]).items():
+            total[key] = total[key] + v
+    n = int(total["n"][0])
+    if total["n"].min() < 2:
+        return np.full(2, np.nan), np.full((2, 2), np.nan), n
+    return total["sum_g"][0] / n, mdet_response(total, steps.pop()), n
+
+
 def _means(parts, rows=None):
-    """``<g>``, ``<R> + <R_S>`` (object-weighted) and the object count of a list of halves."""
+    """``<g>``, ``<R> + <R_S>`` (object-weighted) and the object count of a list of halves.
+
+    Metadetect halves: ``<G>_noshear`` and the response of the steps' means (``_mdet_means``).
+    """
+    if parts and _is_mdet(parts[0]):
+        return _mdet_means(parts, rows)
     g, r, n_tot, rs = [], [], 0, np.zeros((2, 2))
     for k, p in enumerate(parts):
         keep = slice(None) if rows is None else rows[k]
@@ -281,6 +486,14 @@ def _group_jackknife_err(stat, groups, shape):
                                          for k in other]) for group in groups]))
 
 
+def _bin_rows(half, key, lo, hi):
+    """Rows of a half with ``lo <= key < hi``; of a metadetect half, ``{step: rows}`` with
+    each step binned on its own rows' values."""
+    if _is_mdet(half):
+        return {name: (v[key] >= lo) & (v[key] < hi) for name, v in half["steps"].items()}
+    return (half[key] >= lo) & (half[key] < hi)
+
+
 def _bias_vector(fields, shear, subset, bins=None):
     """``[m1, m2, m, c1, c2]`` and the object count of the fields ``subset``."""
     sel = [fields[k] for k in subset]
@@ -289,8 +502,7 @@ def _bias_vector(fields, shear, subset, bins=None):
         if bins is None:
             rows[h] = None
         else:
-            key, lo, hi = bins
-            rows[h] = [(f[h][key] >= lo) & (f[h][key] < hi) for f in sel]
+            rows[h] = [_bin_rows(f[h], *bins) for f in sel]
     half_diff, mean, n = _paired_estimate([f["plus"] for f in sel], [f["minus"] for f in sel],
                                           rows["plus"], rows["minus"])
     gvec = np.asarray(shear)
@@ -329,7 +541,7 @@ def biases(fields, shear, bins=None, groups=None):
 
 def _c_and_psf(fields):
     _, c, _ = _paired_estimate([f["plus"] for f in fields], [f["minus"] for f in fields])
-    psf = np.concatenate([f[h]["psf"] for f in fields for h in HALVES]).mean(axis=0)
+    psf = np.concatenate([_noshear(f[h])["psf"] for f in fields for h in HALVES]).mean(axis=0)
     return c, psf
 
 
@@ -489,15 +701,21 @@ def leakage_check(normal, leaky):
     (same true object, same half), ``sum(g_leak - g) / sum(psf_leak - psf) / <R>`` per
     component; ``flips``: objects selected in one of the two only (the rest of the field
     estimate of alpha comes from them: a selection that depends on the PSF's orientation).
+    Metadetect halves: their noshear rows, divided by the two halves' response (there is no
+    per-object response).
     """
     dg, dp, resp, flips, both = [], [], [], 0, 0
     for norm, leak in zip(normal, leaky):
         for h in HALVES:
-            a, b = norm[h], leak[h]
+            a, b = _noshear(norm[h]), _noshear(leak[h])
             ia, ib = _matched_rows(a, b)
             dg.append(b["g"][ib] - a["g"][ia])
             dp.append(b["psf"][ib] - a["psf"][ia])
-            resp.append((a["R"][ia] + b["R"][ib]).diagonal(axis1=1, axis2=2) / 2)
+            if _is_mdet(norm[h]):
+                r = sum(mdet_response(mdet_sums(x), x["step"]) for x in (norm[h], leak[h])) / 2
+                resp.append(np.tile(r.diagonal(), (len(ia), 1)))
+            else:
+                resp.append((a["R"][ia] + b["R"][ib]).diagonal(axis1=1, axis2=2) / 2)
             both += len(ia)
             flips += len(a["g"]) + len(b["g"]) - 2 * len(ia)
     dg, dp, resp = np.concatenate(dg), np.concatenate(dp), np.concatenate(resp)
@@ -521,23 +739,30 @@ def pairing(field, outlier=5.0):
         ``both``, per component): with common random numbers the difference is the shear's
         doing, about 2 g R, plus little noise. ``response_outliers`` (plus, minus): objects
         with a diagonal response beyond +-``outlier`` (sheared fits that switched likelihood
-        minima), and ``outlier_share``: their part of the half's summed R11 + R22.
+        minima), and ``outlier_share``: their part of the half's summed R11 + R22. Of
+        metadetect halves (their noshear rows), ``response`` (plus, minus): each half's
+        ``[R11, R22]`` instead of the outliers.
     """
-    p, m = field["plus"], field["minus"]
+    p, m = _noshear(field["plus"]), _noshear(field["minus"])
     rows_p, rows_m = _matched_rows(p, m)
     diff = p["g"][rows_p] - m["g"][rows_m]
+    out = {"selected": [int(len(p["g"])), int(len(m["g"]))], "both": int(len(rows_p)),
+           "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(rows_p)),
+           "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
+                                           else np.full(2, np.nan))]}
+    if _is_mdet(field["plus"]):
+        out["response"] = [[float(v) for v in mdet_response(mdet_sums(field[h]),
+                                                            field[h]["step"]).diagonal()]
+                           for h in HALVES]
+        return out
     n_out, share = [], []
     for h in (p, m):
         diag = h["R"].diagonal(axis1=1, axis2=2)
-        out = np.any(np.abs(diag) > outlier, axis=1)
-        n_out.append(int(out.sum()))
+        far = np.any(np.abs(diag) > outlier, axis=1)
+        n_out.append(int(far.sum()))
         total = diag.sum()
-        share.append(float(diag[out].sum() / total) if total else float("nan"))
-    return {"selected": [int(len(p["g"])), int(len(m["g"]))], "both": int(len(rows_p)),
-            "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(rows_p)),
-            "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
-                                            else np.full(2, np.nan))],
-            "response_outliers": n_out, "outlier_share": share}
+        share.append(float(diag[far].sum() / total) if total else float("nan"))
+    return dict(out, response_outliers=n_out, outlier_share=share)
 
 
 def plot(path, summary):
@@ -548,8 +773,9 @@ def plot(path, summary):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, label in ((axes[0], "by_snr", "S/N (NGMIX_SNR)"),
-                           (axes[1], "by_size", "T / Tpsf")):
+    mdet = summary.get("method", "metacal") == "metadetect"
+    for ax, key, label in ((axes[0], "by_snr", "S/N (MDET_S2N)" if mdet else "S/N (NGMIX_SNR)"),
+                           (axes[1], "by_size", "MDET_T_RATIO" if mdet else "T / Tpsf")):
         rows = summary[key]
         x = np.arange(len(rows))
         ax.errorbar(x, [r["m"] for r in rows], [r["m_err"] for r in rows], fmt="o")
@@ -565,8 +791,9 @@ def plot(path, summary):
     axes[2].set_xlabel("field")
     axes[2].set_ylabel("m of the field")
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"pipeline shear bias: {len(per)} paired fields, m = {summary['all']['m']:+.4f}"
-                 f" +- {summary['all']['m_err']:.4f}", fontsize=10)
+    fig.suptitle(f"pipeline shear bias{' (metadetect)' if mdet else ''}: {len(per)} paired "
+                 f"fields, m = {summary['all']['m']:+.4f} +- {summary['all']['m_err']:.4f}",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -577,12 +804,18 @@ def _label(lo, hi):
     return f"{lo:g}-{hi:g}" if hi < 1e8 else f">{lo:g}"
 
 
-def field_sums(field_info, select, true_galaxies=False, star_clearance=None):
-    """``{"normal": [...], "leaky": [...], "skies": [...]}``: half_sums of every field."""
+def _selector(cuts, method):
+    return mdet_selector(cuts) if method == "metadetect" else sv.make_selector(cuts)
+
+
+def field_sums(field_info, select, true_galaxies=False, star_clearance=None, method="metacal"):
+    """``{"normal": [...], "leaky": [...], "skies": [...]}``: half_sums of every field
+    (``mdet_half_sums`` with ``method="metadetect"``)."""
     run = {"normal": [], "leaky": [], "skies": []}
+    sums = mdet_half_sums if method == "metadetect" else half_sums
     for info in field_info:
-        halves = {h: half_sums(info["cats"][h], info["truth"][h], select, true_galaxies,
-                               star_clearance)
+        halves = {h: sums(info["cats"][h], info["truth"][h], select, true_galaxies,
+                          star_clearance)
                   for h in HALVES}
         run["leaky" if info["leakage"] else "normal"].append(halves)
         if not info["leakage"]:
@@ -595,21 +828,27 @@ def sky_groups(skies):
     return [[k for k, sky in enumerate(skies) if sky == one] for one in sorted(set(skies))]
 
 
-def analyse(field_info, shear, cuts, log, paired_leakage=True, star_clearance=None):
+def analyse(field_info, shear, cuts, log, paired_leakage=True, star_clearance=None,
+            method="metacal"):
     """The summary dict from the catalogues of every field.
 
     ``star_clearance`` (arcsec): also m and c without the detections that have a true star
-    that close (a diagnostic: truth decides, so no survey can apply it).
+    that close (a diagnostic: truth decides, so no survey can apply it). ``method``: the
+    catalogues' kind ("metacal": final_cat, "metadetect": metadetect_cat); a metacal
+    summary has no ``method`` key (as before the option).
     """
-    select = sv.make_selector(cuts)
-    run = field_sums(field_info, select)
+    select = _selector(cuts, method)
+    run = field_sums(field_info, select, method=method)
     normal, leaky, skies = run["normal"], run["leaky"], run["skies"]
     normal_truth = field_sums([f for f in field_info if not f["leakage"]], select,
-                              true_galaxies=True)["normal"]
+                              true_galaxies=True, method=method)["normal"]
     if not normal:
         raise SystemExit("no field without PSF offset: nothing to measure m and c on")
     summary = {"shear": list(shear), "cuts": cuts, "n_fields": len(normal),
                "n_leakage_fields": len(leaky)}
+    mdet = method == "metadetect"
+    if mdet:
+        summary["method"] = method
     # The jackknife leaves out a sky at a time (a field and its rotated twin together).
     groups = sky_groups(skies)
     summary["jackknife_groups"] = groups
@@ -617,7 +856,7 @@ def analyse(field_info, shear, cuts, log, paired_leakage=True, star_clearance=No
     summary["true_galaxies_only"] = biases(normal_truth, shear, groups=groups)
     if star_clearance:
         clear = field_sums([f for f in field_info if not f["leakage"]], select,
-                           star_clearance=star_clearance)["normal"]
+                           star_clearance=star_clearance, method=method)["normal"]
         summary["no_true_star_within"] = dict(biases(clear, shear, groups=groups),
                                               arcsec=float(star_clearance))
     summary["by_snr"] = [dict(biases(normal, shear, ("snr", lo, hi), groups), bin=_label(lo, hi))
@@ -626,7 +865,23 @@ def analyse(field_info, shear, cuts, log, paired_leakage=True, star_clearance=No
                                bin=_label(lo, hi))
                           for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
     summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f)) for f in normal]
-    summary["response_check"] = response_check(normal, shear)
+    if mdet:
+        for row, f in zip(summary["per_field"], normal):
+            # The field's sums, from which fields combine (mdet_sums, MDET_STEPS order).
+            row["sums"] = {h: {k: np.asarray(v).tolist() for k, v in mdet_sums(f[h]).items()}
+                           for h in HALVES}
+        total = {}
+        for f in normal:
+            for h in HALVES:
+                for k, v in mdet_sums(f[h]).items():
+                    total[k] = total.get(k, 0) + v
+        r = mdet_response(total, normal[0]["plus"]["step"]).diagonal()
+        summary["response"] = {"R11": float(r[0]), "R22": float(r[1]),
+                               "step": float(normal[0]["plus"]["step"])}
+        summary["response_check"] = ("not applicable to metadetect: there is no per-object "
+                                     "response, only the difference of the steps' means")
+    else:
+        summary["response_check"] = response_check(normal, shear)
     if leaky:
         summary["leakage"] = leakage(normal, leaky, paired=paired_leakage)
         summary["leakage"]["paired"] = bool(paired_leakage)
@@ -643,14 +898,20 @@ def _kind(row):
 
 def format_summary(s):
     a = s["all"]
-    lines = [f"pipeline shear bias: {s['n_fields']} paired fields ({a['n_objects']} galaxy "
-             f"measurements after cuts), applied shear {s['shear']}",
+    mdet = s.get("method", "metacal") == "metadetect"
+    what = "noshear detections" if mdet else "galaxy measurements"
+    lines = [f"pipeline shear bias{' (metadetect)' if mdet else ''}: {s['n_fields']} paired "
+             f"fields ({a['n_objects']} {what} after cuts), applied shear {s['shear']}",
              f"  m  = {a['m']:+.5f} +- {a['m_err']:.5f} (along the shear)   "
              f"(|m|+3sigma) = {abs(a['m']) + 3 * a['m_err']:.4f}",
              f"  m1 = {a['m1']:+.5f} +- {a['m1_err']:.5f}   m2 = {a['m2']:+.5f} +- "
              f"{a['m2_err']:.5f}",
              f"  c1 = {a['c1']:+.2e} +- {a['c1_err']:.2e}   c2 = {a['c2']:+.2e} +- "
              f"{a['c2_err']:.2e}"]
+    if mdet:
+        r = s["response"]
+        lines.append(f"  metadetect response (all fields, both halves, step {r['step']:g}): "
+                     f"R11 = {r['R11']:.4f}, R22 = {r['R22']:.4f}")
     t = s["true_galaxies_only"]
     lines.append(f"  true galaxies only: m = {t['m']:+.5f} +- {t['m_err']:.5f}")
     if "no_true_star_within" in s:
@@ -662,13 +923,23 @@ def format_summary(s):
             f"{r['bin']}: {r['m']:+.4f} +- {r['m_err']:.4f} ({r['n_objects']})" for r in s[key]))
     for k, f in enumerate(s["per_field"]):
         pr = f["pairing"]
+        if mdet:
+            (p11, p22), (m11, m22) = pr["response"]
+            lines.append(f"  field {k}: m = {f['m']:+.4f}; noshear selected {pr['selected'][0]}"
+                         f" / {pr['selected'][1]}, in both {pr['both']}, in one only "
+                         f"{pr['flips']}; std(g+ - g-) = {pr['diff_std'][0]:.4f}, "
+                         f"{pr['diff_std'][1]:.4f}; R11, R22 = {p11:.3f}, {p22:.3f} / "
+                         f"{m11:.3f}, {m22:.3f}")
+            continue
         lines.append(f"  field {k}: m = {f['m']:+.4f}; selected {pr['selected'][0]} / "
                      f"{pr['selected'][1]}, in both {pr['both']}, in one only {pr['flips']}; "
                      f"std(g+ - g-) = {pr['diff_std'][0]:.4f}, {pr['diff_std'][1]:.4f}; "
                      f"|R_ii| > 5: {pr['response_outliers'][0]} / {pr['response_outliers'][1]} "
                      f"objects, {100 * pr['outlier_share'][0]:+.0f}% / "
                      f"{100 * pr['outlier_share'][1]:+.0f}% of the summed response")
-    if "response_check" in s:
+    if isinstance(s.get("response_check"), str):
+        lines.append(f"  per-object response check: {s['response_check']}")
+    elif "response_check" in s:
         lines.append("  real response / metacal R - 1 of the objects selected in both halves, "
                      "by distance to the nearest other true object (star / galaxy): " +
                      "; ".join(
@@ -702,6 +973,13 @@ def main(argv=None):
     parser.add_argument("--processes", type=int, default=2, help="workers of every run")
     parser.add_argument("--model", choices=("psf_model", "psfex"), default="psf_model",
                         help="PSF model used by the tile chain")
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="shear measurement: metacal on the SExtractor detections (ngmix, "
+                             "final_cat) or metadetect (detection and measurement on each "
+                             "sheared coadd, metadetect_cat; cuts MDET_FLAGS == 0, "
+                             "MASK_FLAGS == 0, MDET_S2N > --snr-min, MDET_T_RATIO > "
+                             "--t-ratio-min) (default: the plan's value for an existing "
+                             "--output, else metacal)")
     parser.add_argument("--full", action="store_true", help="MegaCam-size fields (slow)")
     parser.add_argument("--seed-by", choices=("position", "id"), default="position",
                         help="ngmix_runner SEED_BY: position (default) gives an object the "
@@ -737,8 +1015,10 @@ def main(argv=None):
     parser.add_argument("--star-clearance", type=float, default=0.0, metavar="ARCSEC",
                         help="also report m without the detections that have a true star "
                              "within ARCSEC (a truth-based diagnostic of star blends)")
-    parser.add_argument("--snr-min", type=float, default=10.0)
-    parser.add_argument("--t-ratio-min", type=float, default=0.5)
+    parser.add_argument("--snr-min", type=float, default=10.0,
+                        help="S/N cut (NGMIX_SNR, or MDET_S2N with metadetect; default 10)")
+    parser.add_argument("--t-ratio-min", type=float, default=0.5,
+                        help="size cut (T/Tpsf, or MDET_T_RATIO with metadetect; default 0.5)")
     parser.add_argument("--report", action="store_true",
                         help="analyse the fields already done, run nothing")
     parser.add_argument("--compare", metavar="DIR",
@@ -770,6 +1050,15 @@ def main(argv=None):
         args.scene_shear = old.get("scene_shear", "none") if old else "groups"
     if args.twin_noise is None:
         args.twin_noise = old.get("twin_noise", "same") if old else "negated"
+    if args.method is None:
+        args.method = old.get("method", "metacal") if old else "metacal"
+    if args.method == "metadetect":
+        # Options of the ngmix measurement and of the SExtractor catalogue's columns.
+        for bad, given in (("--round-cuts", args.round_cuts),
+                           ("--spread-class", args.spread_class != 1),
+                           ("--no-neighbour-masks", not args.neighbour_masks)):
+            if given:
+                parser.error(f"{bad}: not applicable with --method metadetect")
     plan = {"seed": args.seed, "fields": args.fields, "leakage_fields": args.leakage_fields,
             "psf_g_offset": list(args.psf_g_offset), "shear": list(args.shear),
             "model": args.model, "full": args.full}
@@ -785,6 +1074,9 @@ def main(argv=None):
         plan["scene_shear"] = args.scene_shear
     if not args.neighbour_masks:
         plan["neighbour_masks"] = False
+    if args.method != "metacal":
+        # Plans written before the option ran metacal and do not record it.
+        plan["method"] = args.method
     if old is not None:
         if old != plan:
             parser.error(f"{plan_path} records another plan ({old}); use another --output")
@@ -797,13 +1089,17 @@ def main(argv=None):
             half = meta.get("paired") or "single"
             return write_configs(os.path.join(out, "configs", half), args.model, args.processes,
                                  args.seed_by, (*meta["shear"], *meta["shear_centre"]),
-                                 mask_neighbours=args.neighbour_masks)
+                                 mask_neighbours=args.neighbour_masks, method=args.method)
     else:
         configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
-                                args.seed_by, mask_neighbours=args.neighbour_masks)
+                                args.seed_by, mask_neighbours=args.neighbour_masks,
+                                method=args.method)
     field_info = collect_fields(out, args, configs, log, args.report)
-    cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
-            "spread_class": None if args.spread_class < 0 else args.spread_class}
+    if args.method == "metadetect":
+        cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min}
+    else:
+        cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
+                "spread_class": None if args.spread_class < 0 else args.spread_class}
     if args.round_cuts:
         cuts["round"] = True
         first = next((f["cats"]["plus"][0] for f in field_info if f["cats"]["plus"]), None)
@@ -813,13 +1109,24 @@ def main(argv=None):
                              "before the round measurements existed)")
     summary = analyse(field_info, args.shear, cuts, log,
                       paired_leakage=plan.get("leakage_sky") == "paired",
-                      star_clearance=args.star_clearance or None)
+                      star_clearance=args.star_clearance or None, method=args.method)
     summary["plan"] = plan
     text = format_summary(summary)
     if args.compare:
         other = collect_fields(os.path.abspath(args.compare), args, configs, log, True)
-        select = sv.make_selector(cuts)
-        run_a, run_b = field_sums(other, select), field_sums(field_info, select)
+        other_plan = os.path.join(os.path.abspath(args.compare), "plan.json")
+        if not os.path.isfile(other_plan):
+            parser.error(f"--compare {args.compare}: no plan.json (not a shear_bias.py output)")
+        with open(other_plan, encoding="utf-8") as handle:
+            other_method = json.load(handle).get("method", "metacal")
+        # The other run may use the other method (the same skies measured both ways): each
+        # run is read with its own method, and the cuts' numbers.
+        other_cuts = ({"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min}
+                      if other_method == "metadetect" else
+                      dict(cuts, spread_class=None if args.spread_class < 0
+                           else args.spread_class))
+        run_a = field_sums(other, _selector(other_cuts, other_method), method=other_method)
+        run_b = field_sums(field_info, _selector(cuts, args.method), method=args.method)
         if run_a["skies"] != run_b["skies"]:
             parser.error(f"--compare {args.compare}: not the same fields as {out}")
         d = compare(run_a, run_b, args.shear, sky_groups(run_b["skies"]))
@@ -854,7 +1161,8 @@ def collect_fields(out, args, configs, log, report):
         cats = run_field(fdir, field_seed(args.seed, seed_index), args.shear,
                          args.psf_g_offset if leak else None, configs, args.processes,
                          args.full, log, rotated=rotated, scene_shear=args.scene_shear,
-                         negate_noise=rotated and args.twin_noise == "negated")
+                         negate_noise=rotated and args.twin_noise == "negated",
+                         method=getattr(args, "method", "metacal"))
         field_info.append({"cats": cats, "leakage": leak, "sky": seed_index,
                            "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
     return field_info
