@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shapepipe.modules.metadetect.cell import correction_input, metadetect_cell, tile_noise
+from shapepipe.modules.metadetect.cell import metadetect_cell, noise_power, tile_noise
 from shapepipe.modules.metadetect.moments import FLAG_EDGE, FLAG_MASKED, weighted_moments
 from shapepipe.modules.ngmix.observation import Jacobian
 
@@ -152,9 +152,8 @@ def test_correction_noise_has_the_spectrum_of_the_rotated_sheared_noise():
         noise = tile_noise(rng, (n, n), weight, offsets)
         rotated = np.rot90(imager.make(np.rot90(noise, 1), *g).real, -1)
         ref += np.abs(np.fft.fft2(rotated[inner, inner])) ** 2
-        n_in = correction_input(rng.standard_normal((n, n)), weight, psf, jac, sigma_r, *g,
-                                offsets=offsets)
-        c = imager.make(1j * n_in, *g).imag
+        c = imager.make_corrected(np.zeros((n, n)), rng.standard_normal((n, n)), *g,
+                                  noise_power=noise_power(offsets, 4.0))
         new += np.abs(np.fft.fft2(c[inner, inner])) ** 2
     assert new.sum() == pytest.approx(ref.sum(), rel=0.05)  # same variance
     k = 2 * np.pi * np.fft.fftfreq(n - 32)
@@ -179,13 +178,11 @@ def test_correction_noise_moves_with_the_scene_in_every_step():
     c0 = (n - 1) / 2.0
     jac = Jacobian(c0, c0, np.eye(2) * SCALE)
     white = np.random.default_rng(3).standard_normal((n, n))
-    weight = np.ones((n, n))
     imager = MetacalImager((n, n), jac, psf, 0.45)
     step = 0.01
     fields = {}
     for g in (step, -step):
-        n_in = correction_input(white, weight, psf, jac, 0.45, g, 0.0)
-        fields[g] = imager.make(1j * n_in, g, 0.0).imag
+        fields[g] = imager.make_corrected(np.zeros((n, n)), white, g, 0.0)
     # A point p of the unsheared scene is at a(g) p in the image of shear g.
     y, x = np.mgrid[30:60, 30:60].astype(float)  # ~100 pixels from the centre
     p = np.stack([x.ravel() - c0, y.ravel() - c0])

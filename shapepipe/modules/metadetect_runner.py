@@ -33,7 +33,9 @@ KEYS = [
     Key("CELL_MARGIN", "int", default=50,
         help="pixels read around each cell (objects at its edge whole, transforms' copies "
              "outside)"),
-    Key("STEP", "float", default=0.01, help="metacal shear step"),
+    Key("STEP", "float", default=0.05,
+        help="metacal shear step (larger than metacal's 0.01: the noise that detection and "
+             "selection flips put into R falls as 1 / STEP)"),
     Key("WEIGHT_FWHM", "float", default=1.2, help="FWHM (arcsec) of the moments' weight"),
     Key("DETECT_THRESH", "float", default=0.8,
         help="sep threshold on the sheared images, in units of their pixel noise"),

@@ -13,7 +13,7 @@ selection are redone on each. The response is then the difference of catalogue m
 The measurement is Gaussian-weighted moments (:mod:`.moments`), as in DES Y6. The images
 come from :class:`~shapepipe.modules.ngmix.metacal.MetacalImager` (exact sheared transforms)
 with the Sheldon & Huff (2017) noise correction, drawn so that it is the same realisation in
-every step (:func:`correction_input`).
+every step (:meth:`MetacalImager.make_corrected`).
 """
 
 from dataclasses import dataclass
@@ -98,85 +98,15 @@ def _kernel_power(kx, ky, offsets):
     return out / len(offsets)
 
 
-def correction_input(white, weight, psf, jacobian, sigma_r, g1, g2, offsets=None):
-    """The field whose metacal image is one step's noise correction, in every step the same.
+def noise_power(offsets, weight_level):
+    """``N(kx, ky)`` of a stacked tile's noise (per unit white variance), for the correction.
 
-    Sheldon & Huff's correction adds the image's noise rotated by 90 degrees, put through the
-    step's metacal operator and rotated back: its power spectrum is that of the sheared image
-    noise turned by 90 degrees, which cancels the anisotropy the shear gives the noise. On a
-    postage stamp centred on the object that is harmless; on a cell, rotating and shearing
-    one noise image about the cell centre moves the correction noise under an object at
-    distance ``r`` from the centre by ~``4 step r`` between the 1p and 1m images (4 pixels at
-    100 pixels), so every step sees another noise realisation under the object: on a
-    simulated tile the share of selected objects not selected in the other step of the pair
-    rose from 4% within 40 pixels of the centre to 19% beyond 120, and the scatter of
-    ``e1(1p) - e1(1m)`` fourfold.
-
-    Here the correction is drawn in Fourier space so that, after the step's operator
-    ``I(k) = G(k) D(Mk) / D_P(Mk)``, it has the rotated construction's power spectrum
-    ``|G(Rk)|^2 N(RMRk) / |D_P(MRk)|^2`` and the *same* random phases ``W(q)`` at ``q = Mk``
-    in every step: the correction then moves with the sheared scene, like the image's own
-    noise, and an object sees the same realisation in all five images. With ``G`` round
-    (sky-isotropic) that needs the input field
-    ``n(q) = W(q) sqrt(N(RMR M^-1 q)) D_P(q) / |D_P(MR M^-1 q)|``, which the caller passes
-    through the step's operator with the image (as the imaginary part).
-
-    Parameters
-    ----------
-    white : numpy.ndarray
-        ``(n, n)`` unit-variance white noise, shared by the steps.
-    weight : numpy.ndarray
-        Inverse-variance weight (0: no data; the field is 0 there and scaled by
-        ``sqrt(median(weight) / weight)`` elsewhere).
-    psf : numpy.ndarray
-        PSF stamp (odd, unit sum, centred), the one the operator deconvolves.
-    jacobian : Jacobian
-    sigma_r : float
-        Reconvolution sigma (arcsec): frequencies it suppresses below 1e-14 are left empty.
-    g1, g2 : float
-        The step's shear.
-    offsets : sequence of (ux, uy), optional
-        The epochs' bilinear offsets: the input noise spectrum ``N`` (:func:`tile_noise`).
-
-    Returns
-    -------
-    numpy.ndarray
-        Real ``(n, n)`` field.
+    The mean over epochs of the bilinear kernels' ``|K_e(k)|^2`` (:func:`tile_noise`), times
+    the stack's white-noise level ``1 / weight``.
     """
-    from scipy.ndimage import map_coordinates
-
-    n = white.shape[0]
-    w = np.asarray(weight, dtype=float)
-    good = w > 0
-    w_med = np.median(w[good]) if good.any() else 1.0
-    k = 2.0 * np.pi * np.fft.fftfreq(n)
-    qx, qy = np.meshgrid(k, k)
-    jac, jinv = jacobian.matrix, jacobian.inverse
-    m = (jinv @ shear_matrix(g1, g2) @ jac).T
-    rot = np.array([[0.0, -1.0], [1.0, 0.0]])
-    # Frequencies at which the rotated construction samples the PSF and the noise spectrum,
-    # for the output frequency k = M^-1 q: M R k and R M R k.
-    k_x, k_y = np.linalg.solve(m, np.stack([qx.ravel(), qy.ravel()]))
-    psf_at = (m @ rot) @ np.stack([k_x, k_y])
-    noise_at = (rot @ m @ rot) @ np.stack([k_x, k_y])
-    s = psf.shape[0]
-    c = (s - 1) // 2
-    pad = np.zeros((n, n))
-    idx = (np.arange(s) - c) % n
-    pad[np.ix_(idx, idx)] = psf
-    p_hat = np.fft.fft2(pad)  # D_P on the grid, phases as the operator's (centre at 0)
-    coords = np.stack([np.mod(psf_at[1] * n / (2 * np.pi), n),
-                       np.mod(psf_at[0] * n / (2 * np.pi), n)])
-    p_rot = map_coordinates(np.abs(p_hat), coords, order=3, mode="grid-wrap").reshape(n, n)
-    power_in = _kernel_power(noise_at[0], noise_at[1], offsets).reshape(n, n) / w_med
-    # Only where the reconvolution Gaussian keeps anything (the operator's own cut).
-    cov = sigma_r ** 2 * (jinv @ jinv.T)
-    gauss = np.exp(-0.5 * (cov[0, 0] * k_x * k_x + 2 * cov[0, 1] * k_x * k_y
-                           + cov[1, 1] * k_y * k_y)).reshape(n, n)
-    ok = (gauss > 1e-14) & (p_rot > 0)
-    h = np.where(ok, np.sqrt(power_in) * p_hat / np.where(ok, p_rot, 1.0), 0.0)
-    field = np.fft.ifft2(h * np.fft.fft2(white)).real
-    return np.where(good, field * np.sqrt(w_med / np.where(good, w, w_med)), 0.0)
+    def power(kx, ky):
+        return _kernel_power(kx, ky, offsets) / weight_level
+    return power
 
 
 def reconvolution_sigma(psf, jac_matrix, step):
@@ -219,7 +149,7 @@ def metadetect_cell(image, weight, psf, jacobian, white, step=0.01, weight_fwhm=
         Pixel -> sky map of the cell; its reference point is the shear centre.
     white : numpy.ndarray
         Unit-variance white noise of the cell's shape, from which every step's noise
-        correction is drawn (:func:`correction_input`).
+        correction is drawn (:meth:`MetacalImager.make_corrected`).
     step : float
         Metacal shear step.
     weight_fwhm : float
@@ -262,6 +192,10 @@ def metadetect_cell(image, weight, psf, jacobian, white, step=0.01, weight_fwhm=
     img = np.where(bad, 0.0, image)
     imager = MetacalImager(img.shape, jacobian, psf, sigma_r)
     w_med = np.median(weight[~bad]) if np.any(~bad) else 1.0
+    # The correction's noise follows the image's level: white scaled to 1 / weight, the
+    # stack's texture in the spectrum.
+    white_scaled = np.where(bad, 0.0, white * np.sqrt(w_med / np.where(bad, w_med, weight)))
+    power = noise_power(offsets, w_med)
     rel_sigma = np.sqrt(w_med / np.where(bad, w_med, weight))
     # The flux error: deconvolution and reconvolution keep the noise power at the low
     # frequencies a 1" weight integrates (the transfer ratio is 1 at k = 0) and the
@@ -276,10 +210,8 @@ def metadetect_cell(image, weight, psf, jacobian, white, step=0.01, weight_fwhm=
     results = {}
     for t in types:
         # The image and its noise correction in one complex transform (real, imaginary).
-        noise_in = correction_input(white, weight, psf, jacobian, sigma_r, *shears[t],
-                                    offsets=offsets)
-        z = imager.make(img + 1j * noise_in, *shears[t])
-        im = np.ascontiguousarray(z.real + z.imag)
+        im = np.ascontiguousarray(imager.make_corrected(img, white_scaled, *shears[t],
+                                                        noise_power=power))
         vals = im[~bad]
         # Robust pixel noise of the sheared image (objects are a minority of the pixels).
         rms = 1.4826 * np.median(np.abs(vals - np.median(vals))) if vals.size else 1.0

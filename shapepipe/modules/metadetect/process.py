@@ -12,7 +12,7 @@ unsheared frame, so every object belongs to exactly one cell in every metacal ty
 The noise correction is drawn from a white field seeded by SEED and the cell index only (the
 two halves of a paired simulation, on the same tile grid, get the same one), with the
 stack's noise texture, the same realisation under an object in every step
-(:func:`.cell.correction_input`).
+(:meth:`~shapepipe.modules.ngmix.metacal.MetacalImager.make_corrected`).
 """
 
 import numpy as np
@@ -166,7 +166,7 @@ def cell_psf(store, cat, box, psf_size, exp_wcs=None, log=None):
 
 
 def process_tile(image_path, weight_path, flag_path, sexcat_path, psf_store_path, output_path,
-                 exp_wcs=None, seed=1, cell_size=200, cell_margin=50, step=0.01,
+                 exp_wcs=None, seed=1, cell_size=200, cell_margin=50, step=0.05,
                  weight_fwhm=1.2, psf_size=41, detect=None, stars=None, star_mask_mag=18.0,
                  star_mask_radius=2.5, star_mask_radius_max=30.0, log=None):
     """Run metadetection on a tile and write its catalogue.
