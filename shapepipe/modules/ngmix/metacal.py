@@ -87,6 +87,14 @@ class MetacalImager:
         self._ex_inv = np.exp(1j * self.w * np.outer(self.m, self.x))       # (N, nx)
         self.max_gain = 0.0
 
+    def _lattice(self, g1, g2):
+        """``M = A_pix^T``, the lattice shear ``l`` and the upper-triangular ``T = M L``."""
+        M = (self.jinv @ shear_matrix(g1, g2) @ self.jac).T
+        if M[1, 1] == 0:
+            raise ValueError("degenerate shear/Jacobian combination")
+        ell = -M[1, 0] / M[1, 1]
+        return M, ell, M @ np.array([[1.0, 0.0], [ell, 1.0]])
+
     def _dtft(self, z, xs, ys, T):
         """D(T m w) for every lattice point: (N_y, N_x) complex, exact."""
         w = self.w
@@ -112,13 +120,7 @@ class MetacalImager:
         numpy.ndarray
             Complex image of the stamp shape (real part only is meaningful for real input).
         """
-        a_pix = self.jinv @ shear_matrix(g1, g2) @ self.jac
-        M = a_pix.T
-        if M[1, 1] == 0:
-            raise ValueError("degenerate shear/Jacobian combination")
-        ell = -M[1, 0] / M[1, 1]
-        L = np.array([[1.0, 0.0], [ell, 1.0]])
-        T = M @ L
+        M, ell, T = self._lattice(g1, g2)
         d_img = self._dtft(z, self.x, self.y, T)
         d_psf = self._dtft(self.psf, self.px, self.py, T)
         w = self.w
@@ -188,13 +190,7 @@ class MetacalImager:
         numpy.ndarray
             Real image.
         """
-        a_pix = self.jinv @ shear_matrix(g1, g2) @ self.jac
-        M = a_pix.T
-        if M[1, 1] == 0:
-            raise ValueError("degenerate shear/Jacobian combination")
-        ell = -M[1, 0] / M[1, 1]
-        L = np.array([[1.0, 0.0], [ell, 1.0]])
-        T = M @ L
+        M, ell, T = self._lattice(g1, g2)
         # One transform for both real fields: Z = D_I + i D_W, and the lattice is symmetric.
         z = self._dtft(np.asarray(image, float) + 1j * np.asarray(white, float), self.x,
                        self.y, T)
