@@ -193,3 +193,38 @@ def test_correction_noise_moves_with_the_scene_in_every_step():
     same_pixel = np.corrcoef(fields[step][30:60, 30:60].ravel(),
                              fields[-step][30:60, 30:60].ravel())[0, 1]
     assert same_pixel < np.corrcoef(vals[step], vals[-step])[0, 1] - 0.05
+
+
+def test_star_mask_radius_grows_with_brightness():
+    from shapepipe.modules.metadetect.process import star_mask
+
+    dec0 = 30.0
+    stars = (np.array([10.0, 10.01]), np.array([dec0, dec0]), np.array([18.5, 15.0]))
+    # detections 2" and 6" east of each star (RA offsets in degrees at dec0)
+    off = np.array([2.0, 6.0]) / 3600.0 / np.cos(np.radians(dec0))
+    ra = np.r_[10.0 + off, 10.01 + off]
+    dec = np.full(4, dec0)
+    hit = star_mask(ra, dec, stars, mag_lim=18.0, radius_at_lim=2.5)
+    # the r = 18.5 star is fainter than the limit; the r = 15 one masks 2.5 x 10**0.6 = 10"
+    assert hit.tolist() == [False, False, True, True]
+    assert not star_mask(ra, dec, None).any()
+
+
+def test_runner_rejects_bad_settings_before_any_job():
+    from shapepipe.modules.metadetect_runner import _check
+
+    class Config:
+        def __init__(self, **values):
+            self.values = values
+
+        def read_keys(self, section, keys):
+            out = {k.name: k.default for k in keys}
+            out.update(self.values)
+            return out
+
+    _check(Config(), "METADETECT_RUNNER")
+    for bad in ({"CELL_SIZE": 8}, {"PSF_SIZE": 40}, {"STEP": 0.2},
+                {"TILE_RESAMPLING": "BILINEAR", "LOG_WCS": ""},
+                {"STAR_MASK_RADIUS": 40.0}):
+        with pytest.raises(ValueError, match="METADETECT_RUNNER"):
+            _check(Config(**bad), "METADETECT_RUNNER")
