@@ -4,13 +4,14 @@
 Reads, for every field of ``BASE/fields`` and both halves, the newest
 ``<RUN>_<date>/metadetect_runner/output/metadetect_cat-*.fits``, keeps per step the rows with
 MDET_FLAGS == 0, MASK_FLAGS == 0, MDET_S2N > 10, MDET_T_RATIO > 0.5 (``--no-true-stars``:
-also without the rows within 1" of a true star, a truth-based diagnostic), and gives each half
+also without the rows within 1" of a true star, a truth-based diagnostic; ``--class-cut``:
+by the SPREAD_CLASS of the unsheared tile's detection at the position), and gives each half
 its metadetection response R (1p/1m, 2p/2m means). m, c, alpha and the paired differences to
 the metacal run on the same skies (and to ``--compare-run``) use scripts/shear_bias.py's
 estimator and jackknife over skies.
 
     python bench/runs/issue16/mdet_report.py BASE RUN OUT.json [--compare-run RUN2]
-        [--no-true-stars]
+        [--no-true-stars] [--class-cut nostar|galaxy]
 """
 
 import argparse
@@ -34,7 +35,20 @@ import shear_validation as sv  # noqa: E402
 STEPS = ("noshear", "1p", "1m", "2p", "2m")
 
 
-def mdet_half(field, half, run, no_true_stars=False):
+def _class_rows(field, half, d, spread_class):
+    """Rows whose unsheared position is within 0.5" of a tile detection of that SPREAD_CLASS."""
+    with open(f"{field}/{half}.done", encoding="utf-8") as done:
+        files = done.read().split()
+    cat = sv.load_catalogues(files)
+    star = np.asarray(cat["SPREAD_CLASS"]) == spread_class
+    cosd = np.cos(np.radians(np.median(d["DEC"])))
+    tree = cKDTree(np.c_[np.asarray(cat["XWIN_WORLD"])[star] * cosd,
+                         np.asarray(cat["YWIN_WORLD"])[star]] * 3600)
+    dist, _ = tree.query(np.c_[d["RA"] * cosd, d["DEC"]] * 3600)
+    return dist < 0.5
+
+
+def mdet_half(field, half, run, no_true_stars=False, class_cut=False):
     """half_sums-like dict of one half: every object carries the half's response."""
     pattern = f"{field}/runs/{half}/{run}_2*/metadetect_runner/output/metadetect_cat-*.fits"
     path = sorted(glob.glob(pattern))[-1]
@@ -49,6 +63,10 @@ def mdet_half(field, half, run, no_true_stars=False):
         tree = cKDTree(np.c_[t["RA"] * cosd, t["DEC"]] * 3600)
         dist, k = tree.query(np.c_[d["RA"] * cosd, d["DEC"]] * 3600)
         sel &= ~((dist < 1.0) & (t["IS_STAR"][k] == 1))
+    if class_cut == "nostar":
+        sel &= ~_class_rows(field, half, d, 0)
+    elif class_cut == "galaxy":
+        sel &= _class_rows(field, half, d, 1)
     mean = {}
     for s in STEPS:
         r = d[sel & (d["MDET_STEP"] == s)]
@@ -64,9 +82,9 @@ def mdet_half(field, half, run, no_true_stars=False):
             "t_ratio": np.asarray(ns["MDET_T_RATIO"], float)}
 
 
-def run_sums(fields, leaks, run, no_true_stars):
+def run_sums(fields, leaks, run, no_true_stars, class_cut=False):
     def halves(f):
-        return {h: mdet_half(f, h, run, no_true_stars) for h in sb.HALVES}
+        return {h: mdet_half(f, h, run, no_true_stars, class_cut) for h in sb.HALVES}
     return {"normal": [halves(f) for f in fields], "leaky": [halves(f) for f in leaks]}
 
 
@@ -77,14 +95,18 @@ def main(argv=None):
     parser.add_argument("output", help="summary JSON")
     parser.add_argument("--compare-run", help="another metadetect run name on the same halves")
     parser.add_argument("--no-true-stars", action="store_true")
+    parser.add_argument("--class-cut", choices=["nostar", "galaxy"],
+                        help="nostar: without the rows at a SPREAD_CLASS = 0 detection of the "
+                             "unsheared tile; galaxy: only the rows at a SPREAD_CLASS = 1 one "
+                             "(final_cat; the position, not the shear, decides)")
     args = parser.parse_args(argv)
     with open(os.path.join(args.base, "plan.json"), encoding="utf-8") as handle:
         shear = json.load(handle)["shear"]
     fields = sorted(glob.glob(os.path.join(args.base, "fields", "field_*")))
     leaks = sorted(glob.glob(os.path.join(args.base, "fields", "leak_*")))
     groups = [[2 * i, 2 * i + 1] for i in range(len(fields) // 2)]
-    mdet = run_sums(fields, leaks, args.run, args.no_true_stars)
-    out = {"run": args.run, "no_true_stars": args.no_true_stars,
+    mdet = run_sums(fields, leaks, args.run, args.no_true_stars, args.class_cut)
+    out = {"run": args.run, "no_true_stars": args.no_true_stars, "class_cut": args.class_cut,
            "all": sb.biases(mdet["normal"], shear, groups=groups),
            "leakage": sb.leakage(mdet["normal"], mdet["leaky"], paired=True),
            "R_per_half": [[f[h]["R"][0].tolist() for h in sb.HALVES] for f in mdet["normal"]]}
