@@ -18,7 +18,8 @@ Keys: CELL_SIZE, CELL_MARGIN (pixels), STEP, WEIGHT_FWHM (arcsec), DETECT_THRESH
 DETECT_MINAREA, DEBLEND_NTHRESH, DEBLEND_MINCONT, PSF_SIZE, SEED, TILE_RESAMPLING (NONE |
 BILINEAR, with LOG_WCS: the stacking kernel in the PSF and in the noise texture),
 STAR_CAT_PATH (+ STAR_CAT_RA_COL/DEC_COL/MAG_COL), STAR_MASK_MAG, STAR_MASK_RADIUS,
-STAR_MASK_RADIUS_MAX (detections near bright reference stars get MDET_FLAGS 16), PREFIX.
+STAR_MASK_RADIUS_MAX (detections near bright reference stars get MDET_FLAGS 16), N_THREADS,
+PREFIX.
 
 MDET_FLAGS bits: 1 the moments stamp leaves the cell, 2 a pixel without data under the
 weight, 4 no shape (non-positive flux or moments), 16 near a bright reference star.
@@ -60,6 +61,9 @@ KEYS = [
         help="mask radius (arcsec) of a star at STAR_MASK_MAG, x 10**(0.2 (STAR_MASK_MAG - mag)) "
              "for brighter ones"),
     Key("STAR_MASK_RADIUS_MAX", "float", default=30.0, help="largest mask radius (arcsec)"),
+    Key("N_THREADS", "int", default=1,
+        help="cells measured at once in threads (e.g. the cores of a one-tile run; the "
+             "catalogue does not depend on it)"),
     Key("PREFIX", "str", default=None, help="output prefix: <PREFIX>_metadetect_cat<num>.fits"),
 ]
 
@@ -81,6 +85,8 @@ def _check(config, section):
     if opts["PSF_SIZE"] < 5 or opts["PSF_SIZE"] % 2 == 0:
         raise ValueError(f"[{section}] PSF_SIZE = {opts['PSF_SIZE']}: expected an odd number "
                          ">= 5")
+    if opts["N_THREADS"] < 1:
+        raise ValueError(f"[{section}] N_THREADS = {opts['N_THREADS']}: expected >= 1")
     if not 0 < opts["STEP"] < 0.1:
         raise ValueError(f"[{section}] STEP = {opts['STEP']}: expected 0 < STEP < 0.1")
     if not opts["WEIGHT_FWHM"] > 0:
@@ -145,6 +151,7 @@ def metadetect_runner(input_file_list, run_dirs, file_number_string, config, mod
                           weight_fwhm=opts["WEIGHT_FWHM"], psf_size=opts["PSF_SIZE"],
                           detect=detect, stars=stars, star_mask_mag=opts["STAR_MASK_MAG"],
                           star_mask_radius=opts["STAR_MASK_RADIUS"],
-                          star_mask_radius_max=opts["STAR_MASK_RADIUS_MAX"], log=w_log)
+                          star_mask_radius_max=opts["STAR_MASK_RADIUS_MAX"],
+                          n_threads=opts["N_THREADS"], log=w_log)
     w_log.info("wrote %s: %s", out, counts)
     return None, None

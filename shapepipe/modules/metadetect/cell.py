@@ -16,6 +16,7 @@ with the Sheldon & Huff (2017) noise correction, drawn so that it is the same re
 every step (:meth:`MetacalImager.make_corrected`).
 """
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,9 @@ from shapepipe.modules.ngmix.observation import Jacobian
 
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 FLAG_NO_PSF = 8  #: the cell's PSF could not be fitted
+#: sep's deblending draws from a process-wide generator reset at each extraction: one
+#: extraction at a time, so that cells measured in threads give the same catalogue.
+_SEP_LOCK = threading.Lock()
 
 
 @dataclass
@@ -216,10 +220,11 @@ def metadetect_cell(image, weight, psf, jacobian, white, step=0.01, weight_fwhm=
         # Robust pixel noise of the sheared image (objects are a minority of the pixels).
         rms = 1.4826 * np.median(np.abs(vals - np.median(vals))) if vals.size else 1.0
         err = rms * rel_sigma
-        objs = sep.extract(im, detect.thresh, err=err, mask=bad, minarea=detect.minarea,
-                           filter_kernel=kernel, filter_type="conv",
-                           deblend_nthresh=detect.deblend_nthresh,
-                           deblend_cont=detect.deblend_cont)
+        with _SEP_LOCK:
+            objs = sep.extract(im, detect.thresh, err=err, mask=bad, minarea=detect.minarea,
+                               filter_kernel=kernel, filter_type="conv",
+                               deblend_nthresh=detect.deblend_nthresh,
+                               deblend_cont=detect.deblend_cont)
         xs = np.asarray(objs["x"], dtype=float)
         ys = np.asarray(objs["y"], dtype=float)
         mom = weighted_moments(im, xs, ys, jac, sigma_w, variance=flux_var, bad=bad)

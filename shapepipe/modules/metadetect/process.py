@@ -15,6 +15,8 @@ stack's noise texture, the same realisation under an object in every step
 (:meth:`~shapepipe.modules.ngmix.metacal.MetacalImager.make_corrected`).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
@@ -168,7 +170,7 @@ def cell_psf(store, cat, box, psf_size, exp_wcs=None, log=None):
 def process_tile(image_path, weight_path, flag_path, sexcat_path, psf_store_path, output_path,
                  exp_wcs=None, seed=1, cell_size=200, cell_margin=50, step=0.05,
                  weight_fwhm=1.2, psf_size=41, detect=None, stars=None, star_mask_mag=18.0,
-                 star_mask_radius=2.5, star_mask_radius_max=30.0, log=None):
+                 star_mask_radius=2.5, star_mask_radius_max=30.0, n_threads=1, log=None):
     """Run metadetection on a tile and write its catalogue.
 
     Parameters
@@ -200,6 +202,9 @@ def process_tile(image_path, weight_path, flag_path, sexcat_path, psf_store_path
         ``star_mask_mag`` get MDET_FLAGS bit :data:`FLAG_BRIGHT_STAR` (:func:`star_mask`).
     star_mask_mag, star_mask_radius, star_mask_radius_max : float
         Magnitude limit, radius (arcsec) at the limit, largest radius.
+    n_threads : int
+        Cells measured at once (threads: the transforms and sep release the GIL; the
+        output does not depend on it).
     log : logging.Logger, optional
 
     Returns
@@ -230,16 +235,35 @@ def process_tile(image_path, weight_path, flag_path, sexcat_path, psf_store_path
         fhdu = _image_hdu(fhdul, flag_path) if fhdul else None
         store = open_store(psf_store_path, flag="r")
         try:
-            for k, box in enumerate(cell_grid(nx, ny, cell_size)):
-                counts["cells"] += 1
-                cell_rows = _one_cell(k, box, ihdu, whdu, fhdu, wcs, store, cat, exp_wcs,
-                                      seed, cell_margin, step, weight_fwhm, psf_size, detect,
-                                      log)
-                if cell_rows is None:
-                    counts["cells_without_psf"] += 1
-                    continue
-                for t in METACAL_TYPES:
-                    rows[t].append(cell_rows[t])
+            def measure(prep):
+                return metadetect_cell(prep["image"], prep["weight"], prep["psf"],
+                                       prep["jacobian"], prep["white"], step=step,
+                                       weight_fwhm=weight_fwhm, detect=detect,
+                                       offsets=prep["offsets"])
+
+            boxes = list(enumerate(cell_grid(nx, ny, cell_size)))
+            chunk = max(1, 4 * n_threads)
+            pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
+            try:
+                for start in range(0, len(boxes), chunk):
+                    preps = [_prepare_cell(k, box, ihdu, whdu, wcs, store, cat, exp_wcs, seed,
+                                           cell_margin, psf_size, log)
+                             for k, box in boxes[start:start + chunk]]
+                    counts["cells"] += len(preps)
+                    todo = [p for p in preps if p is not None]
+                    counts["cells_without_psf"] += len(preps) - len(todo)
+
+                    done = pool.map(measure, todo) if pool else map(measure, todo)
+                    for prep, (results, psf_info) in zip(todo, done):
+                        cell_rows = _finish_cell(prep, results, psf_info, fhdu, log)
+                        if cell_rows is None:
+                            counts["cells_without_psf"] += 1
+                            continue
+                        for t in METACAL_TYPES:
+                            rows[t].append(cell_rows[t])
+            finally:
+                if pool is not None:
+                    pool.shutdown()
         finally:
             store.close()
             if fhdul is not None:
@@ -264,9 +288,12 @@ def process_tile(image_path, weight_path, flag_path, sexcat_path, psf_store_path
     return counts
 
 
-def _one_cell(k, box, ihdu, whdu, fhdu, wcs, store, cat, exp_wcs, seed, margin, step,
-              weight_fwhm, psf_size, detect, log):
-    """Rows (dict of arrays per type) of the detections kept by cell ``k``; None without PSF."""
+def _prepare_cell(k, box, ihdu, whdu, wcs, store, cat, exp_wcs, seed, margin, psf_size, log):
+    """What cell ``k`` needs (image, weight, PSF, Jacobian, white noise); None without PSF.
+
+    Reads and PSF lookups stay in the calling thread (FITS sections and the sqlite store);
+    only :func:`metadetect_cell` runs in the worker threads.
+    """
     x0, x1, y0, y1 = box
     size = max(x1 - x0, y1 - y0) + 2 * margin
     ox, oy = x0 - margin, y0 - margin
@@ -282,11 +309,15 @@ def _one_cell(k, box, ihdu, whdu, fhdu, wcs, store, cat, exp_wcs, seed, margin, 
     cx = 0.5 * (x0 + x1 - 1) - ox
     cy = 0.5 * (y0 + y1 - 1) - oy
     jac = Jacobian.from_wcs(wcs, cx + ox, cy + oy)
-    jacobian = Jacobian(cx, cy, jac.matrix)
     rng = make_rng(seed, "metadetect", k)
-    white = rng.standard_normal(image.shape)
-    results, psf_info = metadetect_cell(image, weight, psf, jacobian, white, step=step,
-                                        weight_fwhm=weight_fwhm, detect=detect, offsets=offsets)
+    return {"k": k, "box": box, "ox": ox, "oy": oy, "image": image, "weight": weight,
+            "psf": psf, "offsets": offsets, "jacobian": Jacobian(cx, cy, jac.matrix),
+            "white": rng.standard_normal(image.shape)}
+
+
+def _finish_cell(prep, results, psf_info, fhdu, log):
+    """Rows (dict of arrays per type) of the detections kept by the cell; None if it failed."""
+    k, (x0, x1, y0, y1), ox, oy = prep["k"], prep["box"], prep["ox"], prep["oy"]
     if results is None:
         if log:
             log.warning("cell %d: the PSF fit failed; skipped", k)
