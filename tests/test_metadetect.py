@@ -133,7 +133,7 @@ def _moffat_psf(size=41):
 
 
 def test_correction_noise_has_the_spectrum_of_the_rotated_sheared_noise():
-    """The shared-phase correction has the power spectrum of Sheldon & Huff's construction
+    """make_corrected's correction has the power spectrum of Sheldon & Huff's construction
     (noise rotated by 90 degrees, put through the step's operator, rotated back)."""
     from shapepipe.modules.ngmix.metacal import MetacalImager
 
