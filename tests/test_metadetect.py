@@ -228,3 +228,23 @@ def test_runner_rejects_bad_settings_before_any_job():
                 {"STAR_MASK_RADIUS": 40.0}):
         with pytest.raises(ValueError, match="METADETECT_RUNNER"):
             _check(Config(**bad), "METADETECT_RUNNER")
+
+
+def test_size_error_matches_the_scatter_over_noise_realisations():
+    """T_err (linear propagation of the pixel variances) against the scatter of T over 400
+    noise realisations of a small round Gaussian (S/N ~ 30)."""
+    jac = np.eye(2) * SCALE
+    truth = _gaussian((41, 41), 20.0, 20.0, np.eye(2) * 4.0, 400.0)
+    sigma = 1.0
+    rng = np.random.default_rng(8)
+    images = truth[None] + rng.normal(0, sigma, (400, 41, 41))
+    t, t_w, err, err_w = [], [], [], []
+    for img in images:
+        m = weighted_moments(img, [20.0], [20.0], jac, 0.5,
+                             variance=np.full((41, 41), sigma ** 2))
+        t.append(m["T"][0])
+        t_w.append(m["T_w"][0])
+        err.append(m["T_err"][0])
+        err_w.append(m["T_w_err"][0])
+    assert np.std(t_w) == pytest.approx(np.median(err_w), rel=0.1)
+    assert np.std(t) == pytest.approx(np.median(err), rel=0.15)

@@ -134,6 +134,7 @@ def test_exposure_then_tile_chain_to_the_final_catalogue(tmp_path, monkeypatch):
     assert np.sum(good & (mdet["MDET_STEP"] == "noshear")) > 50
     assert np.all(np.hypot(mdet["MDET_G1"][good], mdet["MDET_G2"][good]) < 1)
     assert np.all(np.isfinite(mdet["RA"])) and np.all(mdet["PSF_T"] > 0)
+    assert np.all(mdet["MDET_T_RATIO_ERR"][good & np.isfinite(mdet["MDET_T_RATIO"])] > 0)
     # positions are on the tile, unique numbers
     assert len(np.unique(mdet["NUMBER"])) == len(mdet)
     with fits.open(str(data / "tiles" / f"CFIS_image{num}.fits")) as hdul:

@@ -8,8 +8,8 @@ give each cell its PSF.
 
 Output: ``[<PREFIX>_]metadetect_cat<num>.fits``, HDU METADETECT: one row per detection per
 metacal step (MDET_STEP = noshear, 1p, 1m, 2p, 2m) with X_IMAGE, Y_IMAGE, RA, DEC (unsheared
-frame), MDET_FLAGS, MASK_FLAGS, MDET_S2N, MDET_FLUX(_ERR), MDET_T, MDET_T_RATIO, MDET_G1,
-MDET_G2 and the cell PSF's PSF_G1, PSF_G2, PSF_T. The shear of a selection is
+frame), MDET_FLAGS, MASK_FLAGS, MDET_S2N, MDET_FLUX(_ERR), MDET_T, MDET_T_RATIO(_ERR),
+MDET_G1, MDET_G2 and the cell PSF's PSF_G1, PSF_G2, PSF_T. The shear of a selection is
 ``<G>_noshear / R`` with ``R11 = (<G1>_1p - <G1>_1m) / (2 MDETSTEP)`` (and R22), each mean
 taken over the rows of its own step that pass the cuts: detection, deblending and selection
 responses are all inside R. See :mod:`shapepipe.modules.metadetect.cell`.

@@ -233,9 +233,11 @@ def metadetect_cell(image, weight, psf, jacobian, white, step=0.01, weight_fwhm=
         with np.errstate(divide="ignore", invalid="ignore"):
             s2n = np.where(mom["flux_err"] > 0, mom["flux"] / mom["flux_err"], np.nan)
             t_ratio = (mom["T"] - t_reconv) / t_reconv
+            t_ratio_err = mom["T_err"] / t_reconv
         results[t] = {"x": back[0] + centre[0], "y": back[1] + centre[1],
                       "x_sheared": xs, "y_sheared": ys, "flux": mom["flux"],
                       "flux_err": mom["flux_err"], "s2n": s2n, "T": mom["T"],
-                      "T_ratio": t_ratio, "e1": mom["e1"], "e2": mom["e2"],
+                      "T_ratio": t_ratio, "T_ratio_err": t_ratio_err, "e1": mom["e1"],
+                      "e2": mom["e2"],
                       "flags": mom["flags"]}
     return results, psf_info

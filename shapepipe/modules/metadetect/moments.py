@@ -47,9 +47,10 @@ def weighted_moments(image, x, y, jac, sigma_w, variance=None, bad=None, radius=
     -------
     dict of numpy.ndarray
         ``flux`` (sum of weight x pixel, weight peak 1), ``flux_err``, ``T_w`` (weighted
-        ``M_uu + M_vv``, arcsec^2), ``T`` (the moments with the weight divided out, as for a
-        Gaussian object: ``C = (C_w^-1 - 1/sigma_w^2)^-1``; inf when ``C_w`` is not smaller
-        than the weight), ``e1``, ``e2``, ``flags``.
+        ``M_uu + M_vv``, arcsec^2) and ``T_w_err``, ``T`` (the moments with the weight divided
+        out, as for a Gaussian object: ``C = (C_w^-1 - 1/sigma_w^2)^-1``; inf when ``C_w`` is
+        not smaller than the weight) and ``T_err`` (linear propagation of the pixel
+        variances, the deweighting taken as round), ``e1``, ``e2``, ``flags``.
     """
     image = np.asarray(image, dtype=float)
     ny, nx = image.shape
@@ -85,12 +86,20 @@ def weighted_moments(image, x, y, jac, sigma_w, variance=None, bad=None, radius=
     muu = (wi * u * u).sum(axis=(1, 2))
     mvv = (wi * v * v).sum(axis=(1, 2))
     muv = (wi * u * v).sum(axis=(1, 2))
+    tsum = muu + mvv
     if variance is not None:
         var = np.asarray(variance, dtype=float)[rows[:, :, None], cols[:, None, :]]
         flux_err = np.sqrt((w * w * var).sum(axis=(1, 2)))
+        # T_w = sum(w r^2 I) / sum(w I) is a ratio of sums linear in the pixels:
+        # dT_w/dI_p = w_p (r_p^2 - T_w) / F.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_w0 = tsum / flux
+            r2 = u * u + v * v
+            t_w_err = np.sqrt((w * w * var * (r2 - t_w0[:, None, None]) ** 2)
+                              .sum(axis=(1, 2))) / np.abs(flux)
     else:
         flux_err = np.zeros(len(x))
-    tsum = muu + mvv
+        t_w_err = np.zeros(len(x))
     # A weighted second-moment matrix that is not positive definite (noise, or a neighbour
     # under the weight) has |e| > 1: not a shape.
     good = (flux > 0) & (muu > 0) & (mvv > 0) & (muu * mvv - muv * muv > 0)
@@ -103,8 +112,10 @@ def weighted_moments(image, x, y, jac, sigma_w, variance=None, bad=None, radius=
         cuv = np.where(good, muv / flux, np.nan)
         t_w = cuu + cvv
         t_dw = _deweighted_trace(cuu, cvv, cuv, sigma_w)
-    return {"flux": flux, "flux_err": flux_err, "T_w": t_w, "T": t_dw, "e1": e1, "e2": e2,
-            "flags": flags}
+        # Through the (round) deweighting T = 2 / (2 / T_w - 1 / sigma_w^2): dT/dT_w = (T/T_w)^2.
+        t_err = np.where(np.isfinite(t_dw), t_w_err * (t_dw / t_w) ** 2, np.nan)
+    return {"flux": flux, "flux_err": flux_err, "T_w": t_w, "T_w_err": t_w_err, "T": t_dw,
+            "T_err": t_err, "e1": e1, "e2": e2, "flags": flags}
 
 
 def _deweighted_trace(cuu, cvv, cuv, sigma_w):

@@ -36,7 +36,7 @@ PSF_CANDIDATES = 8
 FLAG_BRIGHT_STAR = 16
 COLUMNS = ["MDET_STEP", "NUMBER", "CELL", "X_IMAGE", "Y_IMAGE", "RA", "DEC", "MDET_FLAGS",
            "MASK_FLAGS", "MDET_S2N", "MDET_FLUX", "MDET_FLUX_ERR", "MDET_T", "MDET_T_RATIO",
-           "MDET_G1", "MDET_G2", "PSF_G1", "PSF_G2", "PSF_T"]
+           "MDET_T_RATIO_ERR", "MDET_G1", "MDET_G2", "PSF_G1", "PSF_G2", "PSF_T"]
 
 
 def cell_grid(nx, ny, cell_size):
@@ -341,7 +341,8 @@ def _finish_cell(prep, results, psf_info, fhdu, log):
                   "Y_IMAGE": ty[keep] + 1.0, "MDET_FLAGS": sel["flags"].astype(np.int32),
                   "MASK_FLAGS": mask_flags, "MDET_S2N": sel["s2n"], "MDET_FLUX": sel["flux"],
                   "MDET_FLUX_ERR": sel["flux_err"], "MDET_T": sel["T"],
-                  "MDET_T_RATIO": sel["T_ratio"], "MDET_G1": sel["e1"], "MDET_G2": sel["e2"],
+                  "MDET_T_RATIO": sel["T_ratio"], "MDET_T_RATIO_ERR": sel["T_ratio_err"],
+                  "MDET_G1": sel["e1"], "MDET_G2": sel["e2"],
                   "PSF_G1": np.full(n, psf_info["g1"]), "PSF_G2": np.full(n, psf_info["g2"]),
                   "PSF_T": np.full(n, psf_info["T"])}
     return out
