@@ -34,8 +34,12 @@ SIZE = 300
 NOISE = 2.0
 
 
-def scene(seed, g, pair=None):
-    """Image and PSF of one cell sheared by (g, 0) in shapes and positions."""
+def scene(seed, g, pair=None, n_stars=0):
+    """Image, PSF and star positions of one cell sheared by (g, 0) in shapes and positions.
+
+    ``n_stars`` point sources (flux log-uniform 150-3000, S/N ~5-100) are added at random
+    positions; a lens does not shear or move them.
+    """
     import galsim
 
     rng = np.random.default_rng(seed)
@@ -57,14 +61,27 @@ def scene(seed, g, pair=None):
         p = a @ np.array([x - c, y - c]) + c
         galsim.Convolve(gal, psf).drawImage(img, add_to_image=True,
                                             offset=(p[0] - c, p[1] - c))
+    srng = np.random.default_rng(seed + 777)
+    stars = srng.uniform(20, SIZE - 20, size=(n_stars, 2))
+    for (x, y), flux in zip(stars, np.exp(srng.uniform(np.log(150), np.log(3000), n_stars))):
+        psf.withFlux(flux).drawImage(img, add_to_image=True, offset=(x - c, y - c))
     psf_img = psf.drawImage(nx=41, ny=41, scale=SCALE).array
     image = img.array + np.random.default_rng(seed + 999).normal(0, NOISE, img.array.shape)
-    return image, psf_img / psf_img.sum()
+    return image, psf_img / psf_img.sum(), stars
 
 
-def scene_sums(seed, g, pair, step):
-    """``{type: [n, sum e1, sum e2]}`` of the selected detections of one scene."""
-    image, psf = scene(seed, g, pair)
+#: Selections compared: the default cuts, and the default cuts plus a size significance
+#: (MDET_T_RATIO above k times its error), which faint stars rarely cross.
+CUTS = {"default": None, "size 3 sigma": 3.0, "size 5 sigma": 5.0}
+
+
+def scene_sums(seed, g, pair, step, n_stars=0):
+    """``{(cut, type): [n, sum e1, sum e2]}`` of the selected detections of one scene.
+
+    The cut ``"no true star"`` is the default cuts without detections within 3 pixels of a
+    star: an oracle no survey has, the contamination-free reference.
+    """
+    image, psf, stars = scene(seed, g, pair, n_stars)
     weight = np.full(image.shape, NOISE ** -2)
     jac = Jacobian((SIZE - 1) / 2.0, (SIZE - 1) / 2.0, np.eye(2) * SCALE)
     white = np.random.default_rng(seed + 5).standard_normal(image.shape)
@@ -72,22 +89,33 @@ def scene_sums(seed, g, pair, step):
     out = {}
     for t, r in res.items():
         ok = (r["flags"] == 0) & (r["s2n"] > 10) & (r["T_ratio"] > 0.5)
-        out[t] = np.array([ok.sum(), r["e1"][ok].sum(), r["e2"][ok].sum()])
+        near = np.zeros(len(ok), bool)
+        if len(stars):
+            dx = r["x"][:, None] - stars[None, :, 0]
+            dy = r["y"][:, None] - stars[None, :, 1]
+            near = (dx ** 2 + dy ** 2 < 9.0).any(axis=1)
+        sels = {name: ok if k is None else ok & (r["T_ratio"] > k * r["T_ratio_err"])
+                for name, k in CUTS.items()}
+        sels["no true star"] = ok & ~near
+        for name, sel in sels.items():
+            out[(name, t)] = np.array([sel.sum(), r["e1"][sel].sum(), r["e2"][sel].sum(),
+                                       (sel & near).sum()])
     return out
 
 
-def estimate(per_scene, keep, g, step):
-    """m and c2 from the scenes ``keep``."""
+def estimate(per_scene, keep, g, step, cut):
+    """m, c2, R11 and the fraction of selected noshear rows that are stars, from the scenes
+    ``keep`` with the selection ``cut``."""
     acc = {key: sum(per_scene[i][key] for i in keep) for key in per_scene[0]}
 
     def mean(sign, t, comp):
-        return acc[(sign, t)][comp] / acc[(sign, t)][0]
+        return acc[(sign, cut, t)][comp] / acc[(sign, cut, t)][0]
 
     r11 = np.mean([(mean(s, "1p", 1) - mean(s, "1m", 1)) / (2 * step) for s in (1, -1)])
     r22 = np.mean([(mean(s, "2p", 2) - mean(s, "2m", 2)) / (2 * step) for s in (1, -1)])
     m = (mean(1, "noshear", 1) - mean(-1, "noshear", 1)) / (2 * g * r11) - 1
     c2 = (mean(1, "noshear", 2) + mean(-1, "noshear", 2)) / (2 * r22)
-    return np.array([m, c2, r11])
+    return np.array([m, c2, r11, mean(1, "noshear", 3)])
 
 
 def main(argv=None):
@@ -97,25 +125,32 @@ def main(argv=None):
                         help="companion separation (arcsec); 0: no companions")
     parser.add_argument("--shear", type=float, default=0.05)
     parser.add_argument("--step", type=float, default=0.05)
+    parser.add_argument("--stars", type=int, default=0,
+                        help="unsheared point sources per scene (S/N ~5-100)")
     args = parser.parse_args(argv)
     t0 = time.time()
     per_scene = []
     for seed in range(args.scenes):
         sums = {}
         for sign in (1, -1):
-            for t, v in scene_sums(seed, sign * args.shear, args.pair or None,
-                                   args.step).items():
-                sums[(sign, t)] = v
+            for (cut, t), v in scene_sums(seed, sign * args.shear, args.pair or None,
+                                          args.step, args.stars).items():
+                sums[(sign, cut, t)] = v
         per_scene.append(sums)
-    full = estimate(per_scene, range(args.scenes), args.shear, args.step)
-    jack = np.array([estimate(per_scene, [j for j in range(args.scenes) if j != i],
-                              args.shear, args.step) for i in range(args.scenes)])
-    err = np.sqrt((args.scenes - 1) / args.scenes * ((jack - jack.mean(0)) ** 2).sum(0))
-    n = sum(s[(1, "noshear")][0] for s in per_scene)
-    print(f"metadetect, {args.scenes} scene pairs, {n:.0f} selected detections (+g), pair "
-          f"{args.pair or 'none'}, shear {args.shear}, step {args.step}: "
-          f"m = {full[0]:+.4f} +- {err[0]:.4f}, c2 = {full[1]:+.5f} +- {err[1]:.5f}, "
-          f"R11 = {full[2]:.3f} ({time.time() - t0:.0f} s)")
+    print(f"metadetect, {args.scenes} scene pairs, pair {args.pair or 'none'}, "
+          f"{args.stars} stars per scene, shear {args.shear}, step {args.step} "
+          f"({time.time() - t0:.0f} s)")
+    for cut in [*CUTS, "no true star"]:
+        if cut == "no true star" and not args.stars:
+            continue
+        full = estimate(per_scene, range(args.scenes), args.shear, args.step, cut)
+        jack = np.array([estimate(per_scene, [j for j in range(args.scenes) if j != i],
+                                  args.shear, args.step, cut) for i in range(args.scenes)])
+        err = np.sqrt((args.scenes - 1) / args.scenes * ((jack - jack.mean(0)) ** 2).sum(0))
+        n = sum(s[(1, cut, "noshear")][0] for s in per_scene)
+        print(f"  {cut:>13}: {n:5.0f} selected (+g), {100 * full[3]:4.1f}% stars: "
+              f"m = {full[0]:+.4f} +- {err[0]:.4f}, c2 = {full[1]:+.5f} +- {err[1]:.5f}, "
+              f"R11 = {full[2]:.3f}")
     return 0
 
 

@@ -79,7 +79,7 @@ MDET_MODULES = "mask_runner, sextractor_runner, psfex_interp_runner, metadetect_
 MDET_STEPS = ("noshear", "1p", "1m", "2p", "2m")
 #: Columns of metadetect_runner's HDU METADETECT read here.
 MDET_COLUMNS = ("MDET_STEP", "RA", "DEC", "MDET_FLAGS", "MASK_FLAGS", "MDET_S2N",
-                "MDET_T_RATIO", "MDET_G1", "MDET_G2", "PSF_G1", "PSF_G2")
+                "MDET_T_RATIO", "MDET_T_RATIO_ERR", "MDET_G1", "MDET_G2", "PSF_G1", "PSF_G2")
 
 
 def _pair(text):
@@ -321,21 +321,17 @@ def load_metadetect(files):
 def mdet_selector(cuts):
     """``select(rows) -> bool array`` on a dict of METADETECT columns (one step's rows).
 
-    ``cuts``: ``flags`` (MDET_FLAGS == 0 and MASK_FLAGS == 0), ``snr_min`` (MDET_S2N >) and
-    ``t_ratio_min`` (MDET_T_RATIO >); ``None`` disables a number. The cuts of DES Y6's
-    weighted-moments catalogue by default. Each step's rows are cut on their own values, so
-    the selection's response to the shear is inside the difference of the steps' means.
+    ``cuts``: ``flags`` (MDET_FLAGS == 0 and MASK_FLAGS == 0), ``snr_min`` (MDET_S2N >),
+    ``t_ratio_min`` (MDET_T_RATIO >) and optionally ``size_sigma`` (MDET_T_RATIO > k
+    MDET_T_RATIO_ERR); ``None`` disables a number. The selection is metadetect_runner's
+    ``default_cuts``. Each step's rows are cut on their own values, so the selection's
+    response to the shear is inside the difference of the steps' means.
     """
+    from shapepipe.modules.metadetect.shear import default_cuts
+
     def select(tab):
-        ok = np.isfinite(tab["MDET_G1"]) & np.isfinite(tab["MDET_G2"])
-        if cuts["flags"]:
-            ok &= (tab["MDET_FLAGS"] == 0) & (tab["MASK_FLAGS"] == 0)
-        with np.errstate(invalid="ignore"):
-            if cuts["snr_min"] is not None:
-                ok &= tab["MDET_S2N"] > cuts["snr_min"]
-            if cuts["t_ratio_min"] is not None:
-                ok &= tab["MDET_T_RATIO"] > cuts["t_ratio_min"]
-        return ok
+        return default_cuts(tab, cuts["snr_min"], cuts["t_ratio_min"], mask_flags=cuts["flags"],
+                            size_sigma=cuts.get("size_sigma"))
     return select
 
 
@@ -1019,6 +1015,9 @@ def main(argv=None):
                         help="S/N cut (NGMIX_SNR, or MDET_S2N with metadetect; default 10)")
     parser.add_argument("--t-ratio-min", type=float, default=0.5,
                         help="size cut (T/Tpsf, or MDET_T_RATIO with metadetect; default 0.5)")
+    parser.add_argument("--size-sigma", type=float, default=None, metavar="K",
+                        help="metadetect: also MDET_T_RATIO > K MDET_T_RATIO_ERR (a size "
+                             "significantly above zero, which stars rarely reach)")
     parser.add_argument("--report", action="store_true",
                         help="analyse the fields already done, run nothing")
     parser.add_argument("--compare", metavar="DIR",
@@ -1095,8 +1094,10 @@ def main(argv=None):
                                 args.seed_by, mask_neighbours=args.neighbour_masks,
                                 method=args.method)
     field_info = collect_fields(out, args, configs, log, args.report)
+    mdet_cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
+                 "size_sigma": args.size_sigma}
     if args.method == "metadetect":
-        cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min}
+        cuts = dict(mdet_cuts)
     else:
         cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
                 "spread_class": None if args.spread_class < 0 else args.spread_class}
@@ -1121,8 +1122,7 @@ def main(argv=None):
             other_method = json.load(handle).get("method", "metacal")
         # The other run may use the other method (the same skies measured both ways): each
         # run is read with its own method, and the cuts' numbers.
-        other_cuts = ({"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min}
-                      if other_method == "metadetect" else
+        other_cuts = (dict(mdet_cuts) if other_method == "metadetect" else
                       dict(cuts, spread_class=None if args.spread_class < 0
                            else args.spread_class))
         run_a = field_sums(other, _selector(other_cuts, other_method), method=other_method)

@@ -623,11 +623,13 @@ def metadetect_shear(run_dir, applied, cuts, n_boot=200, seed=0):
         parts.append({"MDET_STEP": np.asarray(data["MDET_STEP"]).astype(str), "CELL": cell,
                       **{c: np.asarray(data[c]) for c in ("MDET_FLAGS", "MASK_FLAGS",
                                                           "MDET_S2N", "MDET_T_RATIO",
-                                                          "MDET_G1", "MDET_G2")}})
+                                                          "MDET_T_RATIO_ERR", "MDET_G1",
+                                                          "MDET_G2")}})
     table = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
     snr_min = cuts["snr_min"] if cuts["snr_min"] is not None else 10.0
     t_min = cuts["t_ratio_min"] if cuts["t_ratio_min"] is not None else 0.5
-    select = default_cuts(table, snr_min, t_min, mask_flags=cuts["flags"])
+    select = default_cuts(table, snr_min, t_min, mask_flags=cuts["flags"],
+                          size_sigma=cuts.get("size_sigma"))
     res = mdet_mean(table, select, step=step, n_boot=n_boot, seed=seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         res["nsigma"] = ((np.asarray(res["g"]) - applied) / np.asarray(res["g_err"])).tolist()

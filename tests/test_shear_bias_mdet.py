@@ -73,6 +73,7 @@ def _catalogue(sky, shear, m=0.0, c=(0.0, 0.0), psf=(0.0, 0.0), alpha=0.0, kappa
             "MASK_FLAGS": sky["masked"].astype(np.int32),
             "MDET_S2N": sky["s0"] * (1 - kappa * (g ** 2).sum(axis=1)),
             "MDET_T_RATIO": np.where(sky["star"], sky["t"] / 4, sky["t"]),
+            "MDET_T_RATIO_ERR": np.full(n, 0.1),
             "MDET_G1": g[:, 0], "MDET_G2": g[:, 1],
             "PSF_G1": psf[0] + sky["psf_scatter"][:, 0],
             "PSF_G2": psf[1] + sky["psf_scatter"][:, 1]})

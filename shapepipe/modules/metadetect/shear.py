@@ -11,30 +11,38 @@ import numpy as np
 STEPS = ("noshear", "1p", "1m", "2p", "2m")
 
 
-def default_cuts(table, snr_min=10.0, t_ratio_min=0.5, mask_flags=True):
+def default_cuts(table, snr_min=10.0, t_ratio_min=0.5, mask_flags=True, size_sigma=None):
     """The standard selection: MDET_FLAGS == 0, MASK_FLAGS == 0, S/N and size cuts.
 
     Parameters
     ----------
-    table : numpy record array or astropy Table
+    table : numpy record array, astropy Table or dict of arrays
         Rows of ``metadetect_cat`` (any steps).
     snr_min, t_ratio_min : float
         ``MDET_S2N > snr_min`` and ``MDET_T_RATIO > t_ratio_min`` (None: no cut).
     mask_flags : bool
         Require ``MASK_FLAGS == 0``.
+    size_sigma : float, optional
+        Also require ``MDET_T_RATIO > size_sigma * MDET_T_RATIO_ERR``: a size that is
+        significantly non-zero, which unresolved objects (stars) rarely reach by noise.
 
     Returns
     -------
     numpy.ndarray of bool
+        Also False where MDET_G1 or MDET_G2 is not finite.
     """
-    ok = np.asarray(table["MDET_FLAGS"]) == 0
+    ok = ((np.asarray(table["MDET_FLAGS"]) == 0) & np.isfinite(np.asarray(table["MDET_G1"]))
+          & np.isfinite(np.asarray(table["MDET_G2"])))
     if mask_flags:
         ok &= np.asarray(table["MASK_FLAGS"]) == 0
     with np.errstate(invalid="ignore"):
+        t_ratio = np.asarray(table["MDET_T_RATIO"], float)
         if snr_min is not None:
             ok &= np.asarray(table["MDET_S2N"], float) > snr_min
         if t_ratio_min is not None:
-            ok &= np.asarray(table["MDET_T_RATIO"], float) > t_ratio_min
+            ok &= t_ratio > t_ratio_min
+        if size_sigma is not None:
+            ok &= t_ratio > size_sigma * np.asarray(table["MDET_T_RATIO_ERR"], float)
     return ok
 
 
