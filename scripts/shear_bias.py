@@ -163,19 +163,26 @@ def find_catalogues(path, method="metacal"):
 
 
 def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, log,
-              rotated=False, scene_shear="none", negate_noise=False, method="metacal"):
+              rotated=False, scene_shear="none", negate_noise=False, method="metacal",
+              faint_star_density=None):
     """Simulate one paired field and run both chains on each half (skipping what is done).
 
     ``configs`` is ``{name: path}``, or a callable ``configs(survey_json) -> {name: path}``
-    for configs that depend on the half (its shear and shear centre).
+    for configs that depend on the half (its shear and shear centre). ``faint_star_density``
+    (per arcmin^2, stars fainter than r = 21) replaces the default survey's faint stars.
     """
-    from shapepipe.sim import make_survey
+    import dataclasses
+
+    from shapepipe.sim import full_params, make_survey, small_params
 
     data = os.path.join(field_dir, "data")
     if not os.path.isfile(os.path.join(data, "minus", "truth", "survey.json")):
         log(f"  simulating {data} (seed {seed}{', shapes rotated' if rotated else ''}"
             f"{', noise negated' if negate_noise else ''})")
-        make_survey(data, seed=seed, full=full, shear=shear, paired=True,
+        params = full_params() if full else small_params()
+        if faint_star_density is not None:
+            params = dataclasses.replace(params, faint_star_density=faint_star_density)
+        make_survey(data, seed=seed, full=full, shear=shear, paired=True, params=params,
                     n_processes=processes, overwrite=True, psf_g_offset=psf_g_offset,
                     rotated_shapes=rotated, scene_shear=scene_shear,
                     negate_noise=negate_noise)
@@ -977,6 +984,9 @@ def main(argv=None):
                              "--t-ratio-min) (default: the plan's value for an existing "
                              "--output, else metacal)")
     parser.add_argument("--full", action="store_true", help="MegaCam-size fields (slow)")
+    parser.add_argument("--faint-star-density", type=float, default=None, metavar="N",
+                        help="stars per arcmin^2 fainter than r = 21 (default: the survey's "
+                             "power law, ~28; a high-latitude field has ~1)")
     parser.add_argument("--seed-by", choices=("position", "id"), default="position",
                         help="ngmix_runner SEED_BY: position (default) gives an object the "
                              "same metacal noise in both halves; id reproduces runs made "
@@ -1076,6 +1086,8 @@ def main(argv=None):
     if args.method != "metacal":
         # Plans written before the option ran metacal and do not record it.
         plan["method"] = args.method
+    if args.faint_star_density is not None:
+        plan["faint_star_density"] = args.faint_star_density
     if old is not None:
         if old != plan:
             parser.error(f"{plan_path} records another plan ({old}); use another --output")
@@ -1162,7 +1174,8 @@ def collect_fields(out, args, configs, log, report):
                          args.psf_g_offset if leak else None, configs, args.processes,
                          args.full, log, rotated=rotated, scene_shear=args.scene_shear,
                          negate_noise=rotated and args.twin_noise == "negated",
-                         method=getattr(args, "method", "metacal"))
+                         method=getattr(args, "method", "metacal"),
+                         faint_star_density=getattr(args, "faint_star_density", None))
         field_info.append({"cats": cats, "leakage": leak, "sky": seed_index,
                            "truth": {h: os.path.join(fdir, "data", h, "truth") for h in HALVES}})
     return field_info

@@ -253,11 +253,13 @@ def test_size_error_matches_the_scatter_over_noise_realisations():
 def test_default_cuts_size_significance_and_non_finite_shapes():
     from shapepipe.modules.metadetect.shear import default_cuts
 
-    table = {"MDET_FLAGS": np.array([0, 0, 0, 0, 1]), "MASK_FLAGS": np.zeros(5, int),
-             "MDET_S2N": np.array([20.0, 20.0, 20.0, 20.0, 20.0]),
-             "MDET_T_RATIO": np.array([0.6, 0.6, 2.0, 2.0, 2.0]),
-             "MDET_T_RATIO_ERR": np.array([0.3, 0.1, 0.1, 0.1, 0.1]),
-             "MDET_G1": np.array([0.1, 0.1, 0.1, np.nan, 0.1]), "MDET_G2": np.zeros(5)}
-    assert default_cuts(table).tolist() == [True, True, True, False, False]
-    # 0.6 is 2 sigma from zero in the first row, 6 sigma in the second.
-    assert default_cuts(table, size_sigma=5.0).tolist() == [False, True, True, False, False]
+    table = {"MDET_FLAGS": np.array([0, 0, 0, 0, 1, 0]), "MASK_FLAGS": np.zeros(6, int),
+             "MDET_S2N": np.full(6, 20.0),
+             "MDET_T_RATIO": np.array([0.6, 0.6, 2.0, 2.0, 2.0, np.inf]),
+             "MDET_T_RATIO_ERR": np.array([0.3, 0.1, 0.1, 0.1, 0.1, np.nan]),
+             "MDET_G1": np.array([0.1, 0.1, 0.1, np.nan, 0.1, 0.1]), "MDET_G2": np.zeros(6)}
+    assert default_cuts(table).tolist() == [True, True, True, False, False, True]
+    # 0.6 is 2 sigma from zero in the first row, 6 sigma in the second; inf (larger than
+    # the weight) is resolved whatever its (undefined) error.
+    assert default_cuts(table, size_sigma=5.0).tolist() == [False, True, True, False, False,
+                                                            True]

@@ -465,3 +465,28 @@ def test_psf_g_offset_shifts_the_mean_psf_shear_only():
     assert off["G2_COEF"][0] - base["G2_COEF"][0] == pytest.approx(-0.02)
     np.testing.assert_array_equal(off["G1_COEF"][1:], base["G1_COEF"][1:])
     np.testing.assert_array_equal(off["FWHM_COEF"], base["FWHM_COEF"])
+
+
+def test_faint_star_density_sets_the_stars_beyond_the_reference_depth():
+    """faint_star_density replaces the power law's stars fainter than r = 21 only."""
+    import dataclasses
+
+    from shapepipe.sim import small_params
+    from shapepipe.sim.geometry import FAINT_STAR_MAG, field_bounds
+
+    params = small_params()
+    xmin, xmax, ymin, ymax = field_bounds(params)
+    area = (xmax - xmin) * (ymax - ymin) / 3600.0
+    default = make_catalog(params, 4)
+    sparse = make_catalog(dataclasses.replace(params, faint_star_density=1.0), 4)
+
+    def counts(cat):
+        mag = cat["MAG"][cat["IS_STAR"] == 1]
+        return (mag < FAINT_STAR_MAG).sum(), (mag >= FAINT_STAR_MAG).sum()
+
+    (bright0, faint0), (bright1, faint1) = counts(default), counts(sparse)
+    assert abs(faint1 - area) < 4 * np.sqrt(area)  # Poisson around 1 per arcmin^2
+    assert faint0 > 10 * faint1
+    assert abs(bright1 - bright0) < 4 * np.sqrt(bright0)
+    assert (sparse["IS_STAR"] == 0).sum() == pytest.approx((default["IS_STAR"] == 0).sum(),
+                                                           rel=0.05)

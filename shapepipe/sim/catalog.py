@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.special import gammainc
 
-from shapepipe.sim.geometry import MAGZP, field_bounds, tile_center
+from shapepipe.sim.geometry import FAINT_STAR_MAG, MAGZP, field_bounds, tile_center
 from shapepipe.utils.lensing import tangent_to_sky
 from shapepipe.utils.rng import make_rng
 
@@ -171,10 +171,22 @@ def make_catalog(params, seed, bounds=None, center=None):
     area = (xmax - xmin) * (ymax - ymin) / 3600.0  # arcmin^2
 
     m_lo, m_hi = params.star_mag_range
-    n_star = rng.poisson(_expected_count(params.star_density, 20.5, STAR_SLOPE, m_lo, m_hi, area))
+    if params.faint_star_density is None:
+        n_star = rng.poisson(_expected_count(params.star_density, 20.5, STAR_SLOPE, m_lo, m_hi,
+                                             area))
+    else:
+        m_cut = min(max(FAINT_STAR_MAG, m_lo), m_hi)
+        n_bright = rng.poisson(_expected_count(params.star_density, 20.5, STAR_SLOPE, m_lo,
+                                               m_cut, area))
+        n_faint = rng.poisson(params.faint_star_density * area) if m_hi > m_cut else 0
+        n_star = n_bright + n_faint
     n_gal = rng.poisson(_expected_count(params.gal_density, 24.5, GAL_SLOPE, GAL_MAG_MIN,
                                         params.gal_mag_max, area))
-    star_mag = _power_law_mags(rng, n_star, STAR_SLOPE, m_lo, m_hi)
+    if params.faint_star_density is None:
+        star_mag = _power_law_mags(rng, n_star, STAR_SLOPE, m_lo, m_hi)
+    else:
+        star_mag = np.concatenate([_power_law_mags(rng, n_bright, STAR_SLOPE, m_lo, m_cut),
+                                   _power_law_mags(rng, n_faint, STAR_SLOPE, m_cut, m_hi)])
     gal_mag = _power_law_mags(rng, n_gal, GAL_SLOPE, GAL_MAG_MIN, params.gal_mag_max)
     n = n_star + n_gal
     xi = rng.uniform(xmin, xmax, n)

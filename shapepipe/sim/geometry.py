@@ -20,6 +20,7 @@ SATURATE = 60000.0  # ADU
 FILTER = "r.MP9602"
 FIRST_EXPOSURE = 2000001
 DEFAULT_TILE = (270, 283)  # CFIS tile number xxx, yyy
+FAINT_STAR_MAG = 21.0  # r; about Gaia's depth: the fainter stars are in no reference catalogue
 
 
 @dataclass
@@ -44,6 +45,10 @@ class SurveyParams:
     gal_density: float = 30.0  # galaxies per arcmin^2 brighter than r = 24.5
     gal_mag_max: float = 25.5
     star_mag_range: tuple = (11.5, 24.0)
+    # Stars per arcmin^2 fainter than FAINT_STAR_MAG (to star_mag_range[1]); None: the power
+    # law of star_density continues. The default density feeds PSF stars to small CCDs and is
+    # several times a high-latitude field's; shear calibration sets the faint stars apart.
+    faint_star_density: float = None
     cosmic_rate: float = 1.2e-5  # cosmic rays per pixel per exposure
     n_bad_columns: int = 2  # per CCD (on average)
     des_tiles: int = 3

@@ -322,6 +322,8 @@ def make_survey(output_dir, seed=1234, full=False, shear=(0.02, 0.0), paired=Fal
             "tile": geo.tile_name(params.tile_number),
             "tile_size": [params.tile_nx, params.tile_ny],
             "n_stars": int(cat["IS_STAR"].sum()),
+            "star_density": params.star_density,
+            "faint_star_density": params.faint_star_density,
             "n_galaxies": int((cat["IS_STAR"] == 0).sum()),
             "version": __version__,
         }

@@ -23,8 +23,9 @@ def default_cuts(table, snr_min=10.0, t_ratio_min=0.5, mask_flags=True, size_sig
     mask_flags : bool
         Require ``MASK_FLAGS == 0``.
     size_sigma : float, optional
-        Also require ``MDET_T_RATIO > size_sigma * MDET_T_RATIO_ERR``: a size that is
-        significantly non-zero, which unresolved objects (stars) rarely reach by noise.
+        Also require ``MDET_T_RATIO > size_sigma * MDET_T_RATIO_ERR`` (or an infinite
+        MDET_T_RATIO: an object larger than the moment weight): a size that is significantly
+        non-zero, which unresolved objects (stars) rarely reach by noise.
 
     Returns
     -------
@@ -42,7 +43,9 @@ def default_cuts(table, snr_min=10.0, t_ratio_min=0.5, mask_flags=True, size_sig
         if t_ratio_min is not None:
             ok &= t_ratio > t_ratio_min
         if size_sigma is not None:
-            ok &= t_ratio > size_sigma * np.asarray(table["MDET_T_RATIO_ERR"], float)
+            # inf: larger than the weight, resolved beyond doubt (its error is NaN).
+            ok &= ((t_ratio > size_sigma * np.asarray(table["MDET_T_RATIO_ERR"], float))
+                   | np.isposinf(t_ratio))
     return ok
 
 
