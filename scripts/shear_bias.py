@@ -65,6 +65,8 @@ sys.path.insert(0, HERE)
 
 import shear_validation as sv  # noqa: E402
 
+from shapepipe.modules.metadetect.shear import STEPS as MDET_STEPS  # noqa: E402
+from shapepipe.modules.metadetect.shear import default_cuts, shear_from_sums  # noqa: E402
 from shapepipe.utils.atomic import atomic_path, write_text  # noqa: E402
 
 HALVES = ("plus", "minus")
@@ -76,7 +78,6 @@ CATALOGUE_PREFIX = {"metacal": "final_cat", "metadetect": "metadetect_cat"}
 #: metadetect's tile chain: it detects and measures on its own sheared images, so the
 #: SExtractor catalogue is needed only for the PSF (psfex_interp_runner) and the masks.
 MDET_MODULES = "mask_runner, sextractor_runner, psfex_interp_runner, metadetect_runner"
-MDET_STEPS = ("noshear", "1p", "1m", "2p", "2m")
 #: Columns of metadetect_runner's HDU METADETECT read here.
 MDET_COLUMNS = ("MDET_STEP", "RA", "DEC", "MDET_FLAGS", "MASK_FLAGS", "MDET_S2N",
                 "MDET_T_RATIO", "MDET_T_RATIO_ERR", "MDET_G1", "MDET_G2", "PSF_G1", "PSF_G2")
@@ -334,8 +335,6 @@ def mdet_selector(cuts):
     ``default_cuts``. Each step's rows are cut on their own values, so the selection's
     response to the shear is inside the difference of the steps' means.
     """
-    from shapepipe.modules.metadetect.shear import default_cuts
-
     def select(tab):
         return default_cuts(tab, cuts["snr_min"], cuts["t_ratio_min"], mask_flags=cuts["flags"],
                             size_sigma=cuts.get("size_sigma"))
@@ -408,11 +407,10 @@ def mdet_sums(half, rows=None):
 def mdet_response(sums, step):
     """``diag(R11, R22)`` from summed steps: ``R11 = (<G1>_1p - <G1>_1m) / (2 step)``, ``R22``
     likewise from 2p/2m. The means are over each step's own selection, so the selection
-    response is inside. NaN where a step has no rows."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums["sum_g"] / sums["n"][:, None]
-    return np.diag([(mean[1, 0] - mean[2, 0]) / (2 * step),
-                    (mean[3, 1] - mean[4, 1]) / (2 * step)])
+    response is inside. NaN where a step has no rows. The diagonal of metadetect_runner's
+    ``shear_from_sums`` response (the estimator registered for E7-E9 has no off-diagonal)."""
+    _, resp, _ = shear_from_sums(np.column_stack([sums["n"], sums["sum_g"]]), step)
+    return np.diag(np.diag(resp))
 
 
 def _mdet_means(parts, rows=None):

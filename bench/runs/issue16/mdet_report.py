@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 import shear_bias as sb  # noqa: E402
 import shear_validation as sv  # noqa: E402
 
-STEPS = ("noshear", "1p", "1m", "2p", "2m")
+STEPS = sb.MDET_STEPS
 
 
 def _class_rows(field, half, d, spread_class):
