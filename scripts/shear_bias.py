@@ -984,7 +984,7 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="MegaCam-size fields (slow)")
     parser.add_argument("--faint-star-density", type=float, default=None, metavar="N",
                         help="stars per arcmin^2 fainter than r = 21 (default: the survey's "
-                             "power law, ~28; a high-latitude field has ~1)")
+                             "power law, ~26; a high-latitude field has ~1)")
     parser.add_argument("--seed-by", choices=("position", "id"), default="position",
                         help="ngmix_runner SEED_BY: position (default) gives an object the "
                              "same metacal noise in both halves; id reproduces runs made "
