@@ -729,7 +729,7 @@ def leakage_check(normal, leaky):
     return out
 
 
-def pairing(field, outlier=5.0):
+def pairing(field, outlier=5.0, shear=None):
     """How alike the two halves of a field are: selected objects matched through the truth.
 
     Returns
@@ -742,7 +742,11 @@ def pairing(field, outlier=5.0):
         with a diagonal response beyond +-``outlier`` (sheared fits that switched likelihood
         minima), and ``outlier_share``: their part of the half's summed R11 + R22. Of
         metadetect halves (their noshear rows), ``response`` (plus, minus): each half's
-        ``[R11, R22]`` instead of the outliers.
+        ``[R11, R22]`` instead of the outliers. With ``shear`` (the +g half's), the split of
+        the numerator of m, ``<g+> - <g->`` along the shear, into ``numerator_both`` (the
+        objects selected in both halves) and ``numerator_flips`` (the rest: selected in one
+        half only, or matched to no true object), both over the mean count of the halves,
+        and ``response_along`` (plus, minus): each half's response along the shear.
     """
     p, m = _noshear(field["plus"]), _noshear(field["minus"])
     rows_p, rows_m = _matched_rows(p, m)
@@ -751,6 +755,14 @@ def pairing(field, outlier=5.0):
            "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(rows_p)),
            "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
                                            else np.full(2, np.nan))]}
+    if shear is not None and len(p["g"]) and len(m["g"]):
+        unit = np.asarray(shear, float) / np.hypot(*shear)
+        n_mean = (len(p["g"]) + len(m["g"])) / 2
+        both = float(diff.sum(axis=0) @ unit / n_mean)
+        total = float((p["g"].sum(axis=0) - m["g"].sum(axis=0)) @ unit / n_mean)
+        out.update(numerator_both=both, numerator_flips=total - both,
+                   response_along=[float(unit @ _means([field[h]])[1] @ unit)
+                                   for h in HALVES])
     if _is_mdet(field["plus"]):
         out["response"] = [[float(v) for v in mdet_response(mdet_sums(field[h]),
                                                             field[h]["step"]).diagonal()]
@@ -764,6 +776,49 @@ def pairing(field, outlier=5.0):
         total = diag.sum()
         share.append(float(diag[far].sum() / total) if total else float("nan"))
     return dict(out, response_outliers=n_out, outlier_share=share)
+
+
+def noise_budget(pairings, shear, n_skies):
+    """Where the error of m comes from, from the per-field ``pairing`` entries.
+
+    m is ``<g+> - <g->`` (along the shear) over ``2 |g| R``. The numerator splits into the
+    objects selected in both halves, whose intrinsic shapes and noise cancel, and the flips
+    (selected in one half only), which carry their whole shape; R is each half's response.
+    Each part's scatter over the fields, turned into the error of m it would give alone if
+    the fields were independent (a field and its rotated twin are not: this is a guide to
+    which part dominates, not a second error of m), says what a larger sample or a variance
+    reduction has to beat.
+
+    Returns
+    -------
+    dict
+        ``signal`` (mean numerator), ``applied`` (``2 |g|``), and for ``both``, ``flips``
+        and ``response``: ``mean``, ``std`` over fields (the response: over halves),
+        ``sigma_m`` (that std relative to the mean signal, or to the mean response, over
+        the square root of the number of values, as if they were independent) and ``per``
+        ("field" or "half"); ``flips_per_field`` (mean count).
+    """
+    rows = [p for p in pairings if "numerator_both" in p]
+    if len(rows) < 2:
+        return {}
+    both = np.array([p["numerator_both"] for p in rows])
+    flips = np.array([p["numerator_flips"] for p in rows])
+    resp = np.array([r for p in rows for r in p["response_along"]])
+    signal = float((both + flips).mean())
+    n_fields = len(rows)
+
+    def part(values, scale, per_field):
+        std = float(values.std(ddof=1))
+        return {"mean": float(values.mean()), "std": std,
+                "sigma_m": std / abs(scale) / np.sqrt(len(values)) if scale else float("nan"),
+                "per": per_field}
+
+    out = {"signal": signal, "applied": 2 * float(np.hypot(*shear)), "n_fields": n_fields,
+           "n_skies": int(n_skies),
+           "flips_per_field": float(np.mean([p["flips"] for p in rows])),
+           "both": part(both, signal, "field"), "flips": part(flips, signal, "field"),
+           "response": part(resp, resp.mean(), "half")}
+    return out
 
 
 def plot(path, summary):
@@ -865,7 +920,10 @@ def analyse(field_info, shear, cuts, log, paired_leakage=True, star_clearance=No
     summary["by_size"] = [dict(biases(normal, shear, ("t_ratio", lo, hi), groups),
                                bin=_label(lo, hi))
                           for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
-    summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f)) for f in normal]
+    summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f, shear=shear))
+                            for f in normal]
+    summary["noise_budget"] = noise_budget([row["pairing"] for row in summary["per_field"]],
+                                           shear, len(groups))
     if mdet:
         for row, f in zip(summary["per_field"], normal):
             # The field's sums, from which fields combine (mdet_sums, MDET_STEPS order).
@@ -938,6 +996,16 @@ def format_summary(s):
                      f"|R_ii| > 5: {pr['response_outliers'][0]} / {pr['response_outliers'][1]} "
                      f"objects, {100 * pr['outlier_share'][0]:+.0f}% / "
                      f"{100 * pr['outlier_share'][1]:+.0f}% of the summed response")
+    nb = s.get("noise_budget")
+    if nb:
+        b, f, r = nb["both"], nb["flips"], nb["response"]
+        lines.append(
+            f"  noise budget over {nb['n_fields']} fields (sigma_m: that part alone): "
+            f"<g+> - <g-> along the shear {nb['signal']:.5f} = selected in both halves "
+            f"{b['mean']:.5f} (scatter {b['std']:.5f}, sigma_m {b['sigma_m']:.4f}) + flips "
+            f"{f['mean']:+.5f} (scatter {f['std']:.5f}, sigma_m {f['sigma_m']:.4f}; "
+            f"{nb['flips_per_field']:.1f} per field); response per half {r['mean']:.4f} "
+            f"(scatter {r['std']:.4f}, sigma_m {r['sigma_m']:.4f})")
     if isinstance(s.get("response_check"), str):
         lines.append(f"  per-object response check: {s['response_check']}")
     elif "response_check" in s:

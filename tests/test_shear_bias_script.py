@@ -237,3 +237,43 @@ def test_star_distance_skips_the_detections_own_star(sb):
     # the galaxy: the star 1.5" away; the star: the other star, not itself; the far galaxy
     # and the unmatched detection: the star at 10".
     assert d == pytest.approx([1.5, 8.5, 20.0, 40.0], abs=1e-6)
+
+
+def test_noise_budget_splits_the_numerator_into_matched_objects_and_flips(sb):
+    shear = (0.02, 0.0)
+    fields = _with_truth(_fields(4, shear, m=0.0, c=(0.0, 0.0), seed=21, n=1000))
+    rng = np.random.default_rng(22)
+    # Each +g half loses 30 objects and gains 30 unmatched ones with their whole shape: flips.
+    for f in fields:
+        h = f["plus"]
+        h.update({k: v[30:] for k, v in h.items() if isinstance(v, np.ndarray) and v.ndim
+                  and len(v) == 1000})
+        extra = 0.26 * rng.standard_normal((30, 2))
+        h["g"] = np.vstack([h["g"], extra])
+        h["R"] = np.vstack([h["R"], h["R"][:30]])
+        h["truth_idx"] = np.concatenate([h["truth_idx"], np.full(30, -1)])
+        h["psf"] = np.vstack([h["psf"], h["psf"][:30]])
+    rows = [sb.pairing(f, shear=shear) for f in fields]
+    for f, row in zip(fields, rows):
+        p, m = f["plus"], f["minus"]
+        total = (p["g"][:, 0].sum() - m["g"][:, 0].sum()) / 1000
+        assert row["flips"] == 60 and row["both"] == 970
+        assert row["numerator_both"] + row["numerator_flips"] == pytest.approx(total)
+        # The matched objects' difference is the shear's: 2 g R over the kept share.
+        assert row["numerator_both"] == pytest.approx(2 * 0.02 * 0.8 * 0.97, rel=2e-2)
+        assert row["response_along"][0] == pytest.approx(0.8, abs=0.01)
+    nb = sb.noise_budget(rows, shear, n_skies=4)
+    # The flips carry whole shapes: their scatter dwarfs the matched objects'.
+    assert nb["flips"]["std"] > 10 * nb["both"]["std"]
+    assert nb["flips"]["std"] == pytest.approx(0.26 * np.sqrt(60) / 1000, rel=0.6)
+    assert nb["flips_per_field"] == 60 and nb["response"]["per"] == "half"
+    assert "noise budget" in sb.format_summary(_summary_for_format(sb, fields, shear))
+
+
+def _summary_for_format(sb, fields, shear):
+    run_info = sb.biases(fields, shear)
+    rows = [dict(sb.biases([f], shear), pairing=sb.pairing(f, shear=shear)) for f in fields]
+    empty = [dict(run_info, bin="all")]
+    return {"all": run_info, "true_galaxies_only": run_info, "n_fields": len(fields),
+            "shear": list(shear), "by_snr": empty, "by_size": empty, "per_field": rows,
+            "noise_budget": sb.noise_budget([r["pairing"] for r in rows], shear, 2)}
