@@ -595,6 +595,25 @@ def compare(run_a, run_b, shear, groups):
     return out
 
 
+def common_fields(run_a, run_b):
+    """The two runs cut to the normal fields both have (the first ``n``: field k is sky
+    ``k // 2`` in every run of one seed) and the leakage fields that repeat those.
+
+    Raises
+    ------
+    ValueError
+        When they share no field, or their first fields are not the same skies.
+    """
+    n = min(len(run_a["normal"]), len(run_b["normal"]))
+    if n == 0 or run_a["skies"][:n] != run_b["skies"][:n]:
+        raise ValueError(f"no common fields (skies {run_a['skies']} and {run_b['skies']})")
+    out = []
+    for run in (run_a, run_b):
+        out.append(dict(run, normal=run["normal"][:n], skies=run["skies"][:n],
+                        leaky=run["leaky"][:n]))
+    return out
+
+
 def leakage(normal, leaky, paired=True):
     """alpha_i = (c_leak - c) / (psf_leak - psf), with jackknife errors.
 
@@ -1192,12 +1211,21 @@ def main(argv=None):
     summary["plan"] = plan
     text = format_summary(summary)
     if args.compare:
-        other = collect_fields(os.path.abspath(args.compare), args, configs, log, True)
         other_plan = os.path.join(os.path.abspath(args.compare), "plan.json")
         if not os.path.isfile(other_plan):
             parser.error(f"--compare {args.compare}: no plan.json (not a shear_bias.py output)")
         with open(other_plan, encoding="utf-8") as handle:
-            other_method = json.load(handle).get("method", "metacal")
+            other_plan = json.load(handle)
+        other_method = other_plan.get("method", "metacal")
+        if other_plan.get("seed") != args.seed:
+            parser.error(f"--compare {args.compare}: seed {other_plan.get('seed')}, this "
+                         f"run's is {args.seed}: not the same skies")
+        # The other run's own field counts name its directories (leakage fields follow the
+        # normal ones); only its finished fields are read.
+        other_args = argparse.Namespace(**dict(
+            vars(args), fields=other_plan.get("fields", args.fields),
+            leakage_fields=other_plan.get("leakage_fields", 0)))
+        other = collect_fields(os.path.abspath(args.compare), other_args, configs, log, True)
         # The other run may use the other method (the same skies measured both ways): each
         # run is read with its own method, and the cuts' numbers.
         other_cuts = (dict(mdet_cuts) if other_method == "metadetect" else
@@ -1205,11 +1233,17 @@ def main(argv=None):
                            else args.spread_class))
         run_a = field_sums(other, _selector(other_cuts, other_method), method=other_method)
         run_b = field_sums(field_info, _selector(cuts, args.method), method=args.method)
-        if run_a["skies"] != run_b["skies"]:
-            parser.error(f"--compare {args.compare}: not the same fields as {out}")
+        try:
+            run_a, run_b = common_fields(run_a, run_b)
+        except ValueError as err:
+            parser.error(f"--compare {args.compare}: {err}")
         d = compare(run_a, run_b, args.shear, sky_groups(run_b["skies"]))
-        summary["compare"] = dict(d, other=os.path.abspath(args.compare))
-        text += "\n" + f"  paired difference (this run - {args.compare}): " + "; ".join(
+        summary["compare"] = dict(d, other=os.path.abspath(args.compare),
+                                  n_fields=len(run_b["normal"]),
+                                  n_leakage_fields=min(len(run_a["leaky"]),
+                                                       len(run_b["leaky"])))
+        text += "\n" + (f"  paired difference (this run - {args.compare}, on the "
+                        f"{len(run_b['normal'])} fields both have): ") + "; ".join(
             f"{k[2:]} {d[k]:+.4f} +- {d[k + '_err']:.4f}" for k in d if not k.endswith("_err"))
     stem = "shear_bias" + ("_round" if args.round_cuts else "") + (
         "" if args.spread_class == 1 else f"_class{args.spread_class}".replace("-", "m"))

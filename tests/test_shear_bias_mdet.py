@@ -332,3 +332,28 @@ def test_report_records_and_names_the_method(sb, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         sb.main(args + ["--round-cuts"])
     assert "--round-cuts: not applicable with --method metadetect" in capsys.readouterr().err
+
+
+def test_compare_uses_the_fields_both_runs_have(sb, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sb, "ROOT", _example(tmp_path))
+    shear = (0.02, 0.0)
+    big, small = str(tmp_path / "big"), str(tmp_path / "small")
+    # The same skies (seed 2): four fields and a leakage field in one run, two in the other.
+    _write_run(big, 4, 1, shear, n=600, seed=2, m=0.0)
+    _write_run(small, 2, 0, shear, n=600, seed=2, m=-0.01)
+    base = ["--report", "--method", "metadetect", "--seed", "7"]
+    assert sb.main(["--output", big, "--fields", "4", "--leakage-fields", "1"] + base) == 0
+    capsys.readouterr()
+    assert sb.main(["--output", small, "--fields", "2", "--compare", big] + base) == 0
+    assert "on the 2 fields both have" in capsys.readouterr().out
+    d = json.load(open(os.path.join(small, "shear_bias.json")))["compare"]
+    assert d["n_fields"] == 2 and d["n_leakage_fields"] == 0
+    assert d["d_m"] == pytest.approx(-0.0095, abs=2e-3)
+    # Another seed is another sky: refused, naming both seeds.
+    other = str(tmp_path / "other")
+    _write_run(other, 2, 0, shear, n=600, seed=3)
+    assert sb.main(["--output", other, "--fields", "2", "--report", "--method", "metadetect",
+                    "--seed", "8"]) == 0
+    with pytest.raises(SystemExit):
+        sb.main(["--output", small, "--fields", "2", "--compare", other] + base)
+    assert "seed 8, this run's is 7: not the same skies" in capsys.readouterr().err
