@@ -1116,8 +1116,9 @@ def main(argv=None):
     parser.add_argument("--report", action="store_true",
                         help="analyse the fields already done, run nothing")
     parser.add_argument("--compare", metavar="DIR",
-                        help="with --report: paired differences (this run - DIR) on the same "
-                             "skies, e.g. PSFEx against the built-in PSF model")
+                        help="with --report: paired differences (this run - DIR) on the "
+                             "fields both have (same seed), e.g. PSFEx against the built-in "
+                             "PSF model, or metadetect against metacal")
     args = parser.parse_args(argv)
     if args.fields < 1 or args.leakage_fields < 0 or args.processes < 1:
         parser.error("--fields >= 1, --leakage-fields >= 0, --processes >= 1")
