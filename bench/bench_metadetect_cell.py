@@ -12,7 +12,7 @@ with R the mean of the two scenes' metadetection responses. Cuts: MDET flags 0, 
 T_ratio > 0.5. Error: jackknife over scenes.
 
     python bench/bench_metadetect_cell.py [--scenes 30] [--pair 1.0] [--shear 0.05]
-        [--step 0.05]
+        [--step 0.05] [--stars N] [--noise SIGMA] [--vs-shear G]
 
 The reference is the truth: the applied shear (m = 0).
 """
@@ -34,7 +34,7 @@ SIZE = 300
 NOISE = 2.0
 
 
-def scene(seed, g, pair=None, n_stars=0):
+def scene(seed, g, pair=None, n_stars=0, noise=NOISE):
     """Image, PSF and star positions of one cell sheared by (g, 0) in shapes and positions.
 
     ``n_stars`` point sources (flux log-uniform 150-3000, S/N ~5-100) are added at random
@@ -66,7 +66,7 @@ def scene(seed, g, pair=None, n_stars=0):
     for (x, y), flux in zip(stars, np.exp(srng.uniform(np.log(150), np.log(3000), n_stars))):
         psf.withFlux(flux).drawImage(img, add_to_image=True, offset=(x - c, y - c))
     psf_img = psf.drawImage(nx=41, ny=41, scale=SCALE).array
-    image = img.array + np.random.default_rng(seed + 999).normal(0, NOISE, img.array.shape)
+    image = img.array + np.random.default_rng(seed + 999).normal(0, noise, img.array.shape)
     return image, psf_img / psf_img.sum(), stars
 
 
@@ -75,14 +75,14 @@ def scene(seed, g, pair=None, n_stars=0):
 CUTS = {"default": None, "size 3 sigma": 3.0, "size 5 sigma": 5.0}
 
 
-def scene_sums(seed, g, pair, step, n_stars=0):
+def scene_sums(seed, g, pair, step, n_stars=0, noise=NOISE):
     """``{(cut, type): [n, sum e1, sum e2]}`` of the selected detections of one scene.
 
     The cut ``"no true star"`` is the default cuts without detections within 3 pixels of a
     star: an oracle no survey has, the contamination-free reference.
     """
-    image, psf, stars = scene(seed, g, pair, n_stars)
-    weight = np.full(image.shape, NOISE ** -2)
+    image, psf, stars = scene(seed, g, pair, n_stars, noise)
+    weight = np.full(image.shape, noise ** -2)
     jac = Jacobian((SIZE - 1) / 2.0, (SIZE - 1) / 2.0, np.eye(2) * SCALE)
     white = np.random.default_rng(seed + 5).standard_normal(image.shape)
     res, _ = metadetect_cell(image, weight, psf, jac, white, step=step)
@@ -127,19 +127,31 @@ def main(argv=None):
     parser.add_argument("--step", type=float, default=0.05)
     parser.add_argument("--stars", type=int, default=0,
                         help="unsheared point sources per scene (S/N ~5-100)")
+    parser.add_argument("--noise", type=float, default=NOISE,
+                        help="pixel noise sigma (default %(default)s; galaxy flux 2000-8000)")
+    parser.add_argument("--vs-shear", type=float, default=None, metavar="G",
+                        help="also run the same scenes at shear G and print m(shear) - m(G) "
+                             "per cut with a paired jackknife: the non-linear term of m")
     args = parser.parse_args(argv)
     t0 = time.time()
-    per_scene = []
-    for seed in range(args.scenes):
-        sums = {}
-        for sign in (1, -1):
-            for (cut, t), v in scene_sums(seed, sign * args.shear, args.pair or None,
-                                          args.step, args.stars).items():
-                sums[(sign, cut, t)] = v
-        per_scene.append(sums)
+
+    def run(shear):
+        per_scene = []
+        for seed in range(args.scenes):
+            sums = {}
+            for sign in (1, -1):
+                for (cut, t), v in scene_sums(seed, sign * shear, args.pair or None,
+                                              args.step, args.stars, args.noise).items():
+                    sums[(sign, cut, t)] = v
+            per_scene.append(sums)
+        return per_scene
+
+    per_scene = run(args.shear)
+    other = run(args.vs_shear) if args.vs_shear else None
     print(f"metadetect, {args.scenes} scene pairs, pair {args.pair or 'none'}, "
-          f"{args.stars} stars per scene, shear {args.shear}, step {args.step} "
-          f"({time.time() - t0:.0f} s)")
+          f"{args.stars} stars per scene, shear {args.shear}"
+          f"{f' (and {args.vs_shear})' if other else ''}, step {args.step}, noise "
+          f"{args.noise} ({time.time() - t0:.0f} s)")
     for cut in [*CUTS, "no true star"]:
         if cut == "no true star" and not args.stars:
             continue
@@ -151,6 +163,20 @@ def main(argv=None):
         print(f"  {cut:>13}: {n:5.0f} selected (+g), {100 * full[3]:4.1f}% stars: "
               f"m = {full[0]:+.4f} +- {err[0]:.4f}, c2 = {full[1]:+.5f} +- {err[1]:.5f}, "
               f"R11 = {full[2]:.3f}")
+        if other is None:
+            continue
+
+        def diff(keep, cut=cut):
+            return (estimate(per_scene, keep, args.shear, args.step, cut)[0]
+                    - estimate(other, keep, args.vs_shear, args.step, cut)[0])
+
+        everything = range(args.scenes)
+        d = diff(everything)
+        dj = np.array([diff([j for j in everything if j != i]) for i in everything])
+        d_err = np.sqrt((args.scenes - 1) / args.scenes * ((dj - dj.mean()) ** 2).sum())
+        m_other = estimate(other, everything, args.vs_shear, args.step, cut)[0]
+        print(f"  {'':>13}  at shear {args.vs_shear}: m = {m_other:+.4f}; m({args.shear}) - "
+              f"m({args.vs_shear}) = {d:+.4f} +- {d_err:.4f} (paired, same scenes)")
     return 0
 
 
