@@ -97,7 +97,7 @@ def field_seed(seed, index):
 
 
 def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shear=None,
-                  mask_neighbours=True, method="metacal"):
+                  mask_neighbours=True, method="metacal", mdet_step=None):
     """Copies of the example configs with the PSF model, the worker count and the seeding chosen.
 
     Config files are data: only these keys are replaced, by line. ``seed_by="position"`` sets
@@ -108,7 +108,8 @@ def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shea
     at the unsheared positions. ``mask_neighbours=False`` sets ``MASK_NEIGHBOURS = False``
     (a diagnostic: how much of a bias the neighbour masks make). ``method="metadetect"`` sets
     the tile chain's MODULE line to ``MDET_MODULES`` (the config must have a
-    ``[METADETECT_RUNNER]`` section).
+    ``[METADETECT_RUNNER]`` section); ``mdet_step`` then replaces its STEP (the shear of
+    the sheared images).
     """
     os.makedirs(out_dir, exist_ok=True)
     psf_dir = {"psf_model": "last:psf_model_runner", "psfex": "last:psfex_runner"}[model]
@@ -133,6 +134,11 @@ def write_configs(out_dir, model, processes, seed_by="position", seed_scene_shea
                                  f"found {n}")
             if method == "metadetect":
                 text = _metadetect_chain(text, name)
+                if mdet_step is not None:
+                    text, n = re.subn(r"(?im)^STEP\s*=.*$", f"STEP = {mdet_step:g}", text)
+                    if n != 1:
+                        raise SystemExit(f"{name}: expected one STEP line in "
+                                         f"[METADETECT_RUNNER], found {n}")
         path = os.path.join(out_dir, name)
         write_text(text, path)
         paths[name] = path
@@ -1068,6 +1074,9 @@ def main(argv=None):
                              "MASK_FLAGS == 0, MDET_S2N > --snr-min, MDET_T_RATIO > "
                              "--t-ratio-min) (default: the plan's value for an existing "
                              "--output, else metacal)")
+    parser.add_argument("--mdet-step", type=float, default=None, metavar="S",
+                        help="with --method metadetect: the shear of the sheared images "
+                             "(metadetect_runner STEP; default the example config's)")
     parser.add_argument("--full", action="store_true", help="MegaCam-size fields (slow)")
     parser.add_argument("--faint-star-density", type=float, default=None, metavar="N",
                         help="stars per arcmin^2 fainter than r = 21 (default: the survey's "
@@ -1174,6 +1183,12 @@ def main(argv=None):
         plan["method"] = args.method
     if args.faint_star_density is not None:
         plan["faint_star_density"] = args.faint_star_density
+    if args.mdet_step is not None:
+        if args.method != "metadetect":
+            parser.error("--mdet-step: only with --method metadetect")
+        if not 0 < args.mdet_step < 1:
+            parser.error(f"--mdet-step {args.mdet_step}: expected a shear in (0, 1)")
+        plan["mdet_step"] = args.mdet_step
     if old is not None:
         if old != plan:
             parser.error(f"{plan_path} records another plan ({old}); use another --output")
@@ -1186,11 +1201,12 @@ def main(argv=None):
             half = meta.get("paired") or "single"
             return write_configs(os.path.join(out, "configs", half), args.model, args.processes,
                                  args.seed_by, (*meta["shear"], *meta["shear_centre"]),
-                                 mask_neighbours=args.neighbour_masks, method=args.method)
+                                 mask_neighbours=args.neighbour_masks, method=args.method,
+                                 mdet_step=args.mdet_step)
     else:
         configs = write_configs(os.path.join(out, "configs"), args.model, args.processes,
                                 args.seed_by, mask_neighbours=args.neighbour_masks,
-                                method=args.method)
+                                method=args.method, mdet_step=args.mdet_step)
     field_info = collect_fields(out, args, configs, log, args.report)
     mdet_cuts = {"flags": True, "snr_min": args.snr_min, "t_ratio_min": args.t_ratio_min,
                  "size_sigma": args.size_sigma}

@@ -357,3 +357,15 @@ def test_compare_uses_the_fields_both_runs_have(sb, tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit):
         sb.main(["--output", small, "--fields", "2", "--compare", other] + base)
     assert "seed 8, this run's is 7: not the same skies" in capsys.readouterr().err
+
+
+def test_mdet_step_sets_the_metadetect_step(sb, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sb, "ROOT", _example(tmp_path))
+    paths = sb.write_configs(str(tmp_path / "c"), "psf_model", 2, method="metadetect",
+                             mdet_step=0.1)
+    steps = [ln for ln in open(paths["config_tile.ini"]).read().splitlines()
+             if re.match(r"STEP\s*=", ln)]
+    assert steps == ["STEP = 0.1"]
+    with pytest.raises(SystemExit):
+        sb.main(["--output", str(tmp_path / "r"), "--report", "--mdet-step", "0.1"])
+    assert "--mdet-step: only with --method metadetect" in capsys.readouterr().err
