@@ -214,7 +214,9 @@ def run_field(field_dir, seed, shear, psf_g_offset, configs, processes, full, lo
             log(f"  {os.path.basename(field_dir)} {half}: {name} exit {proc.returncode} "
                 f"({time.time() - t0:.0f} s)")
             if proc.returncode == 2:
-                raise SystemExit(f"{name}: configuration error: {proc.stderr.strip()}")
+                # shapepipe_run.py -q prints its one-line error on stdout or stderr.
+                said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:]
+                raise SystemExit(f"{name}: configuration error: {''.join(said)}")
         files = find_catalogues(os.path.join(field_dir, "runs", half), method)
         if not files:
             raise SystemExit(f"{field_dir} {half}: no {CATALOGUE_PREFIX[method]}-*.fits was "
@@ -1186,8 +1188,10 @@ def main(argv=None):
     if args.mdet_step is not None:
         if args.method != "metadetect":
             parser.error("--mdet-step: only with --method metadetect")
-        if not 0 < args.mdet_step < 1:
-            parser.error(f"--mdet-step {args.mdet_step}: expected a shear in (0, 1)")
+        if not 0 < args.mdet_step < 0.1:
+            # metadetect_runner's own bound: beyond it the finite difference is not linear.
+            parser.error(f"--mdet-step {args.mdet_step}: expected 0 < S < 0.1 "
+                         "(metadetect_runner STEP)")
         plan["mdet_step"] = args.mdet_step
     if old is not None:
         if old != plan:
