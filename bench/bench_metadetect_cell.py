@@ -118,6 +118,14 @@ def estimate(per_scene, keep, g, step, cut):
     return np.array([m, c2, r11, mean(1, "noshear", 3)])
 
 
+def jackknife(stat, n):
+    """``stat(all n scenes)`` and its delete-one jackknife error over the scenes."""
+    everything = list(range(n))
+    values = np.array([stat([j for j in everything if j != i]) for i in everything])
+    err = np.sqrt((n - 1) / n * ((values - values.mean(0)) ** 2).sum(0))
+    return stat(everything), err
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=30)
@@ -155,10 +163,9 @@ def main(argv=None):
     for cut in [*CUTS, "no true star"]:
         if cut == "no true star" and not args.stars:
             continue
-        full = estimate(per_scene, range(args.scenes), args.shear, args.step, cut)
-        jack = np.array([estimate(per_scene, [j for j in range(args.scenes) if j != i],
-                                  args.shear, args.step, cut) for i in range(args.scenes)])
-        err = np.sqrt((args.scenes - 1) / args.scenes * ((jack - jack.mean(0)) ** 2).sum(0))
+        full, err = jackknife(
+            lambda keep, cut=cut: estimate(per_scene, keep, args.shear, args.step, cut),
+            args.scenes)
         n = sum(s[(1, cut, "noshear")][0] for s in per_scene)
         print(f"  {cut:>13}: {n:5.0f} selected (+g), {100 * full[3]:4.1f}% stars: "
               f"m = {full[0]:+.4f} +- {err[0]:.4f}, c2 = {full[1]:+.5f} +- {err[1]:.5f}, "
@@ -170,11 +177,8 @@ def main(argv=None):
             return (estimate(per_scene, keep, args.shear, args.step, cut)[0]
                     - estimate(other, keep, args.vs_shear, args.step, cut)[0])
 
-        everything = range(args.scenes)
-        d = diff(everything)
-        dj = np.array([diff([j for j in everything if j != i]) for i in everything])
-        d_err = np.sqrt((args.scenes - 1) / args.scenes * ((dj - dj.mean()) ** 2).sum())
-        m_other = estimate(other, everything, args.vs_shear, args.step, cut)[0]
+        d, d_err = jackknife(diff, args.scenes)
+        m_other = estimate(other, range(args.scenes), args.vs_shear, args.step, cut)[0]
         print(f"  {'':>13}  at shear {args.vs_shear}: m = {m_other:+.4f}; m({args.shear}) - "
               f"m({args.vs_shear}) = {d:+.4f} +- {d_err:.4f} (paired, same scenes)")
     return 0
