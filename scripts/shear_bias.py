@@ -421,6 +421,14 @@ def mdet_response(sums, step):
     return np.diag(np.diag(resp))
 
 
+def _half_response(half):
+    """The 2x2 response of one half: metadetect's from its steps' sums, metacal's ``<R> +
+    R_S`` of its selected objects."""
+    if _is_mdet(half):
+        return mdet_response(mdet_sums(half), half["step"])
+    return _means([half])[1]
+
+
 def _mdet_means(parts, rows=None):
     """``<G>_noshear``, the metadetect response and the noshear row count of a list of
     metadetect halves, pooled by sums (object-weighted, as ``_means``)."""
@@ -740,7 +748,7 @@ def leakage_check(normal, leaky):
             dg.append(b["g"][ib] - a["g"][ia])
             dp.append(b["psf"][ib] - a["psf"][ia])
             if _is_mdet(norm[h]):
-                r = sum(mdet_response(mdet_sums(x), x["step"]) for x in (norm[h], leak[h])) / 2
+                r = (_half_response(norm[h]) + _half_response(leak[h])) / 2
                 resp.append(np.tile(r.diagonal(), (len(ia), 1)))
             else:
                 resp.append((a["R"][ia] + b["R"][ib]).diagonal(axis1=1, axis2=2) / 2)
@@ -782,18 +790,16 @@ def pairing(field, outlier=5.0, shear=None):
            "flips": int(len(p["g"]) + len(m["g"]) - 2 * len(rows_p)),
            "diff_std": [float(v) for v in (diff.std(axis=0) if len(diff) > 1
                                            else np.full(2, np.nan))]}
+    resp = [_half_response(field[h]) for h in HALVES]
     if shear is not None and len(p["g"]) and len(m["g"]):
         unit = np.asarray(shear, float) / np.hypot(*shear)
         n_mean = (len(p["g"]) + len(m["g"])) / 2
         both = float(diff.sum(axis=0) @ unit / n_mean)
         total = float((p["g"].sum(axis=0) - m["g"].sum(axis=0)) @ unit / n_mean)
         out.update(numerator_both=both, numerator_flips=total - both,
-                   response_along=[float(unit @ _means([field[h]])[1] @ unit)
-                                   for h in HALVES])
+                   response_along=[float(unit @ r @ unit) for r in resp])
     if _is_mdet(field["plus"]):
-        out["response"] = [[float(v) for v in mdet_response(mdet_sums(field[h]),
-                                                            field[h]["step"]).diagonal()]
-                           for h in HALVES]
+        out["response"] = [[float(v) for v in r.diagonal()] for r in resp]
         return out
     n_out, share = [], []
     for h in (p, m):
@@ -805,7 +811,7 @@ def pairing(field, outlier=5.0, shear=None):
     return dict(out, response_outliers=n_out, outlier_share=share)
 
 
-def noise_budget(pairings, shear, n_skies):
+def noise_budget(pairings):
     """Where the error of m comes from, from the per-field ``pairing`` entries.
 
     m is ``<g+> - <g->`` (along the shear) over ``2 |g| R``. The numerator splits into the
@@ -819,8 +825,8 @@ def noise_budget(pairings, shear, n_skies):
     Returns
     -------
     dict
-        ``signal`` (mean numerator), ``applied`` (``2 |g|``), and for ``both``, ``flips``
-        and ``response``: ``mean``, ``std`` over fields (the response: over halves),
+        ``signal`` (mean numerator), ``n_fields``, and for ``both``, ``flips`` and
+        ``response``: ``mean``, ``std`` over fields (the response: over halves),
         ``sigma_m`` (that std relative to the mean signal, or to the mean response, over
         the square root of the number of values, as if they were independent) and ``per``
         ("field" or "half"); ``flips_per_field`` (mean count).
@@ -832,20 +838,17 @@ def noise_budget(pairings, shear, n_skies):
     flips = np.array([p["numerator_flips"] for p in rows])
     resp = np.array([r for p in rows for r in p["response_along"]])
     signal = float((both + flips).mean())
-    n_fields = len(rows)
 
-    def part(values, scale, per_field):
+    def part(values, scale, per):
         std = float(values.std(ddof=1))
         return {"mean": float(values.mean()), "std": std,
                 "sigma_m": std / abs(scale) / np.sqrt(len(values)) if scale else float("nan"),
-                "per": per_field}
+                "per": per}
 
-    out = {"signal": signal, "applied": 2 * float(np.hypot(*shear)), "n_fields": n_fields,
-           "n_skies": int(n_skies),
-           "flips_per_field": float(np.mean([p["flips"] for p in rows])),
-           "both": part(both, signal, "field"), "flips": part(flips, signal, "field"),
-           "response": part(resp, resp.mean(), "half")}
-    return out
+    return {"signal": signal, "n_fields": len(rows),
+            "flips_per_field": float(np.mean([p["flips"] for p in rows])),
+            "both": part(both, signal, "field"), "flips": part(flips, signal, "field"),
+            "response": part(resp, resp.mean(), "half")}
 
 
 def plot(path, summary):
@@ -949,8 +952,7 @@ def analyse(field_info, shear, cuts, log, paired_leakage=True, star_clearance=No
                           for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
     summary["per_field"] = [dict(biases([f], shear), pairing=pairing(f, shear=shear))
                             for f in normal]
-    summary["noise_budget"] = noise_budget([row["pairing"] for row in summary["per_field"]],
-                                           shear, len(groups))
+    summary["noise_budget"] = noise_budget([row["pairing"] for row in summary["per_field"]])
     if mdet:
         for row, f in zip(summary["per_field"], normal):
             # The field's sums, from which fields combine (mdet_sums, MDET_STEPS order).

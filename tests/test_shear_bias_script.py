@@ -262,7 +262,7 @@ def test_noise_budget_splits_the_numerator_into_matched_objects_and_flips(sb):
         # The matched objects' difference is the shear's: 2 g R over the kept share.
         assert row["numerator_both"] == pytest.approx(2 * 0.02 * 0.8 * 0.97, rel=2e-2)
         assert row["response_along"][0] == pytest.approx(0.8, abs=0.01)
-    nb = sb.noise_budget(rows, shear, n_skies=4)
+    nb = sb.noise_budget(rows)
     # The flips carry whole shapes: their scatter dwarfs the matched objects'.
     assert nb["flips"]["std"] > 10 * nb["both"]["std"]
     assert nb["flips"]["std"] == pytest.approx(0.26 * np.sqrt(60) / 1000, rel=0.6)
@@ -276,4 +276,4 @@ def _summary_for_format(sb, fields, shear):
     empty = [dict(run_info, bin="all")]
     return {"all": run_info, "true_galaxies_only": run_info, "n_fields": len(fields),
             "shear": list(shear), "by_snr": empty, "by_size": empty, "per_field": rows,
-            "noise_budget": sb.noise_budget([r["pairing"] for r in rows], shear, 2)}
+            "noise_budget": sb.noise_budget([r["pairing"] for r in rows])}
